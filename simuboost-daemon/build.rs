@@ -1,0 +1,24 @@
+//! Builds the eBPF programs (`simuboost-ebpf`, nightly, `-Z build-std=core`, bpf-linker) and
+//! points `SIMUBOOST_EBPF_OBJECT` at the object the daemon embeds.
+
+fn main() {
+    // The same flags aya-build passes: the target arch cfg, BTF for CO-RE and the verifier.
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    let object = simuboost_build::ForeignBuild {
+        crate_dir: "simuboost-ebpf",
+        binary: "simuboost-ebpf",
+        target: "bpfel-unknown-none",
+        toolchain: Some("nightly"),
+        cargo_args: &["-Z", "build-std=core"],
+        encoded_rustflags: Some(rustflags),
+        hint: "(The eBPF build needs the nightly toolchain with rust-src and bpf-linker; \
+               `cargo xtask setup` installs them.)",
+    }
+    .run(&["simuboost-common"]);
+    println!("cargo:rustc-env=SIMUBOOST_EBPF_OBJECT={}", object.display());
+}

@@ -1,0 +1,44 @@
+//! `simuboost-daemon`: runs a workload in a KVM VM (and, in later stages, records it).
+
+mod cli;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(args) => run::run(&args),
+        Command::Workloads => {
+            run::print_workloads();
+            Ok(run::Outcome::Success)
+        }
+        Command::Mkdisk(args) => run::mkdisk(&args).map(|()| run::Outcome::Success),
+    };
+    match result {
+        Ok(outcome) => outcome.exit_code(),
+        Err(err) => {
+            eprintln!("simuboost-daemon: error: {err:#}");
+            ExitCode::from(run::EXIT_ERROR)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,274 @@
+//! The `run`, `workloads` and `mkdisk` commands.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use simuboost_abi::WorkloadId;
+use simuboost_vmm::devices::disk::Disk;
+use simuboost_vmm::guest_image::GUEST_ELF;
+use simuboost_vmm::machine::{min_mem_bytes, Machine, MachineConfig, MachineError, RunControl};
+
+use crate::cli::{MkdiskArgs, RunArgs};
+
+/// Exit status for errors of the daemon itself (bad input, KVM unavailable, ...). Usage errors
+/// exit with 2 (clap).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit status when the guest crashed.
+pub const EXIT_GUEST_CRASH: u8 = 3;
+/// Exit status when the guest exited with a non-zero status.
+pub const EXIT_GUEST_FAILED: u8 = 4;
+
+/// How long the guest has to exit after being asked to stop.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// How a command ended, when it did not fail outright.
+pub enum Outcome {
+    Success,
+    GuestCrashed,
+    GuestFailed,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::GuestCrashed => ExitCode::from(EXIT_GUEST_CRASH),
+            Outcome::GuestFailed => ExitCode::from(EXIT_GUEST_FAILED),
+        }
+    }
+}
+
+pub fn print_workloads() {
+    for w in WorkloadId::ALL {
+        let what = match w {
+            WorkloadId::Kvstore => "hash table filled to most of RAM, Zipf-skewed gets and puts",
+            WorkloadId::Build => "kernel-build-like jobs over an in-memory source tree",
+            WorkloadId::Compress => "DEFLATE-compresses a data set read from the disk",
+            WorkloadId::Sort => "external merge sort of records on the disk",
+            WorkloadId::Stream => "sequential read-modify-write passes over all memory",
+            WorkloadId::Idle => "waits on the clock, touches almost nothing",
+            WorkloadId::Pattern => "touches an exact, seeded set of pages per step (for tests)",
+        };
+        println!(
+            "{:<9} min {:>4} MiB  {}",
+            w.name(),
+            min_mem_bytes(w) >> 20,
+            what
+        );
+    }
+}
+
+fn parse_workload(name: &str) -> Result<WorkloadId> {
+    WorkloadId::from_name(name).with_context(|| {
+        let names: Vec<&str> = WorkloadId::ALL.iter().map(|w| w.name()).collect();
+        format!(
+            "unknown workload `{name}`; valid workloads: {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// Bytes of physical memory on the host.
+fn host_ram_bytes() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn default_run_dir() -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    PathBuf::from("simuboost-runs").join(stamp)
+}
+
+/// Size of the data set generated for a disk workload run without --disk.
+fn default_data_bytes(mem_bytes: u64) -> u64 {
+    (mem_bytes / 4).clamp(4 << 20, 256 << 20)
+}
+
+#[derive(Serialize)]
+struct RunSummary<'a> {
+    workload: &'a str,
+    mem_bytes: u64,
+    arena_bytes: u64,
+    disk_data_bytes: u64,
+    work_units: Option<u64>,
+    seed: u64,
+    exit_status: Option<u64>,
+    crashed: bool,
+    guest_exits: u64,
+    wall_seconds: f64,
+    disk_read_bytes: u64,
+    disk_write_bytes: u64,
+    run_dir: &'a Path,
+}
+
+pub fn run(args: &RunArgs) -> Result<Outcome> {
+    let workload = parse_workload(&args.workload)?;
+    if let Some(host) = host_ram_bytes() {
+        if args.mem > host {
+            bail!(
+                "--mem {} MiB is more than this host's {} MiB of RAM",
+                args.mem >> 20,
+                host >> 20
+            );
+        }
+    }
+    let guest_image = match &args.guest {
+        None => GUEST_ELF.to_vec(),
+        Some(path) => {
+            fs::read(path).with_context(|| format!("cannot read guest image {}", path.display()))?
+        }
+    };
+    let run_dir = args.out.clone().unwrap_or_else(default_run_dir);
+    fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+
+    let disk = match &args.disk {
+        Some(path) => Some(path.clone()),
+        None if simuboost_workloads::needs_disk(workload) => {
+            let path = run_dir.join("disk.img");
+            let data = default_data_bytes(args.mem);
+            tracing::info!(path = %path.display(), data, "generating the data set");
+            Disk::create_dataset(&path, workload, data, data * 3, seed)?;
+            Some(path)
+        }
+        None => None,
+    };
+
+    let console: Box<dyn Write + Send> = match (&args.console_log, args.json) {
+        (Some(path), _) => Box::new(io::BufWriter::new(
+            File::create(path)
+                .with_context(|| format!("cannot create console log {}", path.display()))?,
+        )),
+        (None, true) => Box::new(io::stderr()),
+        (None, false) => Box::new(io::stdout()),
+    };
+
+    let control = RunControl::default();
+    // SIGINT/SIGTERM ask the guest to stop at its next yield; a second one ends the daemon.
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, control.stop.clone())
+            .context("cannot install signal handlers")?;
+        signal_hook::flag::register(signal, control.stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+
+    let mut machine = Machine::new(
+        MachineConfig {
+            workload,
+            mem_bytes: args.mem,
+            work_units: args.work.unwrap_or(0),
+            seed,
+            disk,
+            guest_image,
+            console,
+        },
+        control,
+    )?;
+    let deadline = if args.work.is_some() {
+        None
+    } else {
+        Some(args.duration)
+    };
+    let mut summary = RunSummary {
+        workload: workload.name(),
+        mem_bytes: args.mem,
+        arena_bytes: machine.arena_bytes(),
+        disk_data_bytes: machine.boot_config().disk_data_bytes,
+        work_units: args.work,
+        seed,
+        exit_status: None,
+        crashed: false,
+        guest_exits: 0,
+        wall_seconds: 0.0,
+        disk_read_bytes: 0,
+        disk_write_bytes: 0,
+        run_dir: &run_dir,
+    };
+    tracing::info!(
+        workload = workload.name(),
+        mem = args.mem,
+        seed,
+        "starting the guest"
+    );
+    let result = machine.run(deadline, STOP_GRACE);
+    let outcome = match &result {
+        Ok(report) => {
+            summary.exit_status = Some(report.exit_status);
+            summary.guest_exits = report.guest_exits;
+            summary.wall_seconds = report.wall.as_secs_f64();
+            summary.disk_read_bytes = report.device.disk_read_bytes;
+            summary.disk_write_bytes = report.device.disk_write_bytes;
+            if report.exit_status == 0 {
+                Outcome::Success
+            } else {
+                eprintln!(
+                    "simuboost-daemon: the guest exited with status {}",
+                    report.exit_status
+                );
+                Outcome::GuestFailed
+            }
+        }
+        Err(MachineError::GuestCrash(crash)) => {
+            eprintln!("simuboost-daemon: {crash}");
+            summary.crashed = true;
+            summary.guest_exits = crash.exits;
+            Outcome::GuestCrashed
+        }
+        Err(_) => {
+            return result
+                .map(|_| Outcome::Success)
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let json = serde_json::to_string_pretty(&summary).context("cannot encode the summary")?;
+    fs::write(run_dir.join("summary.json"), &json)
+        .with_context(|| format!("cannot write {}", run_dir.join("summary.json").display()))?;
+    if args.json {
+        println!("{json}");
+    } else if let Ok(report) = &result {
+        eprintln!(
+            "simuboost-daemon: {} finished with status {} after {:.2} s, {} guest exits ({:.1} µs of guest time between exits); run directory {}",
+            workload.name(),
+            report.exit_status,
+            report.wall.as_secs_f64(),
+            report.guest_exits,
+            report.wall.as_secs_f64() * 1e6 / report.guest_exits.max(1) as f64,
+            run_dir.display()
+        );
+    }
+    Ok(outcome)
+}
+
+pub fn mkdisk(args: &MkdiskArgs) -> Result<()> {
+    let workload = parse_workload(&args.workload)?;
+    if !simuboost_workloads::needs_disk(workload) {
+        bail!(
+            "{} does not read a data set from the disk; data sets exist for compress and sort",
+            workload.name()
+        );
+    }
+    let size = args.size.unwrap_or(args.data * 3);
+    if size < args.data {
+        bail!("--size {} is smaller than --data {}", size, args.data);
+    }
+    Disk::create_dataset(&args.path, workload, args.data, size, args.seed)?;
+    eprintln!(
+        "created {} ({} MiB of {} data, {} MiB in all)",
+        args.path.display(),
+        args.data >> 20,
+        workload.name(),
+        size >> 20
+    );
+    Ok(())
+}

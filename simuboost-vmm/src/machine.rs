@@ -1,0 +1,389 @@
+//! A whole simuboost machine: memory, VM, vCPU, the paravirtual device, and the run loop.
+
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+
+use simuboost_abi::{BootConfig, WorkloadId, BOOT_CONFIG_MAGIC, DOORBELL_GPA, PORT_EXCEPTION};
+
+use crate::boot::{self, BootError};
+use crate::devices::disk::{Disk, DiskError};
+use crate::devices::paravirt::{DeviceAction, DeviceError, DeviceStats, ParavirtDevice};
+use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
+use crate::vstate::vcpu::{Exit, Registers, Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Everything needed to boot a machine.
+pub struct MachineConfig {
+    /// The workload the guest runs.
+    pub workload: WorkloadId,
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// Units of work (0 = until stopped).
+    pub work_units: u64,
+    /// Seed of the workload's choices and of the random device.
+    pub seed: u64,
+    /// Disk image, if any.
+    pub disk: Option<PathBuf>,
+    /// The guest ELF image.
+    pub guest_image: Vec<u8>,
+    /// Where the guest console goes.
+    pub console: Box<dyn Write + Send>,
+}
+
+/// Errors booting or running a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// vCPU.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Loading the guest.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The disk image.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The paravirtual device.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Not enough RAM for the workload.
+    #[error(
+        "{workload} needs at least {needed_mib} MiB of guest memory, {given_mib} MiB given \
+         (use --mem {needed_mib}M or more)"
+    )]
+    MemoryTooSmall {
+        /// Workload name.
+        workload: &'static str,
+        /// MiB needed.
+        needed_mib: u64,
+        /// MiB given.
+        given_mib: u64,
+    },
+    /// The workload needs a data set on its disk.
+    #[error(
+        "{workload} reads its input from the disk, and {reason}; create a data set with \
+         `simuboost-daemon mkdisk --workload {workload} PATH` or leave out --disk"
+    )]
+    NoDataSet {
+        /// Workload name.
+        workload: &'static str,
+        /// What is missing.
+        reason: String,
+    },
+    /// The guest crashed.
+    #[error("{0}")]
+    GuestCrash(Box<CrashReport>),
+    /// The guest did not stop after being asked to.
+    #[error("the guest did not stop within {0:?} of being asked to")]
+    StopTimeout(Duration),
+}
+
+/// Why and where the guest crashed.
+#[derive(Debug)]
+pub struct CrashReport {
+    /// What happened.
+    pub reason: String,
+    /// Guest-initiated exits before the crash.
+    pub exits: u64,
+    /// Registers at the crash.
+    pub registers: Option<Registers>,
+}
+
+impl fmt::Display for CrashReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "guest crashed after {} guest-initiated exits: {}",
+            self.exits, self.reason
+        )?;
+        match &self.registers {
+            Some(r) => write!(f, "vCPU state:\n{r}"),
+            None => write!(f, "(vCPU registers unavailable)"),
+        }
+    }
+}
+
+/// Names of the x86 exception vectors, for crash reports.
+fn exception_name(vector: u32) -> &'static str {
+    match vector {
+        0 => "#DE divide error",
+        1 => "#DB debug",
+        2 => "NMI",
+        3 => "#BP breakpoint",
+        4 => "#OF overflow",
+        5 => "#BR bound range",
+        6 => "#UD invalid opcode",
+        7 => "#NM device not available",
+        8 => "#DF double fault",
+        10 => "#TS invalid TSS",
+        11 => "#NP segment not present",
+        12 => "#SS stack fault",
+        13 => "#GP general protection",
+        14 => "#PF page fault",
+        16 => "#MF x87 error",
+        17 => "#AC alignment check",
+        18 => "#MC machine check",
+        19 => "#XM SIMD exception",
+        _ => "reserved vector",
+    }
+}
+
+/// Vectors whose exception frame starts with an error code.
+fn has_error_code(vector: u32) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    /// The guest's exit status.
+    pub exit_status: u64,
+    /// Guest-initiated exits (doorbell writes) during the run.
+    pub guest_exits: u64,
+    /// Wall time of the run.
+    pub wall: Duration,
+    /// Device counters.
+    pub device: DeviceStats,
+}
+
+/// Controls a running machine from other threads.
+#[derive(Clone, Debug, Default)]
+pub struct RunControl {
+    /// Set to ask the guest to stop at its next yield.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A booted machine, ready to run.
+pub struct Machine {
+    // Field order matters: the vCPU and VM must be dropped before the memory they map.
+    vcpu: Vcpu,
+    vm: Vm,
+    memory: GuestMemory,
+    device: ParavirtDevice,
+    control: RunControl,
+    boot_config: BootConfig,
+    guest_exits: u64,
+}
+
+impl Machine {
+    /// Creates the VM, loads the guest and prepares the device.
+    pub fn new(config: MachineConfig, control: RunControl) -> Result<Machine, MachineError> {
+        let min_mem = min_mem_bytes(config.workload);
+        if config.mem_bytes < min_mem {
+            return Err(MachineError::MemoryTooSmall {
+                workload: config.workload.name(),
+                needed_mib: min_mem >> 20,
+                given_mib: config.mem_bytes >> 20,
+            });
+        }
+        let disk = config.disk.as_deref().map(Disk::open).transpose()?;
+        if simuboost_workloads::needs_disk(config.workload) {
+            let reason = match &disk {
+                None => Some("no disk was given".to_string()),
+                Some(d) if d.data_bytes() == 0 => {
+                    Some(format!("{} holds no data set", d.path().display()))
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                return Err(MachineError::NoDataSet {
+                    workload: config.workload.name(),
+                    reason,
+                });
+            }
+        }
+        let memory = create_guest_memory(config.mem_bytes)?;
+        let image = boot::load(&memory, config.mem_bytes, &config.guest_image)?;
+        let vm = Vm::new(&memory)?;
+        let vcpu = vm.create_vcpu(image.entry)?;
+        let boot_config = BootConfig {
+            magic: BOOT_CONFIG_MAGIC,
+            workload: config.workload as u32,
+            reserved: 0,
+            mem_bytes: config.mem_bytes,
+            free_start: image.free_start,
+            work_units: config.work_units,
+            disk_blocks: disk.as_ref().map_or(0, Disk::blocks),
+            disk_data_bytes: disk.as_ref().map_or(0, Disk::data_bytes),
+            seed: config.seed,
+        };
+        let device = ParavirtDevice::new(boot_config, config.console, disk, control.stop.clone());
+        Ok(Machine {
+            vcpu,
+            vm,
+            memory,
+            device,
+            control,
+            boot_config,
+            guest_exits: 0,
+        })
+    }
+
+    /// The boot configuration the guest receives.
+    pub fn boot_config(&self) -> &BootConfig {
+        &self.boot_config
+    }
+
+    /// Bytes of the workload's arena (guest RAM above the image and the guest's heap).
+    pub fn arena_bytes(&self) -> u64 {
+        self.boot_config
+            .mem_bytes
+            .saturating_sub(simuboost_abi::arena_start(self.boot_config.free_start))
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Runs the guest until it exits. `deadline`, if set, asks the guest to stop once that much
+    /// time has passed; `stop_grace` is how long it then has to exit.
+    pub fn run(
+        &mut self,
+        deadline: Option<Duration>,
+        stop_grace: Duration,
+    ) -> Result<RunReport, MachineError> {
+        let start = Instant::now();
+        let mut stop_seen_at: Option<Instant> = None;
+        loop {
+            if stop_seen_at.is_none() {
+                if deadline.is_some_and(|d| start.elapsed() >= d) {
+                    self.control.stop.store(true, Ordering::Relaxed);
+                }
+                if self.control.stop.load(Ordering::Relaxed) {
+                    stop_seen_at = Some(Instant::now());
+                }
+            } else if stop_seen_at.is_some_and(|t| t.elapsed() > stop_grace) {
+                return Err(MachineError::StopTimeout(stop_grace));
+            }
+            match self.vcpu.run()? {
+                Exit::MmioWrite {
+                    addr: DOORBELL_GPA,
+                    value,
+                } => {
+                    self.guest_exits += 1;
+                    match self.device.handle(&self.memory, value)? {
+                        DeviceAction::Continue => {}
+                        DeviceAction::Exit(status) => {
+                            self.device.flush_console()?;
+                            return Ok(RunReport {
+                                exit_status: status,
+                                guest_exits: self.guest_exits,
+                                wall: start.elapsed(),
+                                device: self.device.stats(),
+                            });
+                        }
+                    }
+                }
+                Exit::PortWrite {
+                    port: PORT_EXCEPTION,
+                    value,
+                } => return Err(self.exception_crash(value)),
+                Exit::PortWrite { port, value } => {
+                    return Err(
+                        self.crash(format!("write of {value:#x} to unknown I/O port {port:#x}"))
+                    )
+                }
+                Exit::PortRead { port } => {
+                    return Err(self.crash(format!("read from unknown I/O port {port:#x}")))
+                }
+                Exit::MmioWrite { addr, value } => {
+                    return Err(self.crash(format!(
+                        "write of {value:#x} to {addr:#x}, where there is neither RAM nor a device"
+                    )))
+                }
+                Exit::MmioRead { addr } => {
+                    return Err(self.crash(format!(
+                        "read from {addr:#x}, where there is neither RAM nor a device"
+                    )))
+                }
+                Exit::Interrupted => {}
+                Exit::Halt => return Err(self.crash("the guest halted".to_string())),
+                Exit::Shutdown => {
+                    return Err(self.crash(
+                        "triple fault (KVM_EXIT_SHUTDOWN): an exception could not be delivered"
+                            .to_string(),
+                    ))
+                }
+                Exit::Other(what) => return Err(self.crash(format!("unexpected VM exit {what}"))),
+            }
+        }
+    }
+
+    fn crash(&mut self, reason: String) -> MachineError {
+        let _ = self.device.flush_console();
+        MachineError::GuestCrash(Box::new(CrashReport {
+            reason,
+            exits: self.guest_exits,
+            registers: self.vcpu.registers().ok(),
+        }))
+    }
+
+    /// Builds a crash report from the exception frame on the ring-0 stack.
+    fn exception_crash(&mut self, vector: u32) -> MachineError {
+        let registers = self.vcpu.registers().ok();
+        let mut reason = format!("exception {vector} ({})", exception_name(vector));
+        if let Some(r) = &registers {
+            let mut frame = [0u8; 48];
+            if self
+                .memory
+                .read_slice(&mut frame, GuestAddress(r.regs.rsp))
+                .is_ok()
+            {
+                let word = |i: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&frame[i * 8..i * 8 + 8]);
+                    u64::from_le_bytes(b)
+                };
+                let (error_code, base) = if has_error_code(vector) {
+                    (Some(word(0)), 1)
+                } else {
+                    (None, 0)
+                };
+                reason.push_str(&format!(
+                    " at rip={:#x} (cs={:#x}, rsp={:#x}, rflags={:#x})",
+                    word(base),
+                    word(base + 1),
+                    word(base + 3),
+                    word(base + 2)
+                ));
+                if let Some(code) = error_code {
+                    reason.push_str(&format!(", error code {code:#x}"));
+                }
+                if vector == 14 {
+                    reason.push_str(&format!(", faulting address {:#x}", r.sregs.cr2));
+                }
+            }
+        }
+        let _ = self.device.flush_console();
+        MachineError::GuestCrash(Box::new(CrashReport {
+            reason,
+            exits: self.guest_exits,
+            registers,
+        }))
+    }
+}
+
+/// Smallest guest RAM for `workload`: boot area, image, guest heap, and the workload's arena.
+pub fn min_mem_bytes(workload: WorkloadId) -> u64 {
+    /// Boot structures, image and stack (generously), and the guest's heap.
+    const GUEST_OVERHEAD: u64 = (4 << 20) + simuboost_abi::GUEST_HEAP_BYTES;
+    let raw = GUEST_OVERHEAD + simuboost_workloads::min_arena_bytes(workload);
+    raw.div_ceil(crate::vstate::memory::MEM_ALIGN) * crate::vstate::memory::MEM_ALIGN
+}

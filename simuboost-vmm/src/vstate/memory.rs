@@ -1,0 +1,58 @@
+//! Guest RAM: one anonymous private mapping at guest physical address 0.
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use simuboost_abi::layout;
+
+/// Guest RAM as the VMM sees it.
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// Guest RAM sizes must be a multiple of this (the guest maps RAM with 2 MiB pages).
+pub const MEM_ALIGN: u64 = 2 << 20;
+/// Smallest guest RAM the boot layout and a workload fit in.
+pub const MIN_MEM_BYTES: u64 = 16 << 20;
+
+/// Errors creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The size is not a multiple of 2 MiB or outside the supported range.
+    #[error(
+        "guest memory of {bytes} bytes is not supported: it must be a multiple of 2 MiB between \
+         {} MiB and {} GiB",
+        MIN_MEM_BYTES >> 20,
+        layout::MAX_MEM_BYTES >> 30
+    )]
+    BadSize {
+        /// The size asked for.
+        bytes: u64,
+    },
+    /// mmap failed.
+    #[error("could not map {bytes} bytes of guest memory: {source}")]
+    Map {
+        /// The size asked for.
+        bytes: u64,
+        /// What vm-memory reported.
+        source: vm_memory::mmap::FromRangesError,
+    },
+}
+
+/// Maps `bytes` of zeroed guest RAM at guest physical address 0.
+pub fn create_guest_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
+    if bytes % MEM_ALIGN != 0 || !(MIN_MEM_BYTES..=layout::MAX_MEM_BYTES).contains(&bytes) {
+        return Err(MemoryError::BadSize { bytes });
+    }
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)])
+        .map_err(|source| MemoryError::Map { bytes, source })
+}
+
+/// Host address and size of the one RAM region.
+pub fn host_region(memory: &GuestMemory) -> (*mut u8, u64) {
+    let size: u64 = memory
+        .iter()
+        .map(|r| vm_memory::GuestMemoryRegion::len(r))
+        .sum();
+    let base = memory
+        .get_host_address(GuestAddress(0))
+        .expect("guest RAM always starts at guest physical address 0");
+    (base, size)
+}

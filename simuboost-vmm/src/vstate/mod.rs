@@ -1,0 +1,5 @@
+//! KVM-facing state: the VM, its vCPU and its memory.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,261 @@
+//! The vCPU: 64-bit long-mode setup, the run loop's exits, and register dumps.
+
+use std::fmt;
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+
+use simuboost_abi::{layout, selectors};
+
+/// CR0: paging, write protect, numeric error, extension type, monitor coprocessor, protection.
+const CR0_LONG_MODE: u64 = 0x8005_0033;
+/// CR4: physical address extension (required for long mode).
+const CR4_PAE: u64 = 1 << 5;
+/// EFER: long mode enabled and active.
+const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
+/// Segment type of an execute/read, accessed code segment.
+const SEG_TYPE_CODE: u8 = 0xb;
+/// Segment type of a read/write, accessed data segment.
+const SEG_TYPE_DATA: u8 = 0x3;
+/// Segment type of a busy 64-bit TSS.
+const SEG_TYPE_TSS_BUSY: u8 = 0xb;
+/// Limit of the GDT the boot code builds: null, kernel code, kernel data, user data, user code,
+/// and a 16-byte TSS descriptor.
+pub const GDT_LIMIT: u16 = 7 * 8 - 1;
+/// Limit of the 64-bit TSS.
+pub const TSS_LIMIT: u32 = 104 - 1;
+
+/// Errors configuring or running the vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM vCPU ioctl failed.
+    #[error("KVM vCPU {what} failed: {source}")]
+    Ioctl {
+        /// The operation.
+        what: &'static str,
+        /// The error KVM returned.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Ioctl { what, source }
+}
+
+/// Why `KVM_RUN` returned, reduced to what the VMM acts on.
+#[derive(Debug)]
+pub enum Exit {
+    /// A write of `value` (zero-extended) to `addr`, where no RAM is: a guest-initiated exit.
+    MmioWrite {
+        /// Guest physical address.
+        addr: u64,
+        /// The value written.
+        value: u64,
+    },
+    /// A read from `addr`, where no RAM is: the guest never does this; answered with all ones.
+    MmioRead {
+        /// Guest physical address.
+        addr: u64,
+    },
+    /// `out` to `port` with `value` (zero-extended): a guest-initiated exit.
+    PortWrite {
+        /// The port.
+        port: u16,
+        /// The value written.
+        value: u32,
+    },
+    /// `in` from `port`: the guest never does this; answered with all ones.
+    PortRead {
+        /// The port.
+        port: u16,
+    },
+    /// `KVM_RUN` was interrupted by a signal (a kick); not guest-initiated.
+    Interrupted,
+    /// The guest halted.
+    Halt,
+    /// Triple fault.
+    Shutdown,
+    /// Anything else KVM reported, by name.
+    Other(String),
+}
+
+/// vCPU 0 of the VM.
+pub struct Vcpu {
+    fd: VcpuFd,
+}
+
+fn segment(selector: u16, type_: u8, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: (selector & 3) as u8,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vcpu {
+    pub(crate) fn new(fd: VcpuFd) -> Vcpu {
+        Vcpu { fd }
+    }
+
+    /// Sets CPUID, long-mode system registers and the entry registers.
+    pub(crate) fn configure(&self, kvm: &Kvm, entry: u64) -> Result<(), VcpuError> {
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("get supported CPUID"))?;
+        self.fd.set_cpuid2(&cpuid).map_err(ioctl("set CPUID"))?;
+
+        let mut sregs = self.fd.get_sregs().map_err(ioctl("get sregs"))?;
+        sregs.cr0 = CR0_LONG_MODE;
+        sregs.cr3 = layout::PML4;
+        sregs.cr4 = CR4_PAE;
+        sregs.efer = EFER_LME_LMA;
+        sregs.cs = segment(selectors::KERNEL_CODE, SEG_TYPE_CODE, true);
+        let data = segment(selectors::KERNEL_DATA, SEG_TYPE_DATA, false);
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = kvm_segment {
+            base: layout::TSS,
+            limit: TSS_LIMIT,
+            selector: selectors::TSS,
+            type_: SEG_TYPE_TSS_BUSY,
+            present: 1,
+            s: 0,
+            ..Default::default()
+        };
+        sregs.gdt.base = layout::GDT;
+        sregs.gdt.limit = GDT_LIMIT;
+        sregs.idt.base = layout::IDT;
+        sregs.idt.limit = (layout::IDT_ENTRIES * 16 - 1) as u16;
+        self.fd.set_sregs(&sregs).map_err(ioctl("set sregs"))?;
+
+        let regs = kvm_regs {
+            rip: entry,
+            rsp: layout::KERNEL_STACK_TOP,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(ioctl("set regs"))?;
+        Ok(())
+    }
+
+    /// Runs the guest until its next exit.
+    pub fn run(&mut self) -> Result<Exit, VcpuError> {
+        match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let mut bytes = [0u8; 4];
+                let n = data.len().min(4);
+                bytes[..n].copy_from_slice(&data[..n]);
+                Ok(Exit::PortWrite {
+                    port,
+                    value: u32::from_le_bytes(bytes),
+                })
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                data.fill(0xff);
+                Ok(Exit::PortRead { port })
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                let mut bytes = [0u8; 8];
+                let n = data.len().min(8);
+                bytes[..n].copy_from_slice(&data[..n]);
+                Ok(Exit::MmioWrite {
+                    addr,
+                    value: u64::from_le_bytes(bytes),
+                })
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                data.fill(0xff);
+                Ok(Exit::MmioRead { addr })
+            }
+            Ok(VcpuExit::Hlt) => Ok(Exit::Halt),
+            Ok(VcpuExit::Shutdown) => Ok(Exit::Shutdown),
+            Ok(VcpuExit::Intr) => Ok(Exit::Interrupted),
+            Ok(other) => Ok(Exit::Other(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                Ok(Exit::Interrupted)
+            }
+            Err(e) => Err(VcpuError::Ioctl {
+                what: "run",
+                source: e,
+            }),
+        }
+    }
+
+    /// Reads the general-purpose and system registers.
+    pub fn registers(&self) -> Result<Registers, VcpuError> {
+        Ok(Registers {
+            regs: self.fd.get_regs().map_err(ioctl("get regs"))?,
+            sregs: self.fd.get_sregs().map_err(ioctl("get sregs"))?,
+        })
+    }
+
+    /// The vCPU file descriptor, for save/restore of the full state.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Sets or clears `immediate_exit`, so that a pending kick makes the next `KVM_RUN` return.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+}
+
+/// A register dump, printed when the guest crashes.
+#[derive(Clone, Debug)]
+pub struct Registers {
+    /// General-purpose registers.
+    pub regs: kvm_regs,
+    /// System registers.
+    pub sregs: kvm_sregs,
+}
+
+impl fmt::Display for Registers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.regs;
+        let s = &self.sregs;
+        writeln!(
+            f,
+            "  rip={:#018x} rsp={:#018x} rflags={:#010x}",
+            r.rip, r.rsp, r.rflags
+        )?;
+        writeln!(
+            f,
+            "  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}",
+            r.rax, r.rbx, r.rcx, r.rdx
+        )?;
+        writeln!(
+            f,
+            "  rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}",
+            r.rsi, r.rdi, r.rbp, r.r8
+        )?;
+        writeln!(
+            f,
+            "  r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}",
+            r.r9, r.r10, r.r11, r.r12
+        )?;
+        writeln!(
+            f,
+            "  r13={:#018x} r14={:#018x} r15={:#018x}",
+            r.r13, r.r14, r.r15
+        )?;
+        write!(
+            f,
+            "  cs={:#06x} ss={:#06x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            s.cs.selector, s.ss.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+        )
+    }
+}

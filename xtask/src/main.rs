@@ -1,0 +1,174 @@
+//! simuboost's developer tasks.
+//!
+//! - `cargo xtask setup`: install what the build and tests need (idempotent, fast when done).
+//! - `cargo xtask demo`: the main job (the README's first command).
+//! - `cargo xtask test`: every check and test (the README's second command, and CI's).
+//! - `cargo xtask bench NAME`: benchmarks that report figures and ratios.
+
+mod bench;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchains, tools and packages the project needs (idempotent).
+    Setup,
+    /// Build everything (debug, or release with --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// The main job: build, then run the default workload in a KVM VM.
+    Demo,
+    /// Run every check and test: formatting, clippy, unit and end-to-end tests.
+    Test {
+        /// Only the tests whose names contain this filter.
+        filter: Option<String>,
+    },
+    /// Run a benchmark (`guest-speed`).
+    Bench {
+        /// Which benchmark.
+        name: bench::Benchmark,
+        /// Write the results as JSON to this file as well.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            build(release)
+        }
+        Task::Demo => {
+            setup::run()?;
+            build(true)?;
+            demo()
+        }
+        Task::Test { filter } => {
+            setup::run()?;
+            test(filter.as_deref())
+        }
+        Task::Bench { name, json } => {
+            setup::run()?;
+            build(true)?;
+            bench::run(name, json.as_deref())
+        }
+    }
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
+
+/// Runs a command in the repository root, failing if it fails.
+pub fn run_command(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {}", describe(cmd));
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--workspace", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_command(&mut cmd)
+}
+
+/// Path of a binary built by `build`.
+pub fn binary(name: &str, release: bool) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    target
+        .join(if release { "release" } else { "debug" })
+        .join(name)
+}
+
+fn demo() -> Result<()> {
+    let out = root().join("simuboost-runs").join("demo");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
+    run_command(
+        Command::new(binary("simuboost-daemon", true))
+            .args([
+                "run",
+                "--workload",
+                "build",
+                "--mem",
+                "512M",
+                "--duration",
+                "5s",
+            ])
+            .arg("--out")
+            .arg(&out),
+    )
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    run_command(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_command(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The guest is its own workspace (another target): lint it too.
+    run_command(
+        cargo()
+            .args(["clippy", "--release", "--", "-D", "warnings"])
+            .current_dir(root().join("simuboost-guest")),
+    )?;
+    // The end-to-end tests run the binaries, so build them first.
+    build(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]);
+    if let Some(filter) = filter {
+        cmd.arg(filter);
+    }
+    run_command(&mut cmd)
+}

@@ -1,0 +1,144 @@
+//! `cargo xtask setup`: installs what simuboost needs on a fresh Debian machine, idempotently.
+//!
+//! Each step checks first and installs only what is missing, so a second run takes about a
+//! second. The recipe (LLVM 22 for bpf-linker, `LLVM_PREFIX`) is the one verified in
+//! shared/MACHINE.md.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run_command;
+
+/// bpf-linker must link an LLVM at least as new as nightly rustc's (22 here).
+const LLVM_VERSION: &str = "22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "libxml2-dev",
+];
+const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow"];
+
+/// Output of a command, or `None` if it could not run or failed.
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn step(what: &str, done: bool) -> bool {
+    if done {
+        eprintln!("setup: {what}: ok");
+    } else {
+        eprintln!("setup: {what}: installing");
+    }
+    !done
+}
+
+pub fn run() -> Result<()> {
+    if output("rustup", &["--version"]).is_none() {
+        bail!("rustup is not installed; install Rust with rustup first (https://rustup.rs)");
+    }
+    let targets = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if step(
+        "x86_64-unknown-none target (the guest)",
+        targets.lines().any(|l| l.trim() == "x86_64-unknown-none"),
+    ) {
+        run_command(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]))?;
+    }
+
+    let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if step(
+        "nightly toolchain (eBPF build)",
+        toolchains.lines().any(|l| l.starts_with("nightly")),
+    ) {
+        run_command(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )
+    .unwrap_or_default();
+    if step(
+        "rust-src for nightly (-Z build-std)",
+        components.lines().any(|l| l.starts_with("rust-src")),
+    ) {
+        run_command(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    let llvm_prefix = format!("/usr/lib/llvm-{LLVM_VERSION}");
+    let llvm_config = format!("{llvm_prefix}/bin/llvm-config");
+    let polly = format!("{llvm_prefix}/lib/libPolly.a");
+    if step(
+        &format!("LLVM {LLVM_VERSION} development files (bpf-linker)"),
+        std::path::Path::new(&llvm_config).exists() && std::path::Path::new(&polly).exists(),
+    ) {
+        run_command(Command::new("apt-get").args(["update", "-q"]))?;
+        run_command(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q"])
+                .args(APT_PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+
+    let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if step(
+        &format!("bpf-linker {BPF_LINKER_VERSION}"),
+        linker.contains(BPF_LINKER_VERSION),
+    ) {
+        let path = format!(
+            "{llvm_prefix}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        run_command(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{LLVM_VERSION}"),
+                ])
+                .env("LLVM_PREFIX", &llvm_prefix)
+                .env(format!("LLVM_SYS_{LLVM_VERSION}1_PREFIX"), &llvm_prefix)
+                .env("PATH", path),
+        )
+        .context("installing bpf-linker")?;
+    }
+
+    let import = format!("import {}", PYTHON_PACKAGES.join(", "));
+    if step(
+        "Python packages duckdb and pyarrow (interop tests)",
+        output("python3", &["-c", &import]).is_some(),
+    ) {
+        run_command(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "-q", "--root-user-action=ignore"])
+                .args(PYTHON_PACKAGES),
+        )?;
+    }
+    Ok(())
+}
