@@ -1,7 +1,8 @@
 //! `build`: a kernel-build-like stream of short compile jobs over a large source tree.
 //!
 //! # What it models
-//! The arena (aligned to 4 KiB) is split into
+//! The arena (from its first 4 KiB-aligned byte, a whole number of pages, so that the layout
+//! does not depend on its alignment) is split into
 //! * a file table (16 bytes per file),
 //! * a **source tree** (~55 % of the arena): C-like text files generated deterministically at
 //!   start, 512 B .. 64 KiB each (log-uniform sizes). Every 16th file is a "header" (at most
@@ -22,12 +23,12 @@
 //! Tree generation is setup (not counted). One **unit = one job** (about 0.5–3 ms; the input of a
 //! job is at most 512 KiB, less on small arenas). `yield_now` is called after generating each
 //! file, after tokenizing each input file (≤ 64 KiB), every 16384 tokens of symbol-table and
-//! code work, and at the end of each job.
+//! code work, every 256 KiB of symbol table cleared, and at the end of each job.
 
 use alloc::vec::Vec;
 
 use crate::rng::{log_uniform, mix2, Rng};
-use crate::util::{align_start, as_bytes, cast_slice_mut, Bytes, Ctl, Flow, Step};
+use crate::util::{as_bytes, cast_slice_mut, Bytes, Ctl, Flow, Step};
 use crate::{Outcome, Platform, RunConfig, WorkloadError};
 
 /// Smallest arena: 8 MiB.
@@ -153,7 +154,7 @@ fn heap_bound(input: u64, files: u64) -> u64 {
 }
 
 fn body(cfg: &RunConfig, ctl: &mut Ctl, arena: &mut [u8]) -> Flow {
-    let arena = align_start(arena, 4096);
+    let arena = crate::util::usable(arena);
     let arena_len = arena.len() as u64;
     let lay = Layout::new(arena_len);
     if lay.budget < 2 * MIN_FILE
@@ -425,7 +426,11 @@ fn run_job(
     let cap = symtab_cap(ntok as u64) as usize;
     let (sym_bytes, rest) = rest.split_at_mut(16 * cap);
     let symtab: &mut [[u64; 2]] = cast_slice_mut(sym_bytes);
-    symtab.fill([0, 0]);
+    // Clear it (like calloc) in pieces: first touches of fresh memory can be slow.
+    for piece in symtab.chunks_mut(TOKENS_PER_YIELD) {
+        piece.fill([0, 0]);
+        ctl.yield_now()?;
+    }
     let shift = 64 - cap.trailing_zeros();
     let slot_of = |h: u64| -> usize {
         if shift >= 64 {
@@ -556,9 +561,8 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::util::testing::TestPlatform;
+    use crate::util::testing::{Arena, TestPlatform};
     use simuboost_abi::WorkloadId;
-    use std::vec;
 
     fn cfg(seed: u64, units: u64) -> RunConfig {
         RunConfig {
@@ -572,8 +576,8 @@ mod tests {
 
     fn run_once(seed: u64, units: u64, arena_bytes: usize) -> (Outcome, TestPlatform) {
         let mut p = TestPlatform::new(0);
-        let mut arena = vec![0x5au8; arena_bytes];
-        let out = crate::run(&cfg(seed, units), &mut p, &mut arena).expect("build runs");
+        let mut arena = Arena::new(arena_bytes, 0x5a);
+        let out = crate::run(&cfg(seed, units), &mut p, arena.bytes()).expect("build runs");
         (out, p)
     }
 
@@ -598,9 +602,9 @@ mod tests {
     #[test]
     fn stops_when_asked() {
         let mut p = TestPlatform::new(0);
-        let mut arena = vec![0u8; MIN_ARENA as usize];
+        let mut arena = Arena::new(MIN_ARENA as usize, 0);
         p.stop_at_yield = Some(1500);
-        let out = crate::run(&cfg(1, 0), &mut p, &mut arena).expect("build runs");
+        let out = crate::run(&cfg(1, 0), &mut p, arena.bytes()).expect("build runs");
         assert_eq!(p.yields, 1500);
         assert!(out.units_done > 0);
     }

@@ -6,7 +6,7 @@
 //! [`crate::dataset::fill_compress_input`]). It is read in 1 MiB pieces into a staging ring that
 //! spans most of the arena (a page cache being filled sequentially, wrapping), and compressed in
 //! independent [`CHUNK`]-byte chunks with `miniz_oxide` (zlib format, level 6). Each chunk is
-//! fed to the streaming compressor in 16 KiB slices (so the workload can yield between them),
+//! fed to the streaming compressor in 8 KiB slices (so the workload can yield between them),
 //! then decompressed again and compared with its input (a round-trip check), and the compressed
 //! bytes, zero-padded to whole blocks, are written to the disk after the input: the output area
 //! is the blocks `[ceil(data / 4096), disk_blocks)`, filled in order and wrapping to its start
@@ -18,9 +18,9 @@
 //!
 //! # Units
 //! One **unit = one chunk** (64 KiB of input; the last chunk of the data set may be shorter),
-//! about 1–3 ms. The data set is processed again and again until the units are done (or, with
+//! about 1–4 ms. The data set is processed again and again until the units are done (or, with
 //! `work_units == 0`, until asked to stop). `yield_now` is called after every 1 MiB read, after
-//! every 16 KiB compressed, after the round-trip check and after each chunk's write.
+//! every 8 KiB compressed, after the round-trip check and after each chunk's write.
 //!
 //! The checksum folds every chunk's index, compressed length and Adler-32.
 //!
@@ -36,7 +36,7 @@ use miniz_oxide::deflate::core::{
 use miniz_oxide::inflate::core::{decompress, inflate_flags, DecompressorOxide};
 use miniz_oxide::inflate::TINFLStatus;
 
-use crate::util::{align_start, Bytes, Ctl, Flow, Step};
+use crate::util::{Bytes, Ctl, Flow, Step};
 use crate::{Outcome, Platform, RunConfig, WorkloadError, BLOCK_SIZE};
 
 /// Smallest arena: 4 MiB.
@@ -47,7 +47,7 @@ pub const CHUNK: usize = 64 << 10;
 pub const LEVEL: u8 = 6;
 
 /// Input bytes fed to the compressor between two yields.
-const FEED: usize = 16 << 10;
+const FEED: usize = 8 << 10;
 /// Bytes per disk read.
 const READ: usize = 1 << 20;
 /// Output buffer: more than any chunk can grow to (stored blocks add 5 bytes per 64 KiB).
@@ -58,7 +58,7 @@ const OUT_BUF: usize = 2 * CHUNK;
 pub fn disk_blocks_needed(data_bytes: u64) -> u64 {
     let input = data_bytes.div_ceil(BLOCK_SIZE as u64);
     let chunks = data_bytes.div_ceil(CHUNK as u64);
-    // A stored (incompressible) chunk takes at most 64 KiB + 11 bytes: 17 blocks.
+    // An incompressible chunk is stored: 64 KiB plus a few bytes of headers, 17 blocks.
     input + chunks * ((CHUNK + BLOCK_SIZE) / BLOCK_SIZE) as u64
 }
 
@@ -83,11 +83,11 @@ struct OutArea {
 fn body(cfg: &RunConfig, ctl: &mut Ctl, arena: &mut [u8]) -> Flow {
     let data = cfg.disk_data_bytes;
     let bs = BLOCK_SIZE as u64;
-    if cfg.disk_blocks == 0 || data == 0 || data > cfg.disk_blocks * bs {
+    if cfg.disk_blocks == 0 || data == 0 || data > cfg.disk_blocks.saturating_mul(bs) {
         return Err(WorkloadError::NoDisk.into());
     }
     let arena_len = arena.len() as u64;
-    let arena = align_start(arena, BLOCK_SIZE);
+    let arena = crate::util::usable(arena);
     if arena.len() < OUT_BUF + CHUNK + READ {
         return Err(WorkloadError::ArenaTooSmall {
             needed: MIN_ARENA,

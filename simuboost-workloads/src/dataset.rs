@@ -5,9 +5,10 @@
 //! generated in pieces of any size, at any offset, in any order, and is always the same bytes.
 //!
 //! * [`fill_compress_input`]: English-like text for `compress`. Words come from a vocabulary of
-//!   8192 generated words with Zipf(1)-like popularity, with punctuation, capitalised sentence
-//!   starts, line breaks and occasional numbers. DEFLATE level 6 on 64 KiB chunks compresses it
-//!   about 2.5–3×.
+//!   4096 generated words with Zipf(1)-like popularity; three words in four are one of the
+//!   previous word's four usual successors (so phrases repeat, as in natural text), with
+//!   punctuation, capitalised sentence starts, line breaks and occasional numbers. DEFLATE level 6
+//!   on 64 KiB chunks compresses it about 3×.
 //! * [`fill_sort_input`]: [`SORT_RECORD_SIZE`]-byte records for `sort`; see [`sort_record`].
 //!
 //! Generation works in independent 4096-byte blocks (block `i` covers bytes

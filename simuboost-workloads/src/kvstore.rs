@@ -1,9 +1,14 @@
 //! `kvstore`: an in-memory key-value store (think memcached/Redis) under a skewed load.
 //!
 //! # What it models
-//! A large open-addressing hash table (linear probing) fills the whole arena: 128-byte slots,
-//! loaded to 80 %. Keys are integer ids; a key's home slot is a hash of the id, so slots of
-//! popular keys are scattered uniformly over the table. The load is a stream of operations on
+//! A large open-addressing hash table (linear probing) fills the whole arena (from its first
+//! 4 KiB-aligned byte, a whole number of pages, so that the layout does not depend on its
+//! alignment): 128-byte slots,
+//! loaded to 80 %. Keys are integer ids `0..n` (stored as `id + 1`); a key's home slot is a
+//! seeded pseudo-random permutation of the id ([`Permutation`], over `[0, 2^b)` with
+//! `2^b >= n`) scaled to the table size, so slots of popular keys are scattered uniformly over the
+//! table. Because the permutation is cheaply invertible, the fill can insert the keys in order of
+//! their home slots: a sequential sweep instead of random writes all over memory. The load is a stream of operations on
 //! Zipf-distributed keys (exponent [`ZIPF_S`]): [`GET_PERCENT`] % gets, the rest puts that rewrite
 //! the value with a new version and length. Popular keys are few, so although the table spans
 //! most of memory, any short interval reads and dirties only a modest fraction of its pages.
@@ -12,15 +17,17 @@
 //! values are 8..=14 words (64..=112 bytes) derived from `(id, version)`.
 //!
 //! # Phases and units
-//! 1. Setup (not counted in units): clear the table, then insert every key once (version 0).
-//! 2. Operations: one **unit = [`OPS_PER_UNIT`] operations** (about 1–3 ms).
+//! 1. Setup (not counted in units): clear the table, then insert every key once (version 0), in
+//!    order of home slot.
+//! 2. Operations: one **unit = [`OPS_PER_UNIT`] operations** (about 1–5 ms).
 //!
-//! `yield_now` is called every 8192 slots cleared, every [`OPS_PER_YIELD`] inserts and every
-//! [`OPS_PER_YIELD`] operations (well under 1 ms each).
+//! `yield_now` is called every 2048 slots cleared (256 KiB), every 8192 candidate home slots of
+//! the fill (at most 8192 inserts, about 1 MiB of table) and every [`OPS_PER_YIELD`] operations
+//! (about 0.1–0.5 ms each).
 //!
 //! The checksum folds every get's key, version and value words and every put's new version.
 
-use crate::rng::{mix2, mix64, Rng, Zipf};
+use crate::rng::{mix2, mix64, Permutation, Rng, Zipf};
 use crate::util::{cast_slice_mut, Bytes, Ctl, Flow};
 use crate::{Outcome, Platform, RunConfig, WorkloadError};
 
@@ -29,7 +36,7 @@ pub const MIN_ARENA: u64 = 4 << 20;
 /// Operations per unit.
 pub const OPS_PER_UNIT: u64 = 10_000;
 /// Operations (or inserts) between two yields.
-pub const OPS_PER_YIELD: u64 = 2_000;
+pub const OPS_PER_YIELD: u64 = 1_000;
 /// Percentage of operations that are gets; the rest are puts.
 pub const GET_PERCENT: u64 = 90;
 /// Zipf exponent of key popularity.
@@ -38,8 +45,10 @@ pub const ZIPF_S: f64 = 0.99;
 pub const SLOT_BYTES: usize = 128;
 
 const SLOT_WORDS: usize = SLOT_BYTES / 8;
-/// Slots cleared between two yields (1 MiB of table).
-const CLEAR_PER_YIELD: usize = 8192;
+/// Slots cleared between two yields (256 KiB of table: first touches can be slow).
+const CLEAR_PER_YIELD: usize = 2048;
+/// Candidate home slots of the fill between two yields.
+const FILL_PER_YIELD: u64 = 8192;
 /// Value length in words: MIN_VALUE_WORDS + (hash % 7), so 64..=112 bytes.
 const MIN_VALUE_WORDS: u64 = 8;
 
@@ -58,21 +67,28 @@ pub fn run(
 
 struct Table<'a> {
     slots: &'a mut [Slot],
-    salt: u64,
+    /// Maps `id` to its position in `[0, 2^bits)`.
+    perm: Permutation,
+    bits: u32,
 }
 
 impl Table<'_> {
+    /// The home slot of position `pos` of the permutation: monotone in `pos`, no division.
     #[inline]
-    fn home(&self, key: u64) -> usize {
-        // Multiply-shift range reduction of a hash of the key: no division, uniform.
-        ((mix64(key ^ self.salt) as u128 * self.slots.len() as u128) >> 64) as usize
+    fn home_of_pos(&self, pos: u64) -> usize {
+        ((pos as u128 * self.slots.len() as u128) >> self.bits) as usize
     }
 
     /// The slot holding `key`, or the empty slot where it would go.
     #[inline]
     fn find(&self, key: u64) -> usize {
+        self.find_from(self.home_of_pos(self.perm.apply(key - 1)), key)
+    }
+
+    /// Probes linearly from slot `i` for `key` or an empty slot.
+    #[inline]
+    fn find_from(&self, mut i: usize, key: u64) -> usize {
         let n = self.slots.len();
-        let mut i = self.home(key);
         loop {
             let k = self.slots[i][0];
             if k == key || k == 0 {
@@ -109,7 +125,7 @@ fn value_word(key: u64, version: u64, j: u64) -> u64 {
 }
 
 fn body(cfg: &RunConfig, ctl: &mut Ctl, arena: &mut [u8]) -> Flow {
-    let arena = crate::util::align_start(arena, SLOT_BYTES);
+    let arena = crate::util::usable(arena);
     let slots: &mut [Slot] = cast_slice_mut(arena);
     let nslots = slots.len() as u64;
     let nkeys = (nslots * 4 / 5).max(1);
@@ -121,9 +137,11 @@ fn body(cfg: &RunConfig, ctl: &mut Ctl, arena: &mut [u8]) -> Flow {
         ZIPF_S,
         GET_PERCENT
     ));
+    let bits = (64 - (nkeys - 1).leading_zeros()).max(1);
     let mut table = Table {
         slots,
-        salt: mix2(cfg.seed, 0x6b76),
+        perm: Permutation::new(mix2(cfg.seed, 0x6b76), bits),
+        bits,
     };
 
     // Setup: the arena's contents are unspecified, so clear every key word first.
@@ -133,11 +151,15 @@ fn body(cfg: &RunConfig, ctl: &mut Ctl, arena: &mut [u8]) -> Flow {
             ctl.yield_now()?;
         }
     }
-    for id in 0..nkeys {
-        let key = id + 1;
-        let i = table.find(key);
-        table.write(i, key, 0);
-        if (id + 1) % OPS_PER_YIELD == 0 {
+    // Fill in order of home slot: walk the permutation's positions and insert the ids found.
+    for pos in 0..1u64 << bits {
+        let id = table.perm.invert(pos);
+        if id < nkeys {
+            let key = id + 1;
+            let i = table.find_from(table.home_of_pos(pos), key);
+            table.write(i, key, 0);
+        }
+        if (pos + 1) % FILL_PER_YIELD == 0 {
             ctl.yield_now()?;
         }
     }
@@ -190,7 +212,7 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::util::testing::TestPlatform;
+    use crate::util::testing::{Arena, TestPlatform};
     use simuboost_abi::WorkloadId;
     use std::vec;
 
@@ -206,8 +228,8 @@ mod tests {
 
     fn run_once(seed: u64, units: u64, arena_bytes: usize) -> (Outcome, TestPlatform) {
         let mut p = TestPlatform::new(0);
-        let mut arena = vec![0xa5u8; arena_bytes];
-        let out = crate::run(&cfg(seed, units), &mut p, &mut arena).expect("kvstore runs");
+        let mut arena = Arena::new(arena_bytes, 0xa5);
+        let out = crate::run(&cfg(seed, units), &mut p, arena.bytes()).expect("kvstore runs");
         (out, p)
     }
 
@@ -226,8 +248,8 @@ mod tests {
     fn stops_when_asked() {
         let mut p = TestPlatform::new(0);
         p.stop_at_yield = Some(200);
-        let mut arena = vec![0u8; 4 << 20];
-        let out = crate::run(&cfg(1, 0), &mut p, &mut arena).expect("kvstore runs");
+        let mut arena = Arena::new(4 << 20, 0);
+        let out = crate::run(&cfg(1, 0), &mut p, arena.bytes()).expect("kvstore runs");
         assert_eq!(p.yields, 200);
         assert!(out.units_done > 0 && out.units_done < 200);
     }
@@ -235,9 +257,9 @@ mod tests {
     #[test]
     fn table_holds_every_key_once() {
         let mut p = TestPlatform::new(0);
-        let mut arena = vec![0xffu8; MIN_ARENA as usize];
-        crate::run(&cfg(3, 2), &mut p, &mut arena).expect("kvstore runs");
-        let slots: &mut [Slot] = cast_slice_mut(crate::util::align_start(&mut arena, SLOT_BYTES));
+        let mut arena = Arena::new(MIN_ARENA as usize, 0xff);
+        crate::run(&cfg(3, 2), &mut p, arena.bytes()).expect("kvstore runs");
+        let slots: &mut [Slot] = cast_slice_mut(crate::util::usable(arena.bytes()));
         let nkeys = slots.len() as u64 * 4 / 5;
         let mut seen = vec![false; nkeys as usize + 1];
         for s in slots.iter() {
@@ -250,5 +272,15 @@ mod tests {
             }
         }
         assert!(seen[1..].iter().all(|&b| b));
+        // Lookups find every key where the fill put it.
+        let bits = 64 - (nkeys - 1).leading_zeros();
+        let table = Table {
+            perm: Permutation::new(mix2(3, 0x6b76), bits),
+            bits,
+            slots,
+        };
+        for key in 1..=nkeys {
+            assert_eq!(table.slots[table.find(key)][0], key);
+        }
     }
 }

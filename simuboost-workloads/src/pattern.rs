@@ -4,8 +4,10 @@
 //! # Pages
 //! The arena is viewed as 4096-byte pages counted from its first 4096-aligned address (in the
 //! guest the arena is page aligned, so this is its start; on the host up to 4095 leading bytes
-//! are skipped); `arena_pages` is the number of whole pages after that address (see
-//! [`aligned_pages`]).
+//! are skipped). `arena_pages = floor((len - 4095) / 4096)`: the number of whole pages that
+//! follow the first aligned address whatever the arena's alignment, so that guest and host runs
+//! agree (for a page-aligned arena whose length is a multiple of 4096, its last page is never
+//! touched). See [`aligned_pages`].
 //!
 //! # Steps
 //! Step `s` (s = 0, 1, 2, ...) takes the pages of [`step_pages`]`(seed, s, arena_pages)`:
@@ -27,10 +29,10 @@
 //! A step that was performed is always counted, even if its `yield_now` asks to stop.
 
 use crate::rng::{mix2, mix64, Rng};
-use crate::util::{align_offset, cast_slice_mut, Ctl, Flow};
+use crate::util::{align_offset, cast_slice_mut, usable_len, Ctl, Flow};
 use crate::{Outcome, Platform, RunConfig, WorkloadError};
 
-/// Smallest arena: 256 KiB (63 or 64 pages; at least 32 are needed).
+/// Smallest arena: 256 KiB (63 pages used; at least 32 are needed).
 pub const MIN_ARENA: u64 = 256 << 10;
 /// Pages read per step.
 pub const READS_PER_STEP: usize = 16;
@@ -48,14 +50,12 @@ pub struct StepPages {
     pub writes: [u64; WRITES_PER_STEP],
 }
 
-/// The byte offset of the first 4096-aligned address of an arena starting at address `base`,
-/// and the number of whole pages after it in `len` bytes.
+/// For an arena of `len` bytes at address `base`: the byte offset of its first 4096-aligned
+/// address, and the number of pages the workload uses from there, `floor((len - 4095) / 4096)`
+/// (independent of `base`).
 pub fn aligned_pages(base: usize, len: usize) -> (usize, u64) {
     let off = align_offset(base as *const u8, PAGE_BYTES);
-    if off >= len {
-        return (off, 0);
-    }
-    (off, ((len - off) / PAGE_BYTES) as u64)
+    (off, (usable_len(len) / PAGE_BYTES) as u64)
 }
 
 /// The pages step `step` touches in an arena of `arena_pages` pages: distinct, uniformly drawn.
@@ -145,7 +145,7 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::util::testing::TestPlatform;
+    use crate::util::testing::{Arena, TestPlatform};
     use simuboost_abi::WorkloadId;
     use std::collections::BTreeMap;
     use std::vec;
@@ -224,8 +224,8 @@ mod tests {
     fn deterministic_checksum() {
         let run = |seed| {
             let mut p = TestPlatform::new(0);
-            let mut arena = vec![0u8; MIN_ARENA as usize];
-            crate::run(&cfg(seed, 50), &mut p, &mut arena).expect("pattern runs")
+            let mut arena = Arena::new(MIN_ARENA as usize, 0);
+            crate::run(&cfg(seed, 50), &mut p, arena.bytes()).expect("pattern runs")
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1).checksum, run(2).checksum);

@@ -120,6 +120,76 @@ pub fn log_uniform(r: u64, bits: u32) -> u64 {
     base + ((r >> 32) & base)
 }
 
+/// A seeded pseudo-random permutation of `[0, 2^bits)` (`1 <= bits <= 64`) with a cheap inverse:
+/// xor with a salt, then twice (multiply by an odd constant, xor-shift right by `bits / 2`), all
+/// modulo `2^bits`. Each step is a bijection, so the whole is, and each is inverted in turn.
+#[derive(Clone, Debug)]
+pub struct Permutation {
+    mask: u64,
+    shift: u32,
+    salt: u64,
+    mul: [u64; 2],
+    inv: [u64; 2],
+}
+
+impl Permutation {
+    /// A permutation of `[0, 2^bits)` chosen by `seed`.
+    pub fn new(seed: u64, bits: u32) -> Permutation {
+        let bits = bits.clamp(1, 64);
+        let mask = if bits == 64 {
+            u64::MAX
+        } else {
+            (1 << bits) - 1
+        };
+        let mut sm = SplitMix64(seed);
+        let salt = sm.next_u64() & mask;
+        let mul = [sm.next_u64() | 1, sm.next_u64() | 1];
+        // Inverses modulo 2^64 by Newton's iteration (each step doubles the correct bits).
+        let inv = mul.map(|m| {
+            let mut x = m;
+            for _ in 0..6 {
+                x = x.wrapping_mul(2u64.wrapping_sub(m.wrapping_mul(x)));
+            }
+            x
+        });
+        Permutation {
+            mask,
+            shift: bits.div_ceil(2),
+            salt,
+            mul,
+            inv,
+        }
+    }
+
+    /// The image of `x` (`x < 2^bits`).
+    #[inline]
+    pub fn apply(&self, x: u64) -> u64 {
+        let mut x = (x ^ self.salt) & self.mask;
+        for m in self.mul {
+            x = x.wrapping_mul(m) & self.mask;
+            x ^= x >> self.shift;
+        }
+        x
+    }
+
+    /// The preimage of `y` (`y < 2^bits`).
+    #[inline]
+    pub fn invert(&self, y: u64) -> u64 {
+        let mut y = y & self.mask;
+        for m in self.inv.iter().rev() {
+            // x ^ (x >> s) is undone by y ^ (y >> s) ^ (y >> 2s) ^ ...
+            let mut x = y;
+            let mut sh = self.shift;
+            while sh < 64 {
+                x ^= y >> sh;
+                sh += self.shift;
+            }
+            y = x.wrapping_mul(*m) & self.mask;
+        }
+        y ^ self.salt
+    }
+}
+
 /// Zipf-distributed ranks in `[1, n]`: `P(k) ∝ k^-s`.
 ///
 /// # Method
@@ -423,6 +493,34 @@ mod tests {
             }
         }
         assert_eq!(a.below(0), 0);
+    }
+
+    #[test]
+    fn permutation_is_a_bijection() {
+        for bits in [1u32, 2, 3, 7, 10, 13] {
+            let p = Permutation::new(u64::from(bits), bits);
+            let n = 1u64 << bits;
+            let mut seen = vec![false; n as usize];
+            for x in 0..n {
+                let y = p.apply(x);
+                assert!(y < n);
+                assert!(!seen[y as usize]);
+                seen[y as usize] = true;
+                assert_eq!(p.invert(y), x);
+            }
+        }
+        let p = Permutation::new(9, 64);
+        let mut r = Rng::new(1);
+        for _ in 0..1000 {
+            let x = r.next_u64();
+            assert_eq!(p.invert(p.apply(x)), x);
+        }
+        // Small inputs are scattered.
+        let p = Permutation::new(3, 30);
+        let top: u64 = (0..64)
+            .map(|x| p.apply(x) >> 27)
+            .fold(0, |acc, b| acc | 1 << b);
+        assert_eq!(top, 0xff, "the first 64 ids land in all 8 eighths");
     }
 
     #[test]

@@ -132,6 +132,22 @@ impl Write for LineBuf {
     }
 }
 
+/// The part of the arena the workloads (all but `idle`) use: from its first 4096-aligned byte,
+/// [`usable_len`]`(arena.len())` bytes. That length depends only on the arena's length, never on
+/// its address, so a host run on an unaligned buffer lays memory out exactly like the
+/// page-aligned guest does and computes the same checksums.
+pub(crate) fn usable(arena: &mut [u8]) -> &mut [u8] {
+    let len = usable_len(arena.len());
+    let off = align_offset(arena.as_ptr(), 4096);
+    // off <= 4095 and len <= arena.len() - 4095, so this is in bounds.
+    &mut arena[off..off + len]
+}
+
+/// Whole 4096-byte pages found after the first aligned address of any `len`-byte buffer.
+pub(crate) const fn usable_len(len: usize) -> usize {
+    len.saturating_sub(4095) / 4096 * 4096
+}
+
 /// The part of `buf` starting at the first address that is a multiple of `align` (a power of
 /// two); empty if there is none.
 pub(crate) fn align_start(buf: &mut [u8], align: usize) -> &mut [u8] {
@@ -223,6 +239,30 @@ pub(crate) mod testing {
 
     use crate::{DiskError, Platform, BLOCK_SIZE};
 
+    /// A page-aligned arena (so layouts, and so checksums, do not depend on the allocator).
+    pub(crate) struct Arena {
+        buf: Vec<u8>,
+        start: usize,
+        len: usize,
+    }
+
+    impl Arena {
+        pub(crate) fn new(len: usize, fill: u8) -> Arena {
+            Arena::skewed(len, fill, 0)
+        }
+
+        /// An arena starting `skew` bytes after a page boundary.
+        pub(crate) fn skewed(len: usize, fill: u8, skew: usize) -> Arena {
+            let buf = vec![fill; len + 4096 + skew];
+            let start = super::align_offset(buf.as_ptr(), 4096) + skew;
+            Arena { buf, start, len }
+        }
+
+        pub(crate) fn bytes(&mut self) -> &mut [u8] {
+            &mut self.buf[self.start..self.start + self.len]
+        }
+    }
+
     pub(crate) struct TestPlatform {
         pub disk: Vec<u8>,
         pub clock: u64,
@@ -289,6 +329,83 @@ pub(crate) mod testing {
         fn yield_now(&mut self) -> bool {
             self.yields += 1;
             self.stop_at_yield.is_some_and(|n| self.yields >= n)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Arena, TestPlatform};
+    use crate::{compress, dataset, min_arena_bytes, sort, RunConfig, WorkloadError};
+    use simuboost_abi::WorkloadId;
+
+    /// Runs `workload` for a few units on an arena of its minimum size plus `extra` bytes,
+    /// starting `skew` bytes after a page boundary.
+    fn run(workload: WorkloadId, extra: usize, skew: usize) -> crate::Outcome {
+        let data = match workload {
+            WorkloadId::Compress => 256 << 10,
+            WorkloadId::Sort => 1 << 20,
+            _ => 0,
+        };
+        let blocks = match workload {
+            WorkloadId::Compress => compress::disk_blocks_needed(data),
+            WorkloadId::Sort => sort::disk_blocks_needed(data),
+            _ => 0,
+        };
+        let mut p = TestPlatform::new(blocks);
+        match workload {
+            WorkloadId::Compress => {
+                dataset::fill_compress_input(1, 0, &mut p.disk[..data as usize])
+            }
+            WorkloadId::Sort => dataset::fill_sort_input(1, 0, &mut p.disk[..data as usize]),
+            _ => {}
+        }
+        let cfg = RunConfig {
+            workload,
+            seed: 5,
+            work_units: 3,
+            disk_blocks: blocks,
+            disk_data_bytes: data,
+        };
+        let len = min_arena_bytes(workload) as usize + extra;
+        let mut arena = Arena::skewed(len, 0, skew);
+        crate::run(&cfg, &mut p, arena.bytes()).expect("workload runs")
+    }
+
+    #[test]
+    fn results_do_not_depend_on_arena_alignment() {
+        for w in WorkloadId::ALL {
+            for extra in [0, 5000] {
+                let aligned = run(w, extra, 0);
+                assert_eq!(aligned.units_done, 3, "{}", w.name());
+                for skew in [16, 4095] {
+                    assert_eq!(run(w, extra, skew), aligned, "{} skew {skew}", w.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn small_arenas_are_refused() {
+        for w in WorkloadId::ALL {
+            let needed = min_arena_bytes(w);
+            assert!(needed <= 16 << 20);
+            let mut p = TestPlatform::new(0);
+            let cfg = RunConfig {
+                workload: w,
+                seed: 1,
+                work_units: 1,
+                disk_blocks: 0,
+                disk_data_bytes: 0,
+            };
+            let mut arena = Arena::new(needed as usize - 1, 0);
+            assert_eq!(
+                crate::run(&cfg, &mut p, arena.bytes()),
+                Err(WorkloadError::ArenaTooSmall {
+                    needed,
+                    available: needed - 1
+                })
+            );
         }
     }
 }
