@@ -47,9 +47,18 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.task {
+fn main() -> std::process::ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<()> {
+    match task {
         Task::Setup => setup::run(),
         Task::Build { release } => {
             setup::run()?;

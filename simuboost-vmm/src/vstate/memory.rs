@@ -38,7 +38,8 @@ pub enum MemoryError {
 
 /// Maps `bytes` of zeroed guest RAM at guest physical address 0.
 pub fn create_guest_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
-    if bytes % MEM_ALIGN != 0 || !(MIN_MEM_BYTES..=layout::MAX_MEM_BYTES).contains(&bytes) {
+    if !bytes.is_multiple_of(MEM_ALIGN) || !(MIN_MEM_BYTES..=layout::MAX_MEM_BYTES).contains(&bytes)
+    {
         return Err(MemoryError::BadSize { bytes });
     }
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)])
@@ -47,10 +48,7 @@ pub fn create_guest_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
 
 /// Host address and size of the one RAM region.
 pub fn host_region(memory: &GuestMemory) -> (*mut u8, u64) {
-    let size: u64 = memory
-        .iter()
-        .map(|r| vm_memory::GuestMemoryRegion::len(r))
-        .sum();
+    let size: u64 = memory.iter().map(vm_memory::GuestMemoryRegion::len).sum();
     let base = memory
         .get_host_address(GuestAddress(0))
         .expect("guest RAM always starts at guest physical address 0");
