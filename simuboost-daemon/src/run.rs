@@ -172,6 +172,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             disk,
             guest_image,
             console,
+            dirty_tracking: None,
+            record_events: false,
         },
         control,
     )?;
@@ -201,7 +203,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         seed,
         "starting the guest"
     );
-    let result = machine.run(deadline, STOP_GRACE);
+    let result = machine.run(deadline, STOP_GRACE, &mut simuboost_vmm::machine::NoObserver);
     let outcome = match &result {
         Ok(report) => {
             summary.exit_status = Some(report.exit_status);

@@ -13,9 +13,14 @@ use simuboost_abi::{BootConfig, WorkloadId, BOOT_CONFIG_MAGIC, DOORBELL_GPA, POR
 
 use crate::boot::{self, BootError};
 use crate::devices::disk::{Disk, DiskError};
-use crate::devices::paravirt::{DeviceAction, DeviceError, DeviceStats, ParavirtDevice};
-use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
-use crate::vstate::vcpu::{Exit, Registers, Vcpu, VcpuError};
+use crate::devices::paravirt::{
+    DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot, DeviceStats, ParavirtDevice,
+};
+use crate::vstate::dirty::{
+    DirtyBitmap, DirtyError, DirtyLog, DirtyRing, DirtyTracker, DirtyTracking,
+};
+use crate::vstate::memory::{create_guest_memory, host_region, GuestMemory, MemoryError};
+use crate::vstate::vcpu::{Exit, Registers, Vcpu, VcpuError, VcpuSnapshot};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Everything needed to boot a machine.
@@ -34,6 +39,51 @@ pub struct MachineConfig {
     pub guest_image: Vec<u8>,
     /// Where the guest console goes.
     pub console: Box<dyn Write + Send>,
+    /// Track the frames the guest writes (for checkpoints), and how.
+    pub dirty_tracking: Option<DirtyTracking>,
+    /// Log every device request with the values given to the guest.
+    pub record_events: bool,
+}
+
+/// Error type of [`ExitObserver`] callbacks.
+pub type ObserverError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Called by [`Machine::run`] while the guest is paused at a guest-initiated exit: the recorder
+/// takes its checkpoints here.
+pub trait ExitObserver {
+    /// Before the guest's first instruction.
+    fn before_start(&mut self, machine: &mut Machine) -> Result<(), ObserverError>;
+    /// After a doorbell write was handled, before the guest resumes.
+    fn after_exit(&mut self, machine: &mut Machine) -> Result<(), ObserverError>;
+    /// The guest asked to terminate with `status`; its last request has been handled.
+    fn before_shutdown(&mut self, machine: &mut Machine, status: u64)
+        -> Result<(), ObserverError>;
+}
+
+/// An observer that does nothing: a plain run.
+pub struct NoObserver;
+
+impl ExitObserver for NoObserver {
+    fn before_start(&mut self, _: &mut Machine) -> Result<(), ObserverError> {
+        Ok(())
+    }
+    fn after_exit(&mut self, _: &mut Machine) -> Result<(), ObserverError> {
+        Ok(())
+    }
+    fn before_shutdown(&mut self, _: &mut Machine, _: u64) -> Result<(), ObserverError> {
+        Ok(())
+    }
+}
+
+/// The state of the whole machine apart from guest memory.
+#[derive(Clone)]
+pub struct MachineSnapshot {
+    /// Guest-initiated exits so far.
+    pub exits: u64,
+    /// The vCPU.
+    pub vcpu: VcpuSnapshot,
+    /// The device.
+    pub device: DeviceSnapshot,
 }
 
 /// Errors booting or running a machine.
@@ -174,6 +224,9 @@ pub struct Machine {
     control: RunControl,
     boot_config: BootConfig,
     guest_exits: u64,
+    dirty_tracker: Option<Box<dyn DirtyTracker>>,
+    /// Frames KVM reported dirty since the last `take_dirty` (the ring may be harvested early).
+    guest_dirty: DirtyBitmap,
 }
 
 impl Machine {
@@ -205,8 +258,20 @@ impl Machine {
         }
         let memory = create_guest_memory(config.mem_bytes)?;
         let image = boot::load(&memory, config.mem_bytes, &config.guest_image)?;
-        let vm = Vm::new(&memory)?;
+        let vm = Vm::new(&memory, config.dirty_tracking.is_some())?;
+        let dirty_log = match config.dirty_tracking {
+            Some(DirtyTracking::Log) => Some(DirtyLog::new(vm.kvm(), vm.fd(), config.mem_bytes)?),
+            Some(DirtyTracking::Ring) => {
+                DirtyRing::enable(vm.kvm(), vm.fd())?;
+                None
+            }
+            None => None,
+        };
         let vcpu = vm.create_vcpu(image.entry)?;
+        let dirty_tracker: Option<Box<dyn DirtyTracker>> = match config.dirty_tracking {
+            Some(DirtyTracking::Ring) => Some(Box::new(DirtyRing::map(vcpu.fd())?)),
+            _ => dirty_log.map(|log| Box::new(log) as Box<dyn DirtyTracker>),
+        };
         let boot_config = BootConfig {
             magic: BOOT_CONFIG_MAGIC,
             workload: config.workload as u32,
@@ -258,8 +323,12 @@ impl Machine {
         &mut self,
         deadline: Option<Duration>,
         stop_grace: Duration,
+        observer: &mut dyn ExitObserver,
     ) -> Result<RunReport, MachineError> {
         let start = Instant::now();
+        observer
+            .before_start(self)
+            .map_err(MachineError::Observer)?;
         let mut stop_seen_at: Option<Instant> = None;
         loop {
             if stop_seen_at.is_none() {
@@ -278,10 +347,15 @@ impl Machine {
                     value,
                 } => {
                     self.guest_exits += 1;
-                    match self.device.handle(&self.memory, value)? {
-                        DeviceAction::Continue => {}
+                    match self.device.handle(&self.memory, self.guest_exits, value)? {
+                        DeviceAction::Continue => {
+                            observer.after_exit(self).map_err(MachineError::Observer)?
+                        }
                         DeviceAction::Exit(status) => {
                             self.device.flush_console()?;
+                            observer
+                                .before_shutdown(self, status)
+                                .map_err(MachineError::Observer)?;
                             return Ok(RunReport {
                                 exit_status: status,
                                 guest_exits: self.guest_exits,
@@ -314,6 +388,11 @@ impl Machine {
                     )))
                 }
                 Exit::Interrupted => {}
+                Exit::DirtyRingFull => {
+                    if let Some(tracker) = &mut self.dirty_tracker {
+                        tracker.harvest(self.vm.fd(), &mut self.guest_dirty)?;
+                    }
+                }
                 Exit::Halt => return Err(self.crash("the guest halted".to_string())),
                 Exit::Shutdown => {
                     return Err(self.crash(

@@ -21,9 +21,10 @@
 //!
 //! # Units
 //! Tree generation is setup (not counted). One **unit = one job** (about 0.5–3 ms; the input of a
-//! job is at most 512 KiB, less on small arenas). `yield_now` is called after generating each
-//! file, after tokenizing each input file (≤ 64 KiB), every 16384 tokens of symbol-table and
-//! code work, every 256 KiB of symbol table cleared, and at the end of each job.
+//! job is at most 512 KiB, less on small arenas). The workload yields after about a millisecond
+//! of estimated work (`Ctl::work`: bytes generated or tokenized, table operations), checked
+//! after each generated or tokenized file and every 16384 tokens of symbol-table and code work,
+//! and at the end of each job.
 
 use alloc::vec::Vec;
 
@@ -47,8 +48,12 @@ const _: () = assert!(HEADER_EVERY.is_power_of_two());
 const MAX_JOB_INPUT: u64 = 512 << 10;
 /// Most headers a job includes.
 const MAX_INCLUDES: usize = 32;
-/// Tokens processed between yields in the symbol-table and code passes.
+/// Tokens processed between pacing checks in the symbol-table and code passes.
 const TOKENS_PER_YIELD: usize = 16384;
+/// Rough costs that pace the yields (see `Ctl::work`), measured on the development host.
+const NS_PER_GENERATED_BYTE: u64 = 4;
+const NS_PER_TOKENIZED_BYTE: u64 = 2;
+const NS_PER_TABLE_OP: u64 = 10;
 /// log2 of the identifier vocabulary size.
 const VOCAB_BITS: u32 = 12;
 /// Object file magic ("SBOBJ\0\0\0").
@@ -305,7 +310,7 @@ fn generate_tree(
         table[n] = [off, size];
         n += 1;
         off = (off + size).div_ceil(8) * 8;
-        ctl.yield_now()?;
+        ctl.work(size * NS_PER_GENERATED_BYTE)?;
     }
     Ok(n)
 }
@@ -418,7 +423,7 @@ fn run_job(
     for &f in &jf.files[..jf.count] {
         let [off, len] = table[f as usize];
         ntok = tokenize(&tree[off as usize..(off + len) as usize], tokens, ntok);
-        ctl.yield_now()?;
+        ctl.work(len * NS_PER_TOKENIZED_BYTE)?;
     }
     let tokens = &tokens[..ntok];
 
@@ -429,7 +434,7 @@ fn run_job(
     // Clear it (like calloc) in pieces: first touches of fresh memory can be slow.
     for piece in symtab.chunks_mut(TOKENS_PER_YIELD) {
         piece.fill([0, 0]);
-        ctl.yield_now()?;
+        ctl.work(piece.len() as u64 * NS_PER_TABLE_OP)?;
     }
     let shift = 64 - cap.trailing_zeros();
     let slot_of = |h: u64| -> usize {
@@ -456,7 +461,7 @@ fn run_job(
                 s = (s + 1) & (cap - 1);
             }
         }
-        ctl.yield_now()?;
+        ctl.work(chunk.len() as u64 * NS_PER_TABLE_OP)?;
     }
 
     // Code generation: one 32-bit reference per token (symbol slot and use count).
@@ -475,7 +480,7 @@ fn run_job(
         }
         obj[4 + i] = w;
         if (i + 1) % (TOKENS_PER_YIELD / 2) == 0 {
-            ctl.yield_now()?;
+            ctl.work(TOKENS_PER_YIELD as u64 * NS_PER_TABLE_OP)?;
         }
     }
     let code_words = ntok.div_ceil(2);

@@ -36,7 +36,7 @@ pub const MIN_ARENA: u64 = 4 << 20;
 /// Operations per unit.
 pub const OPS_PER_UNIT: u64 = 10_000;
 /// Operations (or inserts) between two yields.
-pub const OPS_PER_YIELD: u64 = 1_000;
+pub const OPS_PER_YIELD: u64 = 3_000;
 /// Percentage of operations that are gets; the rest are puts.
 pub const GET_PERCENT: u64 = 90;
 /// Zipf exponent of key popularity.

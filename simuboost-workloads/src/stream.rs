@@ -9,10 +9,10 @@
 //! `copy: c = a`, `scale: b = q·c`, `add: c = a + b`, `triad: a = b + q·c`.
 //!
 //! # Units
-//! Passes are processed in segments of the destination array: up to 1 MiB for the kernels and
+//! Passes are processed in segments of the destination array: up to 4 MiB for the kernels and
 //! 256 KiB for the initialization passes (whose first touches of memory can be slow); the last
 //! segment of a pass may be shorter. `yield_now` is called after every segment (about
-//! 0.05–0.3 ms), and one **unit = [`UNIT_BYTES`] (4 MiB) of destination written** (about
+//! 0.2–1 ms), and one **unit = [`UNIT_BYTES`] (4 MiB) of destination written** (about
 //! 0.5–1.5 ms; units are counted at segment ends, carrying the remainder over).
 //!
 //! The checksum folds the wrapping sum of every segment's written words.
@@ -25,8 +25,8 @@ use crate::{Outcome, Platform, RunConfig, WorkloadError};
 pub const MIN_ARENA: u64 = 1 << 20;
 /// Bytes written per unit.
 pub const UNIT_BYTES: u64 = 4 << 20;
-/// Destination words per segment of the kernels (1 MiB).
-const SEGMENT_WORDS: usize = 1 << 17;
+/// Destination words per segment of the kernels (4 MiB: about a millisecond of work).
+const SEGMENT_WORDS: usize = 1 << 19;
 /// Destination words per segment of the initialization passes (256 KiB).
 const INIT_SEGMENT_WORDS: usize = 1 << 15;
 /// The scalar of `scale` and `triad`.
@@ -67,7 +67,7 @@ fn body(cfg: &RunConfig, ctl: &mut Ctl, arena: &mut [u8]) -> Flow {
             let hi = (lo + seg).min(w);
             let mut sum = 0u64;
             match pass {
-                // Initialization, one array per pass so segments stay 1 MiB.
+                // Initialization, one array per pass, in short segments (first touches are slow).
                 0..=2 => {
                     let (d, salt) = match pass {
                         0 => (&mut a[lo..hi], s),
@@ -151,10 +151,11 @@ mod tests {
     #[test]
     fn deterministic_and_touches_everything() {
         let mut p = TestPlatform::new(0);
-        // 2 MiB arrays: 6 MiB of initialization (24 segments), then 1 MiB segments.
+        // 2 MiB arrays: 6 MiB of initialization (24 segments), then one 2 MiB segment per
+        // kernel pass (segments are at most an array long): 3 units = 12 MiB after 3 of them.
         let (a, arena) = run_skewed(1, 3, 6 << 20, &mut p);
         assert_eq!(a.units_done, 3);
-        assert_eq!(p.yields, 24 + 7);
+        assert_eq!(p.yields, 24 + 3);
         // The three initialization passes wrote all three arrays.
         assert!(arena.chunks(4096).all(|pg| pg.iter().any(|&b| b != 0xee)));
         let mut p = TestPlatform::new(0);
@@ -169,7 +170,8 @@ mod tests {
     fn stops_when_asked() {
         let mut p = TestPlatform::new(0);
         // 1 MiB arrays (a little less after alignment): 12 initialization segments of
-        // 256 KiB, then 1 MiB segments; 20 yields are 11 MiB written: 2 units.
+        // 256 KiB, then one (array-long) segment per kernel pass; 20 yields are 11 MiB
+        // written: 2 units.
         p.stop_at_yield = Some(20);
         let (out, _) = run_skewed(1, 0, 3 << 20, &mut p);
         assert_eq!(p.yields, 20);

@@ -36,7 +36,7 @@ fn bench_units(workload: WorkloadId) -> Option<u64> {
         WorkloadId::Kvstore => Some(300),
         WorkloadId::Build => Some(300),
         WorkloadId::Compress => Some(150),
-        WorkloadId::Sort => Some(60),
+        WorkloadId::Sort => Some(1000),
         WorkloadId::Stream => Some(1500),
         WorkloadId::Pattern => Some(20000),
         // Idle waits for the clock: its runtime is the same anywhere by construction.

@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use simuboost_abi::{status, BootConfig, Op, Request, REQUEST_MAGIC, REQUEST_SIZE};
 
 use super::disk::{Disk, BLOCK_SIZE};
+use crate::vstate::dirty::DirtyBitmap;
 use crate::vstate::memory::GuestMemory;
 
 /// Largest single transfer (disk, random, console) the device performs, so that one request
@@ -50,6 +51,41 @@ pub enum DeviceError {
     Console(#[source] std::io::Error),
 }
 
+/// One handled request, with every value the device gave the guest: what the recorder logs
+/// and the replayer feeds back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceEvent {
+    /// Guest-initiated exit number (1 = the first doorbell write since boot).
+    pub exit: u64,
+    /// Raw opcode.
+    pub op: u32,
+    /// Raw arguments.
+    pub args: [u64; 3],
+    /// Status returned.
+    pub status: u32,
+    /// Result value returned.
+    pub ret: u64,
+    /// Where the device wrote `data` into guest memory (besides the request's result fields).
+    pub data_gpa: Option<u64>,
+    /// The bytes written there.
+    pub data: Option<Vec<u8>>,
+}
+
+/// The device's own state at a checkpoint (the guest-visible part is in guest memory).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DeviceSnapshot {
+    /// Position in the random stream (ChaCha20 word position).
+    pub rng_word_pos: u128,
+    /// Requests handled so far.
+    pub requests: u64,
+    /// Nanoseconds of the device clock so far.
+    pub clock_ns: u64,
+    /// Bytes read from the disk so far.
+    pub disk_read_bytes: u64,
+    /// Bytes written to the disk so far.
+    pub disk_write_bytes: u64,
+}
+
 /// A paravirtual device instance.
 pub struct ParavirtDevice {
     boot_config: BootConfig,
@@ -59,6 +95,12 @@ pub struct ParavirtDevice {
     disk: Option<Disk>,
     stop: Arc<AtomicBool>,
     stats: DeviceStats,
+    /// Frames the device wrote since the last `take_written`: KVM's dirty log misses them.
+    written: DirtyBitmap,
+    /// Events since the last `take_events`, when recording.
+    events: Option<Vec<DeviceEvent>>,
+    /// Data the current request wrote into guest memory (for its event).
+    pending_data: Option<(u64, Vec<u8>)>,
 }
 
 /// Counters of what the device did.
@@ -93,7 +135,50 @@ impl ParavirtDevice {
             disk,
             stop,
             stats: DeviceStats::default(),
+            written: DirtyBitmap::new(boot_config.mem_bytes / simuboost_abi::PAGE_SIZE),
+            events: None,
+            pending_data: None,
         }
+    }
+
+    /// Starts logging every request as a [`DeviceEvent`].
+    pub fn record_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events since the last call (empty when not recording).
+    pub fn take_events(&mut self) -> Vec<DeviceEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The frames the device wrote since the last call.
+    pub fn take_written(&mut self) -> DirtyBitmap {
+        let frames = self.boot_config.mem_bytes / simuboost_abi::PAGE_SIZE;
+        std::mem::replace(&mut self.written, DirtyBitmap::new(frames))
+    }
+
+    /// The device's state.
+    pub fn snapshot(&self) -> DeviceSnapshot {
+        DeviceSnapshot {
+            rng_word_pos: self.rng.get_word_pos(),
+            requests: self.stats.requests,
+            clock_ns: self.clock_origin.elapsed().as_nanos() as u64,
+            disk_read_bytes: self.stats.disk_read_bytes,
+            disk_write_bytes: self.stats.disk_write_bytes,
+        }
+    }
+
+    /// Writes `bytes` into guest memory at `gpa`, remembering the frames and (for the event
+    /// log) the data.
+    fn deliver(&mut self, memory: &GuestMemory, gpa: u64, bytes: Vec<u8>) -> bool {
+        if memory.write_slice(&bytes, GuestAddress(gpa)).is_err() {
+            return false;
+        }
+        self.written.set_range(gpa, bytes.len() as u64);
+        if self.events.is_some() {
+            self.pending_data = Some((gpa, bytes));
+        }
+        true
     }
 
     /// Counters so far.
@@ -106,24 +191,23 @@ impl ParavirtDevice {
         self.console.flush().map_err(DeviceError::Console)
     }
 
-    /// Handles one doorbell ring with the request at `gpa`.
-    pub fn handle(&mut self, memory: &GuestMemory, gpa: u64) -> Result<DeviceAction, DeviceError> {
-        let mut raw = [0u8; REQUEST_SIZE as usize];
-        memory
-            .read_slice(&mut raw, GuestAddress(gpa))
-            .map_err(|_| DeviceError::BadRequestAddress(gpa))?;
-        let request = decode_request(&raw);
-        if request.magic != REQUEST_MAGIC {
-            return Err(DeviceError::BadMagic {
-                gpa,
-                magic: request.magic,
-            });
-        }
+    /// Handles doorbell write number `exit` (counted from boot), naming the request at `gpa`.
+    pub fn handle(
+        &mut self,
+        memory: &GuestMemory,
+        exit: u64,
+        gpa: u64,
+    ) -> Result<DeviceAction, DeviceError> {
+        let request = read_request(memory, gpa)?;
         self.stats.requests += 1;
         let [a0, a1, a2] = request.args;
+        self.pending_data = None;
         let (status, ret) = match Op::from_raw(request.op) {
             None => (status::INVALID, 0),
-            Some(Op::Exit) => return Ok(DeviceAction::Exit(a0)),
+            Some(Op::Exit) => {
+                self.log_event(exit, &request, status::OK, 0);
+                return Ok(DeviceAction::Exit(a0));
+            }
             Some(Op::ConsoleWrite) => self.console_write(memory, a0, a1)?,
             Some(Op::ClockRead) => (status::OK, self.clock_origin.elapsed().as_nanos() as u64),
             Some(Op::RandomRead) => self.random_read(memory, a0, a1),
@@ -135,16 +219,29 @@ impl ParavirtDevice {
             }
             Some(Op::BootConfig) => self.boot_config(memory, a0, a1),
         };
-        let mut result = [0u8; 16];
-        result[0..4].copy_from_slice(&status.to_le_bytes());
-        result[8..16].copy_from_slice(&ret.to_le_bytes());
-        memory
-            .write_slice(
-                &result,
-                GuestAddress(gpa + simuboost_abi::REQUEST_RESULT_OFFSET),
-            )
-            .map_err(|_| DeviceError::BadRequestAddress(gpa))?;
+        write_result(memory, gpa, status, ret)?;
+        self.written
+            .set_range(gpa + simuboost_abi::REQUEST_RESULT_OFFSET, 16);
+        self.log_event(exit, &request, status, ret);
         Ok(DeviceAction::Continue)
+    }
+
+    fn log_event(&mut self, exit: u64, request: &Request, status: u32, ret: u64) {
+        if let Some(events) = &mut self.events {
+            let (data_gpa, data) = match self.pending_data.take() {
+                Some((gpa, data)) => (Some(gpa), Some(data)),
+                None => (None, None),
+            };
+            events.push(DeviceEvent {
+                exit,
+                op: request.op,
+                args: request.args,
+                status,
+                ret,
+                data_gpa,
+                data,
+            });
+        }
     }
 
     fn console_write(
@@ -174,18 +271,21 @@ impl ParavirtDevice {
         }
         let mut buf = vec![0u8; len as usize];
         self.rng.fill_bytes(&mut buf);
-        match memory.write_slice(&buf, GuestAddress(gpa)) {
-            Ok(()) => (status::OK, len),
-            Err(_) => (status::BAD_ADDRESS, 0),
+        if self.deliver(memory, gpa, buf) {
+            (status::OK, len)
+        } else {
+            (status::BAD_ADDRESS, 0)
         }
     }
 
     fn boot_config(&mut self, memory: &GuestMemory, gpa: u64, len: u64) -> (u32, u64) {
-        let bytes = encode_boot_config(&self.boot_config);
-        let n = (len as usize).min(bytes.len());
-        match memory.write_slice(&bytes[..n], GuestAddress(gpa)) {
-            Ok(()) => (status::OK, n as u64),
-            Err(_) => (status::BAD_ADDRESS, 0),
+        let mut bytes = encode_boot_config(&self.boot_config);
+        bytes.truncate(len as usize);
+        let n = bytes.len() as u64;
+        if self.deliver(memory, gpa, bytes) {
+            (status::OK, n)
+        } else {
+            (status::BAD_ADDRESS, 0)
         }
     }
 
@@ -210,7 +310,7 @@ impl ParavirtDevice {
             tracing::warn!(block, count, error = %e, "disk read failed");
             return (status::IO_ERROR, 0);
         }
-        if memory.write_slice(&buf, GuestAddress(gpa)).is_err() {
+        if !self.deliver(memory, gpa, buf) {
             return (status::BAD_ADDRESS, 0);
         }
         self.stats.disk_read_bytes += len as u64;
@@ -239,6 +339,40 @@ impl ParavirtDevice {
         self.stats.disk_write_bytes += len as u64;
         (status::OK, count)
     }
+}
+
+/// Writes a request's status and result into guest memory.
+pub fn write_result(
+    memory: &GuestMemory,
+    gpa: u64,
+    status: u32,
+    ret: u64,
+) -> Result<(), DeviceError> {
+    let mut result = [0u8; 16];
+    result[0..4].copy_from_slice(&status.to_le_bytes());
+    result[8..16].copy_from_slice(&ret.to_le_bytes());
+    memory
+        .write_slice(
+            &result,
+            GuestAddress(gpa + simuboost_abi::REQUEST_RESULT_OFFSET),
+        )
+        .map_err(|_| DeviceError::BadRequestAddress(gpa))
+}
+
+/// Reads and decodes the request at `gpa`.
+pub fn read_request(memory: &GuestMemory, gpa: u64) -> Result<Request, DeviceError> {
+    let mut raw = [0u8; REQUEST_SIZE as usize];
+    memory
+        .read_slice(&mut raw, GuestAddress(gpa))
+        .map_err(|_| DeviceError::BadRequestAddress(gpa))?;
+    let request = decode_request(&raw);
+    if request.magic != REQUEST_MAGIC {
+        return Err(DeviceError::BadMagic {
+            gpa,
+            magic: request.magic,
+        });
+    }
+    Ok(request)
 }
 
 fn decode_request(raw: &[u8; REQUEST_SIZE as usize]) -> Request {

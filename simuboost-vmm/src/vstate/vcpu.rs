@@ -2,8 +2,12 @@
 
 use std::fmt;
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events,
+    kvm_xcrs, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use zerocopy::{FromBytes, IntoBytes};
 
 use simuboost_abi::{layout, selectors};
 
@@ -28,6 +32,25 @@ pub const TSS_LIMIT: u32 = 104 - 1;
 /// Errors configuring or running the vCPU.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    /// The MSR list could not be built.
+    #[error("too many MSRs to save")]
+    MsrList,
+    /// KVM refused to restore an MSR.
+    #[error("KVM refused to restore MSR {index:#x}")]
+    MsrRestore {
+        /// The first MSR not restored.
+        index: u32,
+    },
+    /// A saved state blob has the wrong size.
+    #[error("saved vCPU state is corrupt: {what} has {len} bytes, expected {expected}")]
+    BadBlob {
+        /// Which blob.
+        what: &'static str,
+        /// Its size.
+        len: usize,
+        /// The size of the KVM structure.
+        expected: usize,
+    },
     /// A KVM vCPU ioctl failed.
     #[error("KVM vCPU {what} failed: {source}")]
     Ioctl {
@@ -72,6 +95,8 @@ pub enum Exit {
     },
     /// `KVM_RUN` was interrupted by a signal (a kick); not guest-initiated.
     Interrupted,
+    /// The dirty ring is (soft) full and must be harvested.
+    DirtyRingFull,
     /// The guest halted.
     Halt,
     /// Triple fault.
@@ -184,6 +209,9 @@ impl Vcpu {
             Ok(VcpuExit::Hlt) => Ok(Exit::Halt),
             Ok(VcpuExit::Shutdown) => Ok(Exit::Shutdown),
             Ok(VcpuExit::Intr) => Ok(Exit::Interrupted),
+            Ok(VcpuExit::Unsupported(reason)) if reason == kvm_bindings::KVM_EXIT_DIRTY_RING_FULL => {
+                Ok(Exit::DirtyRingFull)
+            }
             Ok(other) => Ok(Exit::Other(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 Ok(Exit::Interrupted)
@@ -193,6 +221,84 @@ impl Vcpu {
                 source: e,
             }),
         }
+    }
+
+    /// Completes the instruction of the last exit without running the guest further: an MMIO
+    /// write is retired (RIP moves past it) only on the next `KVM_RUN`. With `immediate_exit`
+    /// set, that `KVM_RUN` finishes the pending work and returns at once, so the state read
+    /// afterwards is the state right after the doorbell write (what KVM's API asks of a VMM
+    /// before saving state).
+    pub fn complete_pending_exit(&mut self) -> Result<(), VcpuError> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        match result {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(VcpuError::Ioctl {
+                what: "run (complete pending exit)",
+                source: e,
+            }),
+            // KVM ran nothing with immediate_exit set, whatever it reports.
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Saves the vCPU state KVM needs to resume identically.
+    pub fn save_state(&self) -> Result<VcpuSnapshot, VcpuError> {
+        let mut msrs = Msrs::from_entries(
+            &SAVED_MSRS
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|_| VcpuError::MsrList)?;
+        let read = self.fd.get_msrs(&mut msrs).map_err(ioctl("get MSRs"))?;
+        Ok(VcpuSnapshot {
+            regs: self.fd.get_regs().map_err(ioctl("get regs"))?,
+            sregs: self.fd.get_sregs().map_err(ioctl("get sregs"))?,
+            fpu: self.fd.get_fpu().map_err(ioctl("get FPU"))?,
+            xcrs: self.fd.get_xcrs().map_err(ioctl("get XCRs"))?,
+            debugregs: self.fd.get_debug_regs().map_err(ioctl("get debug registers"))?,
+            events: self.fd.get_vcpu_events().map_err(ioctl("get vCPU events"))?,
+            msrs: msrs.as_slice()[..read]
+                .iter()
+                .map(|e| (e.index, e.data))
+                .collect(),
+        })
+    }
+
+    /// Restores a state saved by [`Vcpu::save_state`].
+    pub fn restore_state(&self, state: &VcpuSnapshot) -> Result<(), VcpuError> {
+        self.fd.set_sregs(&state.sregs).map_err(ioctl("set sregs"))?;
+        self.fd.set_regs(&state.regs).map_err(ioctl("set regs"))?;
+        self.fd.set_fpu(&state.fpu).map_err(ioctl("set FPU"))?;
+        self.fd.set_xcrs(&state.xcrs).map_err(ioctl("set XCRs"))?;
+        self.fd
+            .set_debug_regs(&state.debugregs)
+            .map_err(ioctl("set debug registers"))?;
+        self.fd
+            .set_vcpu_events(&state.events)
+            .map_err(ioctl("set vCPU events"))?;
+        let entries: Vec<kvm_msr_entry> = state
+            .msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::MsrList)?;
+        let written = self.fd.set_msrs(&msrs).map_err(ioctl("set MSRs"))?;
+        if written != entries.len() {
+            return Err(VcpuError::MsrRestore {
+                index: entries.get(written).map_or(0, |e| e.index),
+            });
+        }
+        Ok(())
     }
 
     /// Reads the general-purpose and system registers.
@@ -257,5 +363,116 @@ impl fmt::Display for Registers {
             "  cs={:#06x} ss={:#06x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
             s.cs.selector, s.ss.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
         )
+    }
+}
+
+/// MSRs saved with the vCPU: the ones a 64-bit guest could have changed (SYSCALL/SYSENTER
+/// setup, kernel GS base, PAT, TSC). FS/GS bases and EFER travel in the sregs.
+const SAVED_MSRS: [u32; 10] = [
+    0x174,       // IA32_SYSENTER_CS
+    0x175,       // IA32_SYSENTER_ESP
+    0x176,       // IA32_SYSENTER_EIP
+    0x277,       // IA32_PAT
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0xc000_0102, // KERNEL_GS_BASE
+    0x10,        // IA32_TSC
+];
+
+/// The vCPU state KVM needs to resume identically.
+#[derive(Clone)]
+pub struct VcpuSnapshot {
+    /// General-purpose registers, RIP, RFLAGS.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers, EFER.
+    pub sregs: kvm_sregs,
+    /// x87/SSE state.
+    pub fpu: kvm_fpu,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+    /// Pending exceptions, interrupts, NMIs.
+    pub events: kvm_vcpu_events,
+    /// MSR index and value pairs.
+    pub msrs: Vec<(u32, u64)>,
+}
+
+fn blob<T: FromBytes>(what: &'static str, bytes: &[u8]) -> Result<T, VcpuError> {
+    T::read_from_bytes(bytes).map_err(|_| VcpuError::BadBlob {
+        what,
+        len: bytes.len(),
+        expected: std::mem::size_of::<T>(),
+    })
+}
+
+impl VcpuSnapshot {
+    /// The persistent form (see simuboost-format): registers as numbers, the rest as the raw
+    /// bytes of KVM's structures.
+    pub fn to_saved(&self) -> simuboost_format::VcpuState {
+        let r = &self.regs;
+        simuboost_format::VcpuState {
+            regs: simuboost_format::GeneralRegs {
+                rax: r.rax,
+                rbx: r.rbx,
+                rcx: r.rcx,
+                rdx: r.rdx,
+                rsi: r.rsi,
+                rdi: r.rdi,
+                rsp: r.rsp,
+                rbp: r.rbp,
+                r8: r.r8,
+                r9: r.r9,
+                r10: r.r10,
+                r11: r.r11,
+                r12: r.r12,
+                r13: r.r13,
+                r14: r.r14,
+                r15: r.r15,
+                rip: r.rip,
+                rflags: r.rflags,
+            },
+            sregs: self.sregs.as_bytes().to_vec(),
+            fpu: self.fpu.as_bytes().to_vec(),
+            xcrs: self.xcrs.as_bytes().to_vec(),
+            debugregs: self.debugregs.as_bytes().to_vec(),
+            vcpu_events: self.events.as_bytes().to_vec(),
+            msrs: self.msrs.clone(),
+        }
+    }
+
+    /// Rebuilds a snapshot from its persistent form.
+    pub fn from_saved(saved: &simuboost_format::VcpuState) -> Result<VcpuSnapshot, VcpuError> {
+        let g = &saved.regs;
+        Ok(VcpuSnapshot {
+            regs: kvm_regs {
+                rax: g.rax,
+                rbx: g.rbx,
+                rcx: g.rcx,
+                rdx: g.rdx,
+                rsi: g.rsi,
+                rdi: g.rdi,
+                rsp: g.rsp,
+                rbp: g.rbp,
+                r8: g.r8,
+                r9: g.r9,
+                r10: g.r10,
+                r11: g.r11,
+                r12: g.r12,
+                r13: g.r13,
+                r14: g.r14,
+                r15: g.r15,
+                rip: g.rip,
+                rflags: g.rflags,
+            },
+            sregs: blob("sregs", &saved.sregs)?,
+            fpu: blob("fpu", &saved.fpu)?,
+            xcrs: blob("xcrs", &saved.xcrs)?,
+            debugregs: blob("debugregs", &saved.debugregs)?,
+            events: blob("vcpu_events", &saved.vcpu_events)?,
+            msrs: saved.msrs.clone(),
+        })
     }
 }

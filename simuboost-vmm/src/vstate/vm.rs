@@ -60,8 +60,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens /dev/kvm, creates a VM and registers `memory` as its RAM.
-    pub fn new(memory: &GuestMemory) -> Result<Vm, VmError> {
+    /// Opens /dev/kvm, creates a VM and registers `memory` as its RAM, with KVM's dirty
+    /// logging on if `log_dirty`.
+    pub fn new(memory: &GuestMemory, log_dirty: bool) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(|e| match e.errno() {
             libc::ENOENT => VmError::KvmMissing,
             libc::EACCES | libc::EPERM => VmError::KvmPermission,
@@ -77,7 +78,11 @@ impl Vm {
         let (host, mem_bytes) = host_region(memory);
         let region = kvm_userspace_memory_region {
             slot: RAM_SLOT,
-            flags: 0,
+            flags: if log_dirty {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: 0,
             memory_size: mem_bytes,
             userspace_addr: host as u64,
@@ -104,5 +109,10 @@ impl Vm {
     /// The VM file descriptor, for the subsystems that add to the VM (dirty log, tracing).
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The KVM system file descriptor.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
     }
 }

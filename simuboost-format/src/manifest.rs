@@ -1,0 +1,133 @@
+//! manifest.json: what the run is and how many of its checkpoints are complete.
+//!
+//! The manifest is the single source of truth for readers: they never list directories to find
+//! out what exists, because a crash can leave the files of an incomplete checkpoint behind. The
+//! writer replaces the manifest atomically as the very last step of a checkpoint.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{sync_dir, write_atomic};
+use crate::{layout, FormatError, FORMAT_VERSION};
+
+/// How a run was recorded; written once at creation and never changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// Workload name as given to the recorder (e.g. `kvstore`).
+    pub workload: String,
+    /// Guest RAM in bytes; a multiple of [`crate::PAGE_SIZE`].
+    pub mem_bytes: u64,
+    /// The seed handed to the workload.
+    pub seed: u64,
+    /// Target wall-clock length of an interval, in nanoseconds.
+    pub interval_ns: u64,
+    /// How dirty pages were found (e.g. `kvm-dirty-log`).
+    pub dirty_tracking: String,
+    /// The access tracer in use (e.g. `ebpf`, `none`).
+    pub tracer: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// xxh3 hash of the guest ELF image as hex (the recorder picks the width), so replay can
+    /// refuse a different guest.
+    pub guest_image_xxh3: String,
+    /// Path of the disk image, if the workload had one.
+    pub disk_image: Option<String>,
+}
+
+/// The contents of manifest.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT_VERSION`] when written by this crate; readers reject any other value.
+    pub format_version: u32,
+    pub meta: RunMeta,
+    /// Number of complete checkpoints: checkpoints `0..checkpoints` are loadable.
+    pub checkpoints: u64,
+    /// A consolidated page map is written at every checkpoint that is a multiple of this.
+    pub consolidate_every: u64,
+    /// Number of slots of pages.bin that complete checkpoints may reference; pages.bin may be
+    /// longer (pages of an incomplete checkpoint), never shorter.
+    pub page_slots: u64,
+    /// True once the recorder stopped and called `finish`.
+    pub finished: bool,
+    /// The guest's exit status, if it exited by itself.
+    pub exit_status: Option<u64>,
+    /// Why recording stopped (e.g. `guest exit`, `SIGINT`, `error: ...`).
+    pub stop_reason: Option<String>,
+}
+
+impl Manifest {
+    /// Number of guest pages (`mem_bytes / PAGE_SIZE`).
+    pub fn mem_pages(&self) -> u64 {
+        self.meta.mem_bytes / crate::PAGE_SIZE as u64
+    }
+
+    /// Number of complete intervals: interval i is complete once checkpoint i+1 is.
+    pub fn intervals(&self) -> u64 {
+        self.checkpoints.saturating_sub(1)
+    }
+
+    /// Reads and validates `<run>/manifest.json`.
+    pub fn read(run: &Path) -> Result<Manifest, FormatError> {
+        let path = layout::manifest(run);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(FormatError::NotARun {
+                    path: run.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(FormatError::io(&path, "read", e)),
+        };
+        // Look at format_version before anything else: a future version may have changed every
+        // other field, and "unsupported version" is the useful message then, not a parse error.
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| FormatError::corrupt(&path, format!("not valid JSON: {e}")))?;
+        let found = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| FormatError::corrupt(&path, "no numeric format_version field"))?;
+        if found != u64::from(FORMAT_VERSION) {
+            return Err(FormatError::UnsupportedVersion {
+                path,
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: FORMAT_VERSION,
+            });
+        }
+        let manifest: Manifest = serde_json::from_value(value)
+            .map_err(|e| FormatError::corrupt(&path, format!("bad manifest: {e}")))?;
+        manifest.validate(&path)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), FormatError> {
+        let page = crate::PAGE_SIZE as u64;
+        if self.meta.mem_bytes == 0 || self.meta.mem_bytes % page != 0 {
+            return Err(FormatError::corrupt(
+                path,
+                format!(
+                    "meta.mem_bytes {} is not a positive multiple of {page}",
+                    self.meta.mem_bytes
+                ),
+            ));
+        }
+        if self.consolidate_every == 0 {
+            return Err(FormatError::corrupt(path, "consolidate_every is 0"));
+        }
+        Ok(())
+    }
+
+    /// Replaces `<run>/manifest.json` atomically (temp file, fsync, rename, fsync directory).
+    pub(crate) fn write(&self, run: &Path) -> Result<(), FormatError> {
+        let path = layout::manifest(run);
+        let mut json = serde_json::to_vec_pretty(self)
+            .map_err(|e| FormatError::corrupt(&path, format!("cannot serialize manifest: {e}")))?;
+        json.push(b'\n');
+        write_atomic(&path, |file, path| {
+            file.write_all(&json)
+                .map_err(|e| FormatError::io(path, "write", e))
+        })?;
+        sync_dir(run)
+    }
+}

@@ -1,0 +1,260 @@
+//! Page contents: hashing, the packed page store (pages.bin) and page maps.
+//!
+//! Why a packed file next to the Parquet tables rather than pages inside Parquet: a replay of
+//! interval N needs only the pages of its working set, and must read them with I/O proportional
+//! to that set. pages.bin is addressed by slot (`offset = slot * PAGE_SIZE`), so one `pread` per
+//! run of consecutive slots fetches exactly the bytes needed, and the file can be mmapped. A
+//! Parquet column of 4 KiB binaries would have to decode whole pages of the column chunk to get
+//! at one value. The Parquet tables hold only the small, queryable part: which gfn maps to which
+//! slot.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::{FormatError, PAGE_SIZE};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// xxh3-128 of a page's contents: the dedup key of pages.bin and the `hash` column of the
+/// checkpoint tables (stored big-endian, i.e. `u128::to_be_bytes`, the canonical xxh3 byte order).
+pub fn page_hash(page: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(page)
+}
+
+/// True if every byte of `page` is zero. Checked 64 bytes at a time so the compiler vectorizes
+/// the OR-reduction; the early exit per chunk keeps non-zero pages cheap.
+pub fn is_zero_page(page: &[u8]) -> bool {
+    let mut chunks = page.chunks_exact(64);
+    let whole = chunks
+        .by_ref()
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
+    whole && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// pages.bin opened for reading: slot `s` is the [`PAGE_SIZE`] bytes at offset `s * PAGE_SIZE`.
+#[derive(Debug)]
+pub struct PageStore {
+    file: File,
+    path: PathBuf,
+    slots: u64,
+}
+
+impl PageStore {
+    /// Opens `path`. `committed_slots` is the manifest's `page_slots`: slots past it belong to an
+    /// incomplete checkpoint and are not readable. A file shorter than that is not refused here
+    /// (the pages before the damage are still useful); reading past its end is an error.
+    pub(crate) fn open(path: &Path, committed_slots: u64) -> Result<PageStore, FormatError> {
+        let file = File::open(path).map_err(|e| FormatError::io(path, "open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| FormatError::io(path, "stat", e))?
+            .len();
+        Ok(PageStore {
+            file,
+            path: path.to_path_buf(),
+            slots: (len / PAGE).min(committed_slots),
+        })
+    }
+
+    /// Number of readable slots.
+    pub fn slots(&self) -> u64 {
+        self.slots
+    }
+
+    /// Path of pages.bin.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file, e.g. to mmap it.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads the page in `slot` into `out`.
+    ///
+    /// # Panics
+    /// If `out.len() != PAGE_SIZE` (a caller bug, not a property of the file).
+    pub fn read_page(&self, slot: u64, out: &mut [u8]) -> Result<(), FormatError> {
+        assert_eq!(out.len(), PAGE_SIZE, "read_page needs a PAGE_SIZE buffer");
+        self.read_run(slot, out)
+    }
+
+    /// Reads `out.len() / PAGE_SIZE` consecutive slots starting at `first_slot` with one `pread`.
+    ///
+    /// # Panics
+    /// If `out.len()` is not a multiple of `PAGE_SIZE`.
+    pub fn read_run(&self, first_slot: u64, out: &mut [u8]) -> Result<(), FormatError> {
+        assert_eq!(
+            out.len() % PAGE_SIZE,
+            0,
+            "read_run needs a multiple of PAGE_SIZE"
+        );
+        let count = (out.len() / PAGE_SIZE) as u64;
+        let end = first_slot.checked_add(count);
+        if end.is_none_or(|end| end > self.slots) {
+            return Err(FormatError::corrupt(
+                &self.path,
+                format!(
+                    "slots {first_slot}..{} are beyond the end of the page store ({} slots)",
+                    first_slot.saturating_add(count),
+                    self.slots
+                ),
+            ));
+        }
+        self.file
+            .read_exact_at(out, first_slot * PAGE)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    FormatError::corrupt(
+                        &self.path,
+                        format!("file ends inside slots {first_slot}..{}", first_slot + count),
+                    )
+                } else {
+                    FormatError::io(&self.path, "read", e)
+                }
+            })
+    }
+
+    /// Reads the pages of `slots` into `out` (page i at `i * PAGE_SIZE`), one `pread` per run of
+    /// consecutive slots.
+    ///
+    /// # Panics
+    /// If `out.len() != slots.len() * PAGE_SIZE`.
+    pub fn read_pages(&self, slots: &[u64], out: &mut [u8]) -> Result<(), FormatError> {
+        assert_eq!(out.len(), slots.len() * PAGE_SIZE, "read_pages buffer size");
+        let mut i = 0;
+        while i < slots.len() {
+            let mut n = 1;
+            while i + n < slots.len() && slots[i + n] == slots[i].wrapping_add(n as u64) {
+                n += 1;
+            }
+            self.read_run(slots[i], &mut out[i * PAGE_SIZE..(i + n) * PAGE_SIZE])?;
+            i += n;
+        }
+        Ok(())
+    }
+}
+
+/// Sentinel for "this page is zero" in the dense map.
+const ZERO: u64 = u64::MAX;
+
+/// gfn → slot of every non-zero page at one checkpoint.
+///
+/// Dense: one u64 per guest page (8 MiB for a 4 GiB guest), `u64::MAX` meaning zero. Lookups
+/// are a single index, overlays are a single store, and iteration in gfn order is a linear scan,
+/// which beats a sorted vector or a hash map for the sizes here (every guest page is a
+/// candidate key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageMap {
+    slots: Vec<u64>,
+    len: usize,
+}
+
+impl PageMap {
+    /// An all-zero map of `mem_pages` pages.
+    pub fn new(mem_pages: u64) -> PageMap {
+        PageMap {
+            slots: vec![ZERO; mem_pages as usize],
+            len: 0,
+        }
+    }
+
+    /// The slot of `gfn`, or `None` if the page is zero (or beyond guest memory).
+    #[inline]
+    pub fn get(&self, gfn: u64) -> Option<u64> {
+        match self.slots.get(usize::try_from(gfn).ok()?) {
+            Some(&s) if s != ZERO => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Number of non-zero pages.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if every page is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of guest pages the map covers.
+    pub fn mem_pages(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// `(gfn, slot)` of every non-zero page, gfns ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| s != ZERO)
+            .map(|(g, &s)| (g as u64, s))
+    }
+
+    /// Maximal runs where both gfn and slot advance by one: `(first gfn, first slot, pages)`.
+    /// Each run can be restored with one `pread` straight into guest memory.
+    pub fn runs(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let mut it = self.iter().peekable();
+        std::iter::from_fn(move || {
+            let (gfn, slot) = it.next()?;
+            let mut n = 1u64;
+            while it.next_if(|&(g, s)| g == gfn + n && s == slot + n).is_some() {
+                n += 1;
+            }
+            Some((gfn, slot, n))
+        })
+    }
+
+    /// Sets `gfn` to `slot` (`None` = zero), returning the previous value. `gfn` must be below
+    /// [`PageMap::mem_pages`]; callers validate it first.
+    pub(crate) fn set(&mut self, gfn: u64, slot: Option<u64>) -> Option<u64> {
+        let entry = &mut self.slots[gfn as usize];
+        let old = (*entry != ZERO).then_some(*entry);
+        *entry = slot.unwrap_or(ZERO);
+        match (old.is_some(), slot.is_some()) {
+            (false, true) => self.len += 1,
+            (true, false) => self.len -= 1,
+            _ => {}
+        }
+        old
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        let mut p = vec![0u8; PAGE_SIZE];
+        assert!(is_zero_page(&p));
+        p[4095] = 1;
+        assert!(!is_zero_page(&p));
+        p[4095] = 0;
+        p[0] = 0x80;
+        assert!(!is_zero_page(&p));
+        assert!(!is_zero_page(&[0, 0, 1]));
+    }
+
+    #[test]
+    fn page_map_runs_and_len() {
+        let mut m = PageMap::new(16);
+        for (g, s) in [(1, 10), (2, 11), (3, 12), (5, 13), (6, 2), (15, 3)] {
+            m.set(g, Some(s));
+        }
+        assert_eq!(m.len(), 6);
+        assert_eq!(
+            m.runs().collect::<Vec<_>>(),
+            vec![(1, 10, 3), (5, 13, 1), (6, 2, 1), (15, 3, 1)]
+        );
+        assert_eq!(m.set(2, None), Some(11));
+        assert_eq!(m.set(2, None), None);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m.get(2), None);
+        assert_eq!(m.get(3), Some(12));
+        assert_eq!(m.get(1 << 40), None);
+    }
+}
