@@ -75,6 +75,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub guest: Option<PathBuf>,
 
+    /// Checkpoint interval: an interval ends at the first guest-initiated exit after this long.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// How the recorder learns which pages the guest wrote: KVM's dirty bitmap or dirty ring.
+    #[arg(long, value_enum, default_value = "log")]
+    pub dirty_tracking: DirtyTrackingArg,
+
+    /// Run without recording: no checkpoints, no event log.
+    #[arg(long)]
+    pub no_record: bool,
+
+    /// Debug: also store a full memory dump at every checkpoint.
+    #[arg(long)]
+    pub verify_dumps: bool,
+
     /// Print a JSON summary on standard output (the console then goes to standard error
     /// unless --console-log is given).
     #[arg(long)]
@@ -101,6 +117,15 @@ pub struct MkdiskArgs {
 
     /// Path of the image to create.
     pub path: PathBuf,
+}
+
+/// `--dirty-tracking` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirtyTrackingArg {
+    /// KVM_GET_DIRTY_LOG (+ KVM_CLEAR_DIRTY_LOG): a bitmap of all guest memory.
+    Log,
+    /// The per-vCPU dirty ring: one entry per newly dirtied page.
+    Ring,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {

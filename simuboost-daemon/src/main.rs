@@ -1,6 +1,7 @@
 //! `simuboost-daemon`: runs a workload in a KVM VM (and, in later stages, records it).
 
 mod cli;
+mod record;
 mod run;
 
 use std::process::ExitCode;

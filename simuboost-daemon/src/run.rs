@@ -14,7 +14,9 @@ use simuboost_vmm::devices::disk::Disk;
 use simuboost_vmm::guest_image::GUEST_ELF;
 use simuboost_vmm::machine::{min_mem_bytes, Machine, MachineConfig, MachineError, RunControl};
 
-use crate::cli::{MkdiskArgs, RunArgs};
+use crate::cli::{DirtyTrackingArg, MkdiskArgs, RunArgs};
+use crate::record::{RecordConfig, RecordSummary, Recorder};
+use simuboost_vmm::vstate::dirty::DirtyTracking;
 
 /// Exit status for errors of the daemon itself (bad input, KVM unavailable, ...). Usage errors
 /// exit with 2 (clap).
@@ -109,6 +111,7 @@ struct RunSummary<'a> {
     disk_read_bytes: u64,
     disk_write_bytes: u64,
     run_dir: &'a Path,
+    recording: Option<RecordSummary>,
 }
 
 pub fn run(args: &RunArgs) -> Result<Outcome> {
@@ -129,9 +132,39 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         }
     };
     let run_dir = args.out.clone().unwrap_or_else(default_run_dir);
-    fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let seed = args.seed.unwrap_or_else(rand::random);
+    let dirty_tracking = match args.dirty_tracking {
+        DirtyTrackingArg::Log => DirtyTracking::Log,
+        DirtyTrackingArg::Ring => DirtyTracking::Ring,
+    };
+    // The recorder creates the run directory (it must be new), so it starts first.
+    let recorder = if args.no_record {
+        fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+        None
+    } else {
+        Some(Recorder::start(
+            &run_dir,
+            simuboost_format::RunMeta {
+                workload: workload.name().to_string(),
+                mem_bytes: args.mem,
+                seed,
+                interval_ns: args.interval.as_nanos() as u64,
+                dirty_tracking: dirty_tracking.name().to_string(),
+                tracer: "none".to_string(),
+                created_unix_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                guest_image_xxh3: format!("{:032x}", simuboost_format::page_hash(&guest_image)),
+                disk_image: args.disk.as_ref().map(|p| p.display().to_string()),
+            },
+            RecordConfig {
+                interval: args.interval,
+                verify_dumps: args.verify_dumps,
+                progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            },
+        )?)
+    };
 
     let disk = match &args.disk {
         Some(path) => Some(path.clone()),
@@ -172,8 +205,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             disk,
             guest_image,
             console,
-            dirty_tracking: None,
-            record_events: false,
+            dirty_tracking: recorder.is_some().then_some(dirty_tracking),
+            record_events: recorder.is_some(),
         },
         control,
     )?;
@@ -196,6 +229,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         disk_read_bytes: 0,
         disk_write_bytes: 0,
         run_dir: &run_dir,
+        recording: None,
     };
     tracing::info!(
         workload = workload.name(),
@@ -203,7 +237,26 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         seed,
         "starting the guest"
     );
-    let result = machine.run(deadline, STOP_GRACE, &mut simuboost_vmm::machine::NoObserver);
+    let (result, recorder) = match recorder {
+        Some(mut recorder) => (machine.run(deadline, STOP_GRACE, &mut recorder), Some(recorder)),
+        None => (
+            machine.run(deadline, STOP_GRACE, &mut simuboost_vmm::machine::NoObserver),
+            None,
+        ),
+    };
+    if let Some(recorder) = recorder {
+        let (status, reason) = match &result {
+            Ok(report) => (Some(report.exit_status), "guest exited"),
+            Err(MachineError::GuestCrash(_)) => (None, "guest crashed"),
+            Err(_) => (None, "recording failed"),
+        };
+        match recorder.finish(status, reason) {
+            Ok(recording) => summary.recording = Some(recording),
+            // The first error is the one to report.
+            Err(e) if result.is_ok() => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "finishing the recording failed too"),
+        }
+    }
     let outcome = match &result {
         Ok(report) => {
             summary.exit_status = Some(report.exit_status);

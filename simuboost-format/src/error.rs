@@ -19,7 +19,7 @@ pub enum FormatError {
     },
 
     /// The Parquet library rejected `path` (unreadable footer, bad page, unwritable file, ...).
-    #[error("{path}: parquet: {source}")]
+    #[error("{path}: {source}")]
     Parquet {
         path: PathBuf,
         #[source]
@@ -27,7 +27,7 @@ pub enum FormatError {
     },
 
     /// Arrow rejected data read from or written to `path`.
-    #[error("{path}: arrow: {source}")]
+    #[error("{path}: {source}")]
     Arrow {
         path: PathBuf,
         #[source]
@@ -68,8 +68,8 @@ pub enum FormatError {
 
     /// The caller handed the writer something that breaks the format's rules (a checkpoint out
     /// of order, unsorted gfns, a page beyond guest memory, ...). Nothing was written.
-    #[error("invalid input for checkpoint {checkpoint}: {what}")]
-    InvalidInput { checkpoint: u64, what: String },
+    #[error("invalid input to the run writer: {what}")]
+    InvalidInput { what: String },
 }
 
 impl FormatError {
@@ -79,6 +79,10 @@ impl FormatError {
             op,
             source,
         }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>) -> Self {
+        FormatError::InvalidInput { what: what.into() }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {

@@ -37,7 +37,10 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 pub struct PageStore {
     file: File,
     path: PathBuf,
+    /// Readable slots: the committed ones that the file actually holds.
     slots: u64,
+    /// Slots the manifest commits (`page_slots`); more than `slots` if the file was truncated.
+    committed: u64,
 }
 
 impl PageStore {
@@ -54,6 +57,7 @@ impl PageStore {
             file,
             path: path.to_path_buf(),
             slots: (len / PAGE).min(committed_slots),
+            committed: committed_slots,
         })
     }
 
@@ -94,14 +98,17 @@ impl PageStore {
         let count = (out.len() / PAGE_SIZE) as u64;
         let end = first_slot.checked_add(count);
         if end.is_none_or(|end| end > self.slots) {
-            return Err(FormatError::corrupt(
-                &self.path,
+            let range = format!("slots {first_slot}..{}", first_slot.saturating_add(count));
+            let what = if end.is_none_or(|end| end > self.committed) {
+                format!("{range} are past the {} slots the manifest commits", self.committed)
+            } else {
                 format!(
-                    "slots {first_slot}..{} are beyond the end of the page store ({} slots)",
-                    first_slot.saturating_add(count),
-                    self.slots
-                ),
-            ));
+                    "{range} are past the end of the file, which holds {} of the {} committed \
+                     slots (truncated?)",
+                    self.slots, self.committed
+                )
+            };
+            return Err(FormatError::corrupt(&self.path, what));
         }
         self.file
             .read_exact_at(out, first_slot * PAGE)

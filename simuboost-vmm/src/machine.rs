@@ -76,7 +76,6 @@ impl ExitObserver for NoObserver {
 }
 
 /// The state of the whole machine apart from guest memory.
-#[derive(Clone)]
 pub struct MachineSnapshot {
     /// Guest-initiated exits so far.
     pub exits: u64,
@@ -104,6 +103,12 @@ pub enum MachineError {
     /// The disk image.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// Dirty tracking.
+    #[error(transparent)]
+    Dirty(#[from] DirtyError),
+    /// The observer (the recorder) failed.
+    #[error("{0}")]
+    Observer(ObserverError),
     /// The paravirtual device.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -283,7 +288,11 @@ impl Machine {
             disk_data_bytes: disk.as_ref().map_or(0, Disk::data_bytes),
             seed: config.seed,
         };
-        let device = ParavirtDevice::new(boot_config, config.console, disk, control.stop.clone());
+        let mut device =
+            ParavirtDevice::new(boot_config, config.console, disk, control.stop.clone());
+        if config.record_events {
+            device.record_events();
+        }
         Ok(Machine {
             vcpu,
             vm,
@@ -292,7 +301,77 @@ impl Machine {
             control,
             boot_config,
             guest_exits: 0,
+            dirty_tracker,
+            guest_dirty: DirtyBitmap::new(config.mem_bytes / simuboost_abi::PAGE_SIZE),
         })
+    }
+
+    /// Guest-initiated exits so far.
+    pub fn guest_exits(&self) -> u64 {
+        self.guest_exits
+    }
+
+    /// Whether someone asked the guest to stop.
+    pub fn stop_requested(&self) -> bool {
+        self.control.stop.load(Ordering::Relaxed)
+    }
+
+    /// Retires the instruction of the last exit (see [`Vcpu::complete_pending_exit`]); call it
+    /// before saving state at an exit.
+    pub fn complete_pending_exit(&mut self) -> Result<(), MachineError> {
+        Ok(self.vcpu.complete_pending_exit()?)
+    }
+
+    /// The frames written since the last call: by the guest (KVM's dirty tracking) and by the
+    /// VMM (device writes), as two sets. Re-arms KVM's tracking.
+    pub fn take_dirty(&mut self) -> Result<(DirtyBitmap, DirtyBitmap), MachineError> {
+        if let Some(tracker) = &mut self.dirty_tracker {
+            tracker.harvest(self.vm.fd(), &mut self.guest_dirty)?;
+        }
+        let frames = self.boot_config.mem_bytes / simuboost_abi::PAGE_SIZE;
+        let guest = std::mem::replace(&mut self.guest_dirty, DirtyBitmap::new(frames));
+        Ok((guest, self.device.take_written()))
+    }
+
+    /// The frames the boot loader may have written: everything below the free memory (boot
+    /// structures, the image and its stack). All other RAM is zero at boot.
+    pub fn boot_frames(&self) -> std::ops::Range<u64> {
+        0..self.boot_config.free_start / simuboost_abi::PAGE_SIZE
+    }
+
+    /// Saves the vCPU and device state.
+    pub fn save_state(&self) -> Result<MachineSnapshot, MachineError> {
+        Ok(MachineSnapshot {
+            exits: self.guest_exits,
+            vcpu: self.vcpu.save_state()?,
+            device: self.device.snapshot(),
+        })
+    }
+
+    /// The device events since the last call.
+    pub fn take_events(&mut self) -> Vec<DeviceEvent> {
+        self.device.take_events()
+    }
+
+    /// Appends the contents of frames `gfns` to `out`, 4 KiB each, in order.
+    pub fn copy_frames(&self, gfns: impl Iterator<Item = u64>, out: &mut Vec<u8>) {
+        let (base, size) = host_region(&self.memory);
+        for gfn in gfns {
+            let offset = gfn * simuboost_abi::PAGE_SIZE;
+            if offset >= size {
+                continue;
+            }
+            // SAFETY: [offset, offset + 4 KiB) lies inside the RAM mapping (checked above,
+            // RAM is a whole number of pages), and the guest is paused while the VMM runs,
+            // so nothing writes the frame during the copy.
+            let frame = unsafe {
+                std::slice::from_raw_parts(
+                    base.add(offset as usize),
+                    simuboost_abi::PAGE_SIZE as usize,
+                )
+            };
+            out.extend_from_slice(frame);
+        }
     }
 
     /// The boot configuration the guest receives.

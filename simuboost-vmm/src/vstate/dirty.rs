@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref};
-use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_iowr_nr};
 
 use simuboost_abi::PAGE_SIZE;
 
@@ -20,7 +20,7 @@ use super::vm::RAM_SLOT;
 
 // Not wrapped by kvm-ioctls: KVM_CLEAR_DIRTY_LOG and KVM_RESET_DIRTY_RINGS.
 const KVMIO: u32 = 0xAE;
-ioctl_iow_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
 ioctl_io_nr!(KVM_RESET_DIRTY_RINGS, KVMIO, 0xc7);
 
 /// Flag bits of a dirty-ring entry.

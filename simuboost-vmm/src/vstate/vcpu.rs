@@ -3,8 +3,8 @@
 use std::fmt;
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_debugregs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events,
+    kvm_xcrs, kvm_xsave, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use zerocopy::{FromBytes, IntoBytes};
@@ -230,16 +230,16 @@ impl Vcpu {
     /// before saving state).
     pub fn complete_pending_exit(&mut self) -> Result<(), VcpuError> {
         self.fd.set_kvm_immediate_exit(1);
-        let result = self.fd.run();
+        // KVM runs no guest code with immediate_exit set, whatever exit it reports.
+        let result = self.fd.run().map(|_| ()).err();
         self.fd.set_kvm_immediate_exit(0);
         match result {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(e) => Err(VcpuError::Ioctl {
+            None => Ok(()),
+            Some(e) if e.errno() == libc::EINTR => Ok(()),
+            Some(e) => Err(VcpuError::Ioctl {
                 what: "run (complete pending exit)",
                 source: e,
             }),
-            // KVM ran nothing with immediate_exit set, whatever it reports.
-            Ok(_) => Ok(()),
         }
     }
 
@@ -259,7 +259,7 @@ impl Vcpu {
         Ok(VcpuSnapshot {
             regs: self.fd.get_regs().map_err(ioctl("get regs"))?,
             sregs: self.fd.get_sregs().map_err(ioctl("get sregs"))?,
-            fpu: self.fd.get_fpu().map_err(ioctl("get FPU"))?,
+            xsave: self.fd.get_xsave().map_err(ioctl("get XSAVE"))?,
             xcrs: self.fd.get_xcrs().map_err(ioctl("get XCRs"))?,
             debugregs: self.fd.get_debug_regs().map_err(ioctl("get debug registers"))?,
             events: self.fd.get_vcpu_events().map_err(ioctl("get vCPU events"))?,
@@ -274,7 +274,9 @@ impl Vcpu {
     pub fn restore_state(&self, state: &VcpuSnapshot) -> Result<(), VcpuError> {
         self.fd.set_sregs(&state.sregs).map_err(ioctl("set sregs"))?;
         self.fd.set_regs(&state.regs).map_err(ioctl("set regs"))?;
-        self.fd.set_fpu(&state.fpu).map_err(ioctl("set FPU"))?;
+        // SAFETY: `state.xsave` came from KVM_GET_XSAVE (or its saved bytes) and is the
+        // legacy 4 KiB area, which is what KVM_SET_XSAVE reads.
+        unsafe { self.fd.set_xsave(&state.xsave) }.map_err(ioctl("set XSAVE"))?;
         self.fd.set_xcrs(&state.xcrs).map_err(ioctl("set XCRs"))?;
         self.fd
             .set_debug_regs(&state.debugregs)
@@ -382,14 +384,13 @@ const SAVED_MSRS: [u32; 10] = [
 ];
 
 /// The vCPU state KVM needs to resume identically.
-#[derive(Clone)]
 pub struct VcpuSnapshot {
     /// General-purpose registers, RIP, RFLAGS.
     pub regs: kvm_regs,
     /// Segment, control and descriptor-table registers, EFER.
     pub sregs: kvm_sregs,
-    /// x87/SSE state.
-    pub fpu: kvm_fpu,
+    /// x87/SSE/AVX state (the XSAVE area).
+    pub xsave: kvm_xsave,
     /// Extended control registers.
     pub xcrs: kvm_xcrs,
     /// Debug registers.
@@ -435,7 +436,7 @@ impl VcpuSnapshot {
                 rflags: r.rflags,
             },
             sregs: self.sregs.as_bytes().to_vec(),
-            fpu: self.fpu.as_bytes().to_vec(),
+            fpu: self.xsave.as_bytes().to_vec(),
             xcrs: self.xcrs.as_bytes().to_vec(),
             debugregs: self.debugregs.as_bytes().to_vec(),
             vcpu_events: self.events.as_bytes().to_vec(),
@@ -468,7 +469,7 @@ impl VcpuSnapshot {
                 rflags: g.rflags,
             },
             sregs: blob("sregs", &saved.sregs)?,
-            fpu: blob("fpu", &saved.fpu)?,
+            xsave: blob("fpu", &saved.fpu)?,
             xcrs: blob("xcrs", &saved.xcrs)?,
             debugregs: blob("debugregs", &saved.debugregs)?,
             events: blob("vcpu_events", &saved.vcpu_events)?,

@@ -1,0 +1,429 @@
+//! Continuous checkpointing.
+//!
+//! The [`Recorder`] observes the machine's guest-initiated exits. An interval ends at the first
+//! one after `--interval` has passed; while the guest is paused there, the recorder completes the
+//! pending exit, harvests the dirty set (KVM's dirty log or ring, OR'd with the device's own
+//! writes), copies those frames into a staging buffer, saves the vCPU and device state and takes
+//! the interval's event log. Then the guest resumes, and a writer thread hashes, deduplicates and
+//! stores the checkpoint (simuboost-format). Staging buffers come from a small pool: when the
+//! writer falls behind, the recorder waits for a buffer — the VM stays paused, and the wait is
+//! reported as back-pressure — instead of growing memory without bound.
+
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use simuboost_format::{
+    CheckpointPages, CheckpointState, Event, FormatError, IntervalRecord, RunMeta, RunWriter,
+};
+use simuboost_vmm::devices::paravirt::DeviceEvent;
+use simuboost_vmm::machine::{ExitObserver, Machine, ObserverError};
+use simuboost_vmm::vstate::dirty::DirtyBitmap;
+
+/// Staging buffers in flight: one being filled while the writer stores the other.
+const STAGING_BUFFERS: usize = 2;
+
+/// How to record.
+#[derive(Clone, Debug)]
+pub struct RecordConfig {
+    /// Interval length; an interval ends at the first guest-initiated exit after it.
+    pub interval: Duration,
+    /// Also store a full memory dump at every checkpoint (debug: lets tests compare the
+    /// reconstructed memory with the real one).
+    pub verify_dumps: bool,
+    /// Show a live status line.
+    pub progress: bool,
+}
+
+/// Errors of the recorder.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The run directory could not be written.
+    #[error("recording failed: {0}")]
+    Format(#[from] FormatError),
+    /// The writer thread stopped.
+    #[error("the checkpoint writer stopped unexpectedly")]
+    WriterGone,
+    /// The machine failed while a checkpoint was taken.
+    #[error("taking a checkpoint failed: {0}")]
+    Machine(String),
+}
+
+/// One checkpoint on its way to the writer.
+struct Job {
+    state: CheckpointState,
+    gfns: Vec<u64>,
+    contents: Vec<u8>,
+    interval: Option<IntervalRecord>,
+    events: Vec<Event>,
+    dump: Option<Vec<u8>>,
+}
+
+enum WriterMsg {
+    Checkpoint(Box<Job>),
+    Finish {
+        exit_status: Option<u64>,
+        reason: String,
+    },
+}
+
+/// What the writer reports per checkpoint.
+struct Written {
+    checkpoint: u64,
+    bytes: u64,
+}
+
+/// Totals for the run summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RecordSummary {
+    /// Complete checkpoints.
+    pub checkpoints: u64,
+    /// Intervals recorded (checkpoints - 1).
+    pub intervals: u64,
+    /// Bytes written to the run directory for checkpoints.
+    pub bytes_written: u64,
+    /// Mean VM downtime per checkpoint, milliseconds.
+    pub mean_downtime_ms: f64,
+    /// Longest VM downtime of a checkpoint, milliseconds.
+    pub max_downtime_ms: f64,
+    /// Total time the VM waited for the writer (part of the downtime), milliseconds.
+    pub backpressure_ms: f64,
+    /// Mean dirty frames per interval (guest and VMM writes).
+    pub mean_dirty_pages: f64,
+}
+
+/// The recorder: an [`ExitObserver`] that takes the checkpoints.
+pub struct Recorder {
+    config: RecordConfig,
+    run_start: Instant,
+    /// The interval now running (its checkpoint is the one taken last).
+    interval: u64,
+    interval_start: Instant,
+    interval_start_exit: u64,
+    interval_start_ns: u64,
+    jobs: Option<SyncSender<WriterMsg>>,
+    written: Receiver<Result<Written, FormatError>>,
+    free_buffers: Receiver<Vec<u8>>,
+    writer: Option<JoinHandle<()>>,
+    progress: Option<ProgressBar>,
+    summary: RecordSummary,
+    downtime_total: Duration,
+    dirty_total: u64,
+    mem_bytes: u64,
+}
+
+impl Recorder {
+    /// Creates the run directory's format writer and starts the writer thread.
+    pub fn start(dir: &Path, meta: RunMeta, config: RecordConfig) -> Result<Recorder, RecordError> {
+        let mem_bytes = meta.mem_bytes;
+        let mut writer = RunWriter::create(dir, meta)?;
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<WriterMsg>(STAGING_BUFFERS);
+        let (written_tx, written_rx) = mpsc::channel();
+        let (free_tx, free_rx) = mpsc::sync_channel(STAGING_BUFFERS);
+        for _ in 0..STAGING_BUFFERS {
+            // The channel has room for all of them.
+            let _ = free_tx.send(Vec::new());
+        }
+        let thread = std::thread::Builder::new()
+            .name("checkpoint-writer".into())
+            .spawn(move || {
+                for msg in jobs_rx {
+                    match msg {
+                        WriterMsg::Checkpoint(job) => {
+                            let result = writer
+                                .write_checkpoint(
+                                    &job.state,
+                                    CheckpointPages {
+                                        gfns: &job.gfns,
+                                        contents: &job.contents,
+                                    },
+                                    job.interval,
+                                    &job.events,
+                                    job.dump.as_deref(),
+                                )
+                                .map(|stats| Written {
+                                    checkpoint: job.state.checkpoint,
+                                    bytes: stats.bytes_written,
+                                });
+                            let failed = result.is_err();
+                            let _ = written_tx.send(result);
+                            // Give the buffer back (keeps its memory populated for reuse).
+                            let _ = free_tx.send(job.contents);
+                            if failed {
+                                return;
+                            }
+                        }
+                        WriterMsg::Finish {
+                            exit_status,
+                            reason,
+                        } => {
+                            if let Err(e) = writer.finish(exit_status, &reason) {
+                                let _ = written_tx.send(Err(e));
+                            }
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| RecordError::Machine(format!("cannot start the writer thread: {e}")))?;
+        let progress = config.progress.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let now = Instant::now();
+        Ok(Recorder {
+            config,
+            run_start: now,
+            interval: 0,
+            interval_start: now,
+            interval_start_exit: 0,
+            interval_start_ns: 0,
+            jobs: Some(jobs_tx),
+            written: written_rx,
+            free_buffers: free_rx,
+            writer: Some(thread),
+            progress,
+            summary: RecordSummary::default(),
+            downtime_total: Duration::ZERO,
+            dirty_total: 0,
+            mem_bytes,
+        })
+    }
+
+    /// Collects the writer's reports; fails if it failed.
+    fn drain_written(&mut self, block: bool) -> Result<(), RecordError> {
+        loop {
+            let next = if block {
+                self.written.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                self.written.try_recv()
+            };
+            match next {
+                Ok(Ok(w)) => {
+                    self.summary.checkpoints = self.summary.checkpoints.max(w.checkpoint + 1);
+                    self.summary.bytes_written += w.bytes;
+                }
+                Ok(Err(e)) => return Err(RecordError::Format(e)),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    fn send(&mut self, msg: WriterMsg) -> Result<(), RecordError> {
+        let jobs = self.jobs.as_ref().ok_or(RecordError::WriterGone)?;
+        if jobs.send(msg).is_err() {
+            // The writer thread ended: it reported why, unless it panicked.
+            self.drain_written(false)?;
+            return Err(RecordError::WriterGone);
+        }
+        Ok(())
+    }
+
+    /// Takes checkpoint `self.interval + 1` (or 0 before the start) while the guest is paused.
+    fn checkpoint(&mut self, machine: &mut Machine, initial: bool) -> Result<(), RecordError> {
+        let began = Instant::now();
+        self.drain_written(false)?;
+        let machine_err = |e: simuboost_vmm::machine::MachineError| RecordError::Machine(e.to_string());
+        let (frames, guest_pages, vmm_pages) = if initial {
+            let mut frames = DirtyBitmap::new(self.mem_bytes / simuboost_abi::PAGE_SIZE);
+            for gfn in machine.boot_frames() {
+                frames.set(gfn);
+            }
+            // Nothing has run yet, but start the dirty tracking from a clean slate.
+            machine.take_dirty().map_err(machine_err)?;
+            (frames, 0, 0)
+        } else {
+            machine.complete_pending_exit().map_err(machine_err)?;
+            let (guest, vmm) = machine.take_dirty().map_err(machine_err)?;
+            let counts = (guest.count(), vmm.count());
+            let mut frames = guest;
+            frames.or(&vmm);
+            (frames, counts.0, counts.1)
+        };
+        let wait = Instant::now();
+        let mut contents = self
+            .free_buffers
+            .recv()
+            .map_err(|_| RecordError::WriterGone)?;
+        let backpressure = wait.elapsed();
+        let gfns: Vec<u64> = frames.iter().collect();
+        let harvested = began.elapsed();
+        prepare_staging(&mut contents, gfns.len() * simuboost_abi::PAGE_SIZE as usize);
+        machine.copy_frames(gfns.iter().copied(), &mut contents);
+        let copied = began.elapsed();
+        let snapshot = machine.save_state().map_err(machine_err)?;
+        let checkpoint = if initial { 0 } else { self.interval + 1 };
+        let events: Vec<Event> = machine
+            .take_events()
+            .into_iter()
+            .map(|e| to_format_event(self.interval, e))
+            .collect();
+        let dump = self.config.verify_dumps.then(|| {
+            let mut all = Vec::with_capacity(self.mem_bytes as usize);
+            machine.copy_frames(0..self.mem_bytes / simuboost_abi::PAGE_SIZE, &mut all);
+            all
+        });
+        let now_ns = self.run_start.elapsed().as_nanos() as u64;
+        let downtime = began.elapsed();
+        tracing::debug!(
+            checkpoint,
+            pages = gfns.len(),
+            harvest_us = (harvested - backpressure).as_micros() as u64,
+            backpressure_us = backpressure.as_micros() as u64,
+            copy_us = (copied - harvested).as_micros() as u64,
+            state_us = (downtime - copied).as_micros() as u64,
+            "checkpoint captured"
+        );
+        let interval = (!initial).then(|| IntervalRecord {
+            interval: self.interval,
+            start_exit: self.interval_start_exit,
+            end_exit: snapshot.exits,
+            start_ns: self.interval_start_ns,
+            end_ns: now_ns,
+            downtime_ns: downtime.as_nanos() as u64,
+            dirty_pages: guest_pages,
+            vmm_written_pages: vmm_pages,
+            complete: true,
+            backpressure_ns: backpressure.as_nanos() as u64,
+            ..IntervalRecord::default()
+        });
+        let state = CheckpointState {
+            checkpoint,
+            exit: snapshot.exits,
+            vcpu: snapshot.vcpu.to_saved(),
+            device_json: serde_json::to_string(&snapshot.device)
+                .map_err(|e| RecordError::Machine(format!("cannot encode the device state: {e}")))?,
+        };
+        let dirty_bytes = gfns.len() as u64 * simuboost_abi::PAGE_SIZE;
+        self.send(WriterMsg::Checkpoint(Box::new(Job {
+            state,
+            gfns,
+            contents,
+            interval,
+            events,
+            dump,
+        })))?;
+
+        if !initial {
+            self.summary.intervals += 1;
+            self.downtime_total += downtime;
+            self.dirty_total += dirty_bytes / simuboost_abi::PAGE_SIZE;
+            let ms = downtime.as_secs_f64() * 1e3;
+            self.summary.max_downtime_ms = self.summary.max_downtime_ms.max(ms);
+            self.summary.backpressure_ms += backpressure.as_secs_f64() * 1e3;
+            if backpressure > Duration::from_millis(1) {
+                tracing::warn!(
+                    checkpoint,
+                    waited_ms = backpressure.as_secs_f64() * 1e3,
+                    "the checkpoint writer is behind: the VM waited for a staging buffer"
+                );
+            }
+            if let Some(bar) = &self.progress {
+                bar.set_message(format!(
+                    "interval {} | exits {} | dirty {:.1} MiB | downtime {:.2} ms | written {:.1} MiB",
+                    self.interval,
+                    snapshot.exits,
+                    dirty_bytes as f64 / (1 << 20) as f64,
+                    ms,
+                    self.summary.bytes_written as f64 / (1 << 20) as f64
+                ));
+            }
+            self.interval += 1;
+        }
+        self.interval_start = Instant::now();
+        self.interval_start_exit = snapshot.exits;
+        self.interval_start_ns = now_ns;
+        Ok(())
+    }
+
+    /// Ends the recording: waits for the writer and marks the run finished in the manifest.
+    pub fn finish(
+        mut self,
+        exit_status: Option<u64>,
+        reason: &str,
+    ) -> Result<RecordSummary, RecordError> {
+        let sent = self.send(WriterMsg::Finish {
+            exit_status,
+            reason: reason.to_string(),
+        });
+        self.jobs = None;
+        if let Some(thread) = self.writer.take() {
+            if thread.join().is_err() {
+                return Err(RecordError::WriterGone);
+            }
+        }
+        self.drain_written(true)?;
+        sent?;
+        if let Some(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+        let n = self.summary.intervals.max(1) as f64;
+        self.summary.mean_downtime_ms = self.downtime_total.as_secs_f64() * 1e3 / n;
+        self.summary.mean_dirty_pages = self.dirty_total as f64 / n;
+        Ok(self.summary)
+    }
+}
+
+/// Empties a staging buffer and makes room for `bytes`. Growing it reserves the new room with
+/// transparent huge pages: first touches of fresh memory are slow on this kind of host, and a
+/// reused buffer keeps its pages, so only growth pays for them.
+fn prepare_staging(buffer: &mut Vec<u8>, bytes: usize) {
+    buffer.clear();
+    if buffer.capacity() < bytes {
+        *buffer = Vec::with_capacity(bytes.next_power_of_two());
+        let skip = buffer.as_ptr().align_offset(simuboost_abi::PAGE_SIZE as usize);
+        let len = buffer.capacity().saturating_sub(skip) & !(simuboost_abi::PAGE_SIZE as usize - 1);
+        if len > 0 {
+            // SAFETY: advice on the buffer's own, not yet touched allocation (page-aligned
+            // part); it changes no contents.
+            unsafe {
+                libc::madvise(
+                    buffer.as_mut_ptr().add(skip).cast(),
+                    len,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+}
+
+fn to_format_event(interval: u64, e: DeviceEvent) -> Event {
+    Event {
+        interval,
+        exit: e.exit,
+        op: e.op,
+        args: e.args,
+        status: e.status,
+        ret: e.ret,
+        data_gpa: e.data_gpa,
+        data: e.data,
+    }
+}
+
+impl ExitObserver for Recorder {
+    fn before_start(&mut self, machine: &mut Machine) -> Result<(), ObserverError> {
+        self.run_start = Instant::now();
+        Ok(self.checkpoint(machine, true)?)
+    }
+
+    fn after_exit(&mut self, machine: &mut Machine) -> Result<(), ObserverError> {
+        if self.interval_start.elapsed() >= self.config.interval {
+            self.checkpoint(machine, false)?;
+        }
+        Ok(())
+    }
+
+    fn before_shutdown(&mut self, machine: &mut Machine, _status: u64) -> Result<(), ObserverError> {
+        // The final state: the last interval verifies against it.
+        Ok(self.checkpoint(machine, false)?)
+    }
+}

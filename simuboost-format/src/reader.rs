@@ -1,0 +1,201 @@
+//! The replay side: [`Run`] opens a recorded run and reads any complete checkpoint or interval.
+//!
+//! Everything goes through the manifest: only checkpoints `0..manifest.checkpoints` exist for
+//! a reader, whatever else a crash left in the directories. Every file is checked as it is read
+//! (column types, the checkpoint/interval number it carries, gfns inside guest memory, slots
+//! inside pages.bin) and problems come back as errors naming the file.
+
+use std::path::{Path, PathBuf};
+
+use crate::manifest::Manifest;
+use crate::pages::{PageMap, PageStore};
+use crate::records::{CheckpointState, Event, IntervalRecord};
+use crate::tables::{self, PageLimits};
+use crate::{layout, FormatError, PAGE_SIZE};
+
+/// An opened run directory.
+#[derive(Debug, Clone)]
+pub struct Run {
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl Run {
+    /// Opens a run directory: reads and validates manifest.json. A directory without one is
+    /// [`FormatError::NotARun`]; a manifest of another format version is
+    /// [`FormatError::UnsupportedVersion`].
+    pub fn open(dir: &Path) -> Result<Run, FormatError> {
+        let manifest = Manifest::read(dir)?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Number of complete checkpoints (`0..checkpoints()` are loadable).
+    pub fn checkpoints(&self) -> u64 {
+        self.manifest.checkpoints
+    }
+
+    /// Number of complete intervals (interval i is complete once checkpoint i+1 is).
+    pub fn interval_count(&self) -> u64 {
+        self.manifest.intervals()
+    }
+
+    fn check_checkpoint(&self, checkpoint: u64) -> Result<(), FormatError> {
+        if checkpoint >= self.manifest.checkpoints {
+            return Err(FormatError::CheckpointOutOfRange {
+                requested: checkpoint,
+                available: self.manifest.checkpoints,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_interval(&self, interval: u64) -> Result<(), FormatError> {
+        if interval >= self.manifest.intervals() {
+            return Err(FormatError::IntervalOutOfRange {
+                requested: interval,
+                available: self.manifest.intervals(),
+            });
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> PageLimits {
+        PageLimits {
+            mem_pages: self.manifest.mem_pages(),
+            page_slots: self.manifest.page_slots,
+        }
+    }
+
+    /// The records of all complete intervals, in order.
+    pub fn intervals(&self) -> Result<Vec<IntervalRecord>, FormatError> {
+        (0..self.manifest.intervals())
+            .map(|i| self.interval(i))
+            .collect()
+    }
+
+    /// The record of interval `i`.
+    pub fn interval(&self, i: u64) -> Result<IntervalRecord, FormatError> {
+        self.check_interval(i)?;
+        tables::read_interval_table(&layout::interval_table(&self.dir, i), i)
+    }
+
+    /// vCPU and device state at `checkpoint`.
+    pub fn state(&self, checkpoint: u64) -> Result<CheckpointState, FormatError> {
+        self.check_checkpoint(checkpoint)?;
+        tables::read_state_table(&layout::state_table(&self.dir, checkpoint), checkpoint)
+    }
+
+    /// The guest-initiated exits of `interval`, ascending.
+    pub fn events(&self, interval: u64) -> Result<Vec<Event>, FormatError> {
+        self.check_interval(interval)?;
+        tables::read_events_table(&layout::events_table(&self.dir, interval), interval)
+    }
+
+    /// The page table of `checkpoint`: `(gfn, slot, hash)` in gfn order; `slot`/`hash` are
+    /// `None` for a page that is zero at this checkpoint.
+    #[allow(clippy::type_complexity)]
+    pub fn checkpoint_pages(
+        &self,
+        checkpoint: u64,
+    ) -> Result<Vec<(u64, Option<u64>, Option<u128>)>, FormatError> {
+        self.check_checkpoint(checkpoint)?;
+        let mut rows = Vec::new();
+        tables::read_checkpoint_table(
+            &layout::checkpoint_table(&self.dir, checkpoint),
+            checkpoint,
+            self.limits(),
+            true,
+            |g, s, h| rows.push((g, s, h)),
+        )?;
+        Ok(rows)
+    }
+
+    /// The consolidated checkpoint that [`Run::page_map`] starts from for `checkpoint`: the
+    /// largest multiple of `consolidate_every` not above it.
+    pub fn consolidation_base(&self, checkpoint: u64) -> u64 {
+        checkpoint - checkpoint % self.manifest.consolidate_every
+    }
+
+    /// The page map as of `checkpoint`: gfn → slot of every non-zero page. Reads the
+    /// consolidated map at [`Run::consolidation_base`] and overlays the page tables of the
+    /// checkpoints after it, so the cost is bounded by `consolidate_every` files whatever
+    /// `checkpoint` is.
+    pub fn page_map(&self, checkpoint: u64) -> Result<PageMap, FormatError> {
+        self.check_checkpoint(checkpoint)?;
+        let limits = self.limits();
+        let base = self.consolidation_base(checkpoint);
+        let mut map = PageMap::new(limits.mem_pages);
+        tables::read_pagemap_table(&layout::pagemap_table(&self.dir, base), base, limits, &mut map)?;
+        for c in base + 1..=checkpoint {
+            tables::read_checkpoint_table(
+                &layout::checkpoint_table(&self.dir, c),
+                c,
+                limits,
+                false,
+                |gfn, slot, _| {
+                    map.set(gfn, slot);
+                },
+            )?;
+        }
+        Ok(map)
+    }
+
+    /// Opens pages.bin. Only the slots the manifest counts as committed are readable.
+    pub fn page_store(&self) -> Result<PageStore, FormatError> {
+        PageStore::open(&layout::pages(&self.dir), self.manifest.page_slots)
+    }
+
+    /// Reconstructs guest memory as of `checkpoint` into `out`, which must be `mem_bytes` long.
+    /// `out` is zero-filled first; runs of pages that are consecutive in both gfn and slot are
+    /// read with one `pread` straight into place.
+    pub fn reconstruct_memory(&self, checkpoint: u64, out: &mut [u8]) -> Result<(), FormatError> {
+        if out.len() as u64 != self.manifest.meta.mem_bytes {
+            return Err(FormatError::invalid(format!(
+                "reconstruct_memory: buffer is {} bytes, guest memory is {}",
+                out.len(),
+                self.manifest.meta.mem_bytes
+            )));
+        }
+        let map = self.page_map(checkpoint)?;
+        let store = self.page_store()?;
+        out.fill(0);
+        for (gfn, slot, pages) in map.runs() {
+            let start = gfn as usize * PAGE_SIZE;
+            store.read_run(slot, &mut out[start..start + pages as usize * PAGE_SIZE])?;
+        }
+        Ok(())
+    }
+
+    /// The debug memory dump of `checkpoint`, if the recorder wrote one.
+    pub fn dump(&self, checkpoint: u64) -> Result<Option<Vec<u8>>, FormatError> {
+        self.check_checkpoint(checkpoint)?;
+        let path = layout::dump_file(&self.dir, checkpoint);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FormatError::io(&path, "read", e)),
+        };
+        if bytes.len() as u64 != self.manifest.meta.mem_bytes {
+            return Err(FormatError::corrupt(
+                &path,
+                format!(
+                    "{} bytes, guest memory is {}",
+                    bytes.len(),
+                    self.manifest.meta.mem_bytes
+                ),
+            ));
+        }
+        Ok(Some(bytes))
+    }
+}

@@ -1,0 +1,460 @@
+//! The recorder's side: [`RunWriter`] turns checkpoints into files, durably and in order.
+//!
+//! One `write_checkpoint` call does everything for checkpoint N, in this order, so that a
+//! SIGKILL at any point leaves the run readable up to the last complete checkpoint:
+//!
+//! 1. hash and dedup the pages, append the new contents to pages.bin (large `pwrite`s at the
+//!    committed end of the file), fsync pages.bin;
+//! 2. write each Parquet file (and the optional dump) under a temporary name, fsync, rename;
+//!    fsync the directories;
+//! 3. replace manifest.json, now saying `checkpoints: N+1`.
+//!
+//! Until step 3 lands nothing a reader looks at refers to the new data: readers go by the
+//! manifest's checkpoint count and `page_slots`, never by directory listings or file sizes.
+//! On an error the writer's in-memory state (dedup index, page map, slot count) is rolled back,
+//! so the same checkpoint can be retried (e.g. after freeing disk space).
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::sync_dir;
+use crate::manifest::{Manifest, RunMeta};
+use crate::pages::{is_zero_page, page_hash, PageMap};
+use crate::records::{CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord};
+use crate::tables::{self, PageRow};
+use crate::{layout, FormatError, FORMAT_VERSION, PAGE_SIZE};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Default distance between consolidated page maps.
+pub const DEFAULT_CONSOLIDATE_EVERY: u64 = 16;
+
+/// New unique pages are gathered into a buffer of this size and written with one `pwrite`, so
+/// pages.bin sees few large writes without the writer copying a whole 4 GiB checkpoint 0.
+const APPEND_BUFFER: usize = 8 << 20;
+
+/// Writes a run directory. Not thread-safe by design: the recorder owns it from its one
+/// background writer thread.
+#[derive(Debug)]
+pub struct RunWriter {
+    dir: PathBuf,
+    manifest: Manifest,
+    pages: File,
+    pages_path: PathBuf,
+    /// xxh3-128 of contents → slot, for every slot of pages.bin. 128-bit hashes make an
+    /// accidental collision negligible (about 2^-64 for 2^32 distinct pages), so contents are
+    /// not compared on a hit.
+    dedup: HashMap<u128, u64>,
+    /// The page map as of the last complete checkpoint; written out at consolidation points.
+    map: PageMap,
+    /// Exit count of the last complete checkpoint.
+    last_exit: Option<u64>,
+    append: Vec<u8>,
+}
+
+/// What to undo if a checkpoint fails half-way.
+#[derive(Default)]
+struct Undo {
+    new_hashes: Vec<u128>,
+    /// `(gfn, previous slot)` for every page-map change, in order.
+    map: Vec<(u64, Option<u64>)>,
+    /// Files renamed into place for the failed checkpoint.
+    files: Vec<PathBuf>,
+    /// Set once the manifest write has started: if it failed after its rename (in the directory
+    /// fsync), the checkpoint may be visible to readers, so its files and pages must stay.
+    keep_disk: bool,
+}
+
+impl RunWriter {
+    /// Creates the run directory (which must not exist or be empty) with its subdirectories, an
+    /// empty pages.bin and a manifest saying `checkpoints: 0`.
+    pub fn create(dir: &Path, meta: RunMeta) -> Result<RunWriter, FormatError> {
+        if meta.mem_bytes == 0 || !meta.mem_bytes.is_multiple_of(PAGE) {
+            return Err(FormatError::invalid(format!(
+                "mem_bytes {} is not a positive multiple of {PAGE}",
+                meta.mem_bytes
+            )));
+        }
+        match std::fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(FormatError::DirNotEmpty {
+                        path: dir.to_path_buf(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| FormatError::io(dir, "create directory", e))?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
+            }
+            Err(e) => return Err(FormatError::io(dir, "read directory", e)),
+        }
+        for sub in layout::SUBDIRS {
+            let p = dir.join(sub);
+            std::fs::create_dir(&p).map_err(|e| FormatError::io(&p, "create directory", e))?;
+        }
+        let pages_path = layout::pages(dir);
+        let pages = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&pages_path)
+            .map_err(|e| FormatError::io(&pages_path, "create", e))?;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            meta,
+            checkpoints: 0,
+            consolidate_every: DEFAULT_CONSOLIDATE_EVERY,
+            page_slots: 0,
+            finished: false,
+            exit_status: None,
+            stop_reason: None,
+        };
+        // Also fsyncs the run directory, making the subdirectories and pages.bin durable.
+        manifest.write(dir)?;
+        let mem_pages = manifest.mem_pages();
+        Ok(RunWriter {
+            dir: dir.to_path_buf(),
+            manifest,
+            pages,
+            pages_path,
+            dedup: HashMap::new(),
+            map: PageMap::new(mem_pages),
+            last_exit: None,
+            append: Vec::new(),
+        })
+    }
+
+    /// Sets how often a consolidated page map is written (default 16; 0 is taken as 1). Only
+    /// effective before the first checkpoint, since readers rely on one value for the whole run;
+    /// later calls are ignored. The manifest picks it up with the next checkpoint.
+    pub fn with_consolidate_every(mut self, n: u64) -> Self {
+        if self.manifest.checkpoints == 0 {
+            self.manifest.consolidate_every = n.max(1);
+        }
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Number of complete checkpoints, i.e. the number of the next one to write.
+    pub fn checkpoints(&self) -> u64 {
+        self.manifest.checkpoints
+    }
+
+    /// The page map as of the last complete checkpoint.
+    pub fn page_map(&self) -> &PageMap {
+        &self.map
+    }
+
+    /// Writes checkpoint `state.checkpoint`, which must be the next one.
+    ///
+    /// For checkpoint 0 `pages` must list every non-zero page (zero pages may be included; they
+    /// are left out of the page table). For checkpoint N > 0 `pages` are the pages written during
+    /// interval N-1 with their contents at boundary N, `interval` describes interval N-1 (its
+    /// `stored_pages`, `zero_pages`, `dedup_pages` and `bytes_written` are filled in here) and
+    /// `events` are its exits, ascending. `dump`, if given, is the whole guest memory, kept as a
+    /// debug file.
+    ///
+    /// Returns once everything, manifest included, is on disk. On error nothing a reader sees
+    /// has changed and the same checkpoint may be written again.
+    pub fn write_checkpoint(
+        &mut self,
+        state: &CheckpointState,
+        pages: CheckpointPages<'_>,
+        interval: Option<IntervalRecord>,
+        events: &[Event],
+        dump: Option<&[u8]>,
+    ) -> Result<CheckpointStats, FormatError> {
+        self.validate(state, pages, interval.as_ref(), events, dump)?;
+        let mut undo = Undo::default();
+        let base_slots = self.manifest.page_slots;
+        match self.commit(state, pages, interval, events, dump, &mut undo) {
+            Ok(stats) => Ok(stats),
+            Err(e) => {
+                self.rollback(undo, base_slots);
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks the run finished: records the guest's exit status (if it exited by itself) and why
+    /// recording stopped.
+    pub fn finish(&mut self, exit_status: Option<u64>, stop_reason: &str) -> Result<(), FormatError> {
+        let mut next = self.manifest.clone();
+        next.finished = true;
+        next.exit_status = exit_status;
+        next.stop_reason = Some(stop_reason.to_string());
+        next.write(&self.dir)?;
+        self.manifest = next;
+        Ok(())
+    }
+
+    fn validate(
+        &self,
+        state: &CheckpointState,
+        pages: CheckpointPages<'_>,
+        interval: Option<&IntervalRecord>,
+        events: &[Event],
+        dump: Option<&[u8]>,
+    ) -> Result<(), FormatError> {
+        let n = self.manifest.checkpoints;
+        let bad = |what: String| Err(FormatError::invalid(format!("checkpoint {n}: {what}")));
+        if state.checkpoint != n {
+            return bad(format!(
+                "state.checkpoint is {}, but the next checkpoint is {n}",
+                state.checkpoint
+            ));
+        }
+        if pages.contents.len() != pages.gfns.len() * PAGE_SIZE {
+            return bad(format!(
+                "{} gfns but {} bytes of contents (expected {})",
+                pages.gfns.len(),
+                pages.contents.len(),
+                pages.gfns.len() * PAGE_SIZE
+            ));
+        }
+        let mem_pages = self.manifest.mem_pages();
+        if let Some(w) = pages.gfns.windows(2).find(|w| w[0] >= w[1]) {
+            return bad(format!(
+                "gfns must be ascending and unique: {:#x} then {:#x}",
+                w[0], w[1]
+            ));
+        }
+        if let Some(&g) = pages.gfns.last().filter(|&&g| g >= mem_pages) {
+            return bad(format!("gfn {g:#x} is beyond guest memory ({mem_pages} pages)"));
+        }
+        if let Some(d) = dump.filter(|d| d.len() as u64 != self.manifest.meta.mem_bytes) {
+            return bad(format!(
+                "dump is {} bytes, guest memory is {}",
+                d.len(),
+                self.manifest.meta.mem_bytes
+            ));
+        }
+        match (n, interval) {
+            (0, None) if events.is_empty() => return Ok(()),
+            (0, _) => return bad("checkpoint 0 has no interval or events before it".into()),
+            (_, None) => return bad(format!("missing the IntervalRecord of interval {}", n - 1)),
+            (_, Some(rec)) => {
+                if rec.interval != n - 1 {
+                    return bad(format!(
+                        "IntervalRecord is for interval {}, expected {}",
+                        rec.interval,
+                        n - 1
+                    ));
+                }
+                if Some(rec.start_exit) != self.last_exit || rec.end_exit != state.exit {
+                    return bad(format!(
+                        "interval {} spans exits {}..{}, but its checkpoints are at exits {:?} and {}",
+                        n - 1,
+                        rec.start_exit,
+                        rec.end_exit,
+                        self.last_exit,
+                        state.exit
+                    ));
+                }
+            }
+        }
+        if let Some(e) = events.iter().find(|e| e.interval != n - 1) {
+            return bad(format!(
+                "event at exit {} is labelled interval {}, expected {}",
+                e.exit,
+                e.interval,
+                n - 1
+            ));
+        }
+        if let Some(w) = events.windows(2).find(|w| w[0].exit >= w[1].exit) {
+            return bad(format!(
+                "event exits must be ascending: {} then {}",
+                w[0].exit, w[1].exit
+            ));
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        state: &CheckpointState,
+        pages: CheckpointPages<'_>,
+        interval: Option<IntervalRecord>,
+        events: &[Event],
+        dump: Option<&[u8]>,
+        undo: &mut Undo,
+    ) -> Result<CheckpointStats, FormatError> {
+        let n = state.checkpoint;
+        let dir = self.dir.clone();
+        let mut stats = CheckpointStats::default();
+
+        let t0 = std::time::Instant::now();
+        // 1. Dedup and append page contents.
+        let base_slots = self.manifest.page_slots;
+        let mut next_slot = base_slots;
+        let mut flushed_slot = base_slots;
+        let mut rows = Vec::with_capacity(pages.gfns.len());
+        self.append.clear();
+        for (&gfn, page) in pages.gfns.iter().zip(pages.contents.chunks_exact(PAGE_SIZE)) {
+            if is_zero_page(page) {
+                stats.zero_pages += 1;
+                // Checkpoint 0 lists only non-zero pages: everything else is zero by definition.
+                if n > 0 {
+                    rows.push(PageRow {
+                        gfn,
+                        slot: None,
+                        hash: None,
+                    });
+                }
+                continue;
+            }
+            let hash = page_hash(page);
+            let slot = match self.dedup.entry(hash) {
+                Entry::Occupied(e) => {
+                    stats.dedup_pages += 1;
+                    *e.get()
+                }
+                Entry::Vacant(v) => {
+                    v.insert(next_slot);
+                    undo.new_hashes.push(hash);
+                    stats.stored_pages += 1;
+                    if self.append.len() + PAGE_SIZE > APPEND_BUFFER {
+                        flushed_slot = self.flush_append(flushed_slot)?;
+                    }
+                    self.append.extend_from_slice(page);
+                    next_slot += 1;
+                    next_slot - 1
+                }
+            };
+            rows.push(PageRow {
+                gfn,
+                slot: Some(slot),
+                hash: Some(hash),
+            });
+        }
+        self.flush_append(flushed_slot)?;
+        eprintln!("TIMING hashed+written {:?}", t0.elapsed());
+        if next_slot != base_slots {
+            // fdatasync also persists the file size, which is what a grown file needs.
+            self.pages
+                .sync_data()
+                .map_err(|e| FormatError::io(&self.pages_path, "fsync", e))?;
+        }
+        stats.bytes_written = (next_slot - base_slots) * PAGE;
+        eprintln!("TIMING pages {:?}", t0.elapsed());
+
+        // 2. Page map (needed in memory for the next consolidation point).
+        for row in &rows {
+            undo.map.push((row.gfn, self.map.set(row.gfn, row.slot)));
+        }
+
+        // 3. Tables. Each helper renames its file into place; directories are fsynced after.
+        let mut dirs: Vec<&str> = Vec::new();
+        let mut put = |undo: &mut Undo, path: PathBuf, sub: &'static str, size: u64| {
+            undo.files.push(path);
+            if !dirs.contains(&sub) {
+                dirs.push(sub);
+            }
+            size
+        };
+        let path = layout::checkpoint_table(&dir, n);
+        let size = tables::write_checkpoint_table(&path, n, &rows)?;
+        stats.bytes_written += put(undo, path, layout::CHECKPOINTS_DIR, size);
+
+        if n.is_multiple_of(self.manifest.consolidate_every) {
+            let path = layout::pagemap_table(&dir, n);
+            let size = tables::write_pagemap_table(&path, n, &self.map)?;
+            stats.bytes_written += put(undo, path, layout::PAGEMAPS_DIR, size);
+        }
+
+        eprintln!("TIMING tables {:?}", t0.elapsed());
+        let path = layout::state_table(&dir, n);
+        let size = tables::write_state_table(&path, state)?;
+        stats.bytes_written += put(undo, path, layout::STATE_DIR, size);
+
+        if let Some(dump) = dump {
+            let path = layout::dump_file(&dir, n);
+            let size = crate::fsutil::write_atomic(&path, |file, path| {
+                use std::io::Write;
+                file.write_all(dump)
+                    .map_err(|e| FormatError::io(path, "write", e))
+            })?;
+            stats.bytes_written += put(undo, path, layout::DUMPS_DIR, size);
+        }
+
+        if let Some(mut rec) = interval {
+            let i = n - 1;
+            let path = layout::events_table(&dir, i);
+            let size = tables::write_events_table(&path, events)?;
+            stats.bytes_written += put(undo, path, layout::EVENTS_DIR, size);
+
+            rec.stored_pages = stats.stored_pages;
+            rec.zero_pages = stats.zero_pages;
+            rec.dedup_pages = stats.dedup_pages;
+            rec.bytes_written = stats.bytes_written;
+            let path = layout::interval_table(&dir, i);
+            let size = tables::write_interval_table(&path, &rec)?;
+            put(undo, path, layout::INTERVALS_DIR, size);
+        }
+        for sub in dirs {
+            sync_dir(&dir.join(sub))?;
+        }
+
+        eprintln!("TIMING all-files {:?}", t0.elapsed());
+        // 4. The manifest: from here on checkpoint n exists.
+        let mut next = self.manifest.clone();
+        next.checkpoints = n + 1;
+        next.page_slots = next_slot;
+        undo.keep_disk = true;
+        next.write(&dir)?;
+        self.manifest = next;
+        self.last_exit = Some(state.exit);
+        Ok(stats)
+    }
+
+    /// Writes the append buffer at slot `at` and empties it; returns the slot after it.
+    fn flush_append(&mut self, at: u64) -> Result<u64, FormatError> {
+        if self.append.is_empty() {
+            return Ok(at);
+        }
+        self.pages
+            .write_all_at(&self.append, at * PAGE)
+            .map_err(|e| FormatError::io(&self.pages_path, "write", e))?;
+        {
+            use std::os::fd::AsRawFd;
+            unsafe { libc::sync_file_range(self.pages.as_raw_fd(), (at * PAGE) as i64, self.append.len() as i64, libc::SYNC_FILE_RANGE_WRITE) };
+        }
+        let next = at + (self.append.len() / PAGE_SIZE) as u64;
+        self.append.clear();
+        Ok(next)
+    }
+
+    fn rollback(&mut self, undo: Undo, base_slots: u64) {
+        for hash in undo.new_hashes {
+            self.dedup.remove(&hash);
+        }
+        for (gfn, old) in undo.map.into_iter().rev() {
+            self.map.set(gfn, old);
+        }
+        self.append.clear();
+        if undo.keep_disk {
+            // A retry rewrites the same files and slots (slot assignment is deterministic given
+            // the same pages), so keeping them is consistent either way.
+            return;
+        }
+        // Best effort: these files are invisible to readers (the manifest does not count the
+        // checkpoint), but they and the tail of pages.bin hold space a retry may need.
+        for path in undo.files {
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = self.pages.set_len(base_slots * PAGE);
+    }
+}

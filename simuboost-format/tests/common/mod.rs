@@ -1,0 +1,228 @@
+//! Shared helpers of the integration tests: a deterministic generator of checkpoints and a model
+//! of guest memory to check the reader against.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+
+use simuboost_format::{
+    CheckpointPages, CheckpointState, CheckpointStats, Event, GeneralRegs, IntervalRecord,
+    RunMeta, RunWriter, VcpuState, PAGE_SIZE,
+};
+
+/// splitmix64: small, deterministic, good enough for test data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The contents of a page identified by `id`; id 0 is the zero page. Equal ids give equal pages,
+/// which is how the tests produce duplicates.
+pub fn page_of(id: u64) -> Vec<u8> {
+    let mut page = vec![0u8; PAGE_SIZE];
+    if id != 0 {
+        let mut r = Rng(id.wrapping_mul(0x1234_5678_9abc_def1));
+        for chunk in page.chunks_exact_mut(8) {
+            chunk.copy_from_slice(&r.next().to_le_bytes());
+        }
+    }
+    page
+}
+
+pub fn meta(mem_pages: u64) -> RunMeta {
+    RunMeta {
+        workload: "test".into(),
+        mem_bytes: mem_pages * PAGE_SIZE as u64,
+        seed: 42,
+        interval_ns: 1_000_000,
+        dirty_tracking: "model".into(),
+        tracer: "none".into(),
+        created_unix_ms: 1_700_000_000_000,
+        guest_image_xxh3: "0123456789abcdef".into(),
+        disk_image: None,
+    }
+}
+
+/// Deterministic machine state of checkpoint `n`, exercising every column.
+pub fn state_of(n: u64) -> CheckpointState {
+    let regs = GeneralRegs::from_values(std::array::from_fn(|i| n * 1000 + i as u64));
+    CheckpointState {
+        checkpoint: n,
+        exit: exit_of(n),
+        vcpu: VcpuState {
+            regs,
+            sregs: (0..312).map(|i| (i as u64 + n) as u8).collect(),
+            fpu: vec![n as u8; 416],
+            xcrs: vec![],
+            debugregs: vec![0xdb; 128],
+            vcpu_events: (0..64).map(|i| i as u8 ^ n as u8).collect(),
+            msrs: (0..(n % 4) as u32)
+                .map(|i| (0xc000_0080 + i, n << 32 | i as u64))
+                .collect(),
+        },
+        device_json: format!(r#"{{"disk_pos":{n},"name":"pv\"dev"}}"#),
+    }
+}
+
+/// Exit count at checkpoint `n`: boundaries fall on exits, an increasing function.
+pub fn exit_of(n: u64) -> u64 {
+    n * (n + 3)
+}
+
+/// The exits of interval `i` (between exit_of(i) and exit_of(i+1)), with every kind of data.
+pub fn events_of(i: u64) -> Vec<Event> {
+    (exit_of(i) + 1..=exit_of(i + 1))
+        .enumerate()
+        .map(|(k, exit)| Event {
+            interval: i,
+            exit,
+            op: (k % 5) as u32,
+            args: [exit, k as u64, u64::MAX - exit],
+            status: k as u32 % 2,
+            ret: exit * 7,
+            data_gpa: (k % 3 != 0).then_some(0x10_0000 + exit * 64),
+            data: match k % 3 {
+                0 => None,
+                1 => Some(vec![]),
+                _ => Some((0..(exit % 200) as usize).map(|b| b as u8).collect()),
+            },
+        })
+        .collect()
+}
+
+pub fn interval_of(i: u64) -> IntervalRecord {
+    IntervalRecord {
+        interval: i,
+        start_exit: exit_of(i),
+        end_exit: exit_of(i + 1),
+        start_ns: i * 1_000_000,
+        end_ns: (i + 1) * 1_000_000,
+        downtime_ns: 5_000 + i,
+        dirty_pages: 10 + i,
+        vmm_written_pages: i % 3,
+        complete: true,
+        backpressure_ns: i * 11,
+        ..Default::default()
+    }
+}
+
+/// A model of guest memory: one content id per page.
+pub struct Model {
+    pub ids: Vec<u64>,
+    /// Ids of all non-zero contents stored so far (to predict dedup).
+    pub seen: HashSet<u64>,
+}
+
+impl Model {
+    pub fn new(mem_pages: u64) -> Model {
+        Model {
+            ids: vec![0; mem_pages as usize],
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn image(&self) -> Vec<u8> {
+        let mut img = Vec::with_capacity(self.ids.len() * PAGE_SIZE);
+        for &id in &self.ids {
+            img.extend_from_slice(&page_of(id));
+        }
+        img
+    }
+}
+
+/// One generated checkpoint: which pages changed and to what.
+pub struct Gen {
+    pub gfns: Vec<u64>,
+    pub ids: Vec<u64>,
+    pub contents: Vec<u8>,
+}
+
+/// Generates checkpoint `n`'s pages from `rng` (whole memory for n = 0, a random dirty set
+/// otherwise). Content ids come from a small pool so duplicates within and across checkpoints
+/// are frequent, and some pages become zero.
+pub fn gen_checkpoint(rng: &mut Rng, n: u64, mem_pages: u64, dirty_max: u64) -> Gen {
+    let gfns: Vec<u64> = if n == 0 {
+        (0..mem_pages).collect()
+    } else {
+        let want = 1 + rng.below(dirty_max);
+        let mut set: Vec<u64> = (0..want).map(|_| rng.below(mem_pages)).collect();
+        set.sort_unstable();
+        set.dedup();
+        set
+    };
+    let ids: Vec<u64> = gfns
+        .iter()
+        .map(|_| {
+            if rng.chance(15) {
+                0
+            } else if rng.chance(50) {
+                1 + rng.below(12) // shared pool: duplicates
+            } else {
+                1000 + rng.below(1 << 40) // almost surely unique
+            }
+        })
+        .collect();
+    let mut contents = Vec::with_capacity(gfns.len() * PAGE_SIZE);
+    for &id in &ids {
+        contents.extend_from_slice(&page_of(id));
+    }
+    Gen {
+        gfns,
+        ids,
+        contents,
+    }
+}
+
+/// Applies `g` to the model and returns the stats the writer must report.
+pub fn apply(model: &mut Model, g: &Gen) -> CheckpointStats {
+    let mut stats = CheckpointStats::default();
+    for (&gfn, &id) in g.gfns.iter().zip(&g.ids) {
+        model.ids[gfn as usize] = id;
+        if id == 0 {
+            stats.zero_pages += 1;
+        } else if model.seen.insert(id) {
+            stats.stored_pages += 1;
+        } else {
+            stats.dedup_pages += 1;
+        }
+    }
+    stats
+}
+
+/// Writes checkpoint `n` from `g` with the standard state/interval/events.
+pub fn write(
+    w: &mut RunWriter,
+    n: u64,
+    g: &Gen,
+    dump: Option<&[u8]>,
+) -> Result<CheckpointStats, simuboost_format::FormatError> {
+    let (interval, events) = if n == 0 {
+        (None, vec![])
+    } else {
+        (Some(interval_of(n - 1)), events_of(n - 1))
+    };
+    w.write_checkpoint(
+        &state_of(n),
+        CheckpointPages {
+            gfns: &g.gfns,
+            contents: &g.contents,
+        },
+        interval,
+        &events,
+        dump,
+    )
+}

@@ -1,0 +1,273 @@
+//! DuckDB and pyarrow can read what the writer produces, and the queries in docs/FORMAT.md run
+//! and agree with the Rust reader.
+//!
+//! Runs python3 with the `duckdb` and `pyarrow` modules; if either is missing the test prints
+//! SKIPPED and passes (they are installed on the project's machines).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+use simuboost_format::{Run, RunWriter};
+
+const MEM_PAGES: u64 = 64;
+const CHECKPOINTS: u64 = 9;
+
+/// Exit code of the script when a module is missing.
+const SKIP_CODE: i32 = 3;
+
+const SCRIPT: &str = r#"
+import sys, json
+try:
+    import duckdb
+    import pyarrow.parquet as pq
+except ImportError as e:
+    print(f"missing module: {e}", file=sys.stderr)
+    sys.exit(3)
+
+run = sys.argv[1]
+doc_queries = json.load(sys.stdin)
+con = duckdb.connect()
+
+def q(sql):
+    return [list(r) for r in con.execute(sql.replace("<run>", run)).fetchall()]
+
+out = {}
+out["events"] = q("SELECT interval, count(*) FROM '<run>/events/*.parquet' GROUP BY interval ORDER BY 1")
+out["pages"] = q("SELECT checkpoint, count(*), count(slot) FROM '<run>/checkpoints/*.parquet' GROUP BY checkpoint ORDER BY 1")
+out["intervals"] = q("SELECT interval, stored_pages, zero_pages, dedup_pages, bytes_written, complete FROM '<run>/intervals/*.parquet' ORDER BY 1")
+out["pagemaps"] = q("SELECT checkpoint, count(*) FROM '<run>/pagemaps/*.parquet' GROUP BY 1 ORDER BY 1")
+out["hashes"] = q("SELECT gfn, hex(hash) FROM '<run>/checkpoints/ckpt-000001.parquet' WHERE hash IS NOT NULL ORDER BY gfn")
+out["data"] = q("SELECT exit, data_gpa, data IS NULL, octet_length(data), arg2 FROM '<run>/events/*.parquet' ORDER BY exit")
+
+table = pq.read_table(f"{run}/state/ckpt-000003.parquet")
+row = table.to_pylist()[0]
+out["state"] = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items()}
+out["state_types"] = {f.name: str(f.type) for f in table.schema}
+
+out["doc"] = [q(sql) for sql in doc_queries]
+print(json.dumps(out))
+"#;
+
+/// The ```sql blocks of docs/FORMAT.md.
+fn doc_queries() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/FORMAT.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut queries = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```sql") => current = Some(String::new()),
+            (Some(q), "```") => {
+                queries.push(std::mem::take(q));
+                current = None;
+            }
+            (Some(q), l) => {
+                q.push_str(l);
+                q.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(queries.len() >= 6, "FORMAT.md lost its queries");
+    queries
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a u64: {v}"))
+}
+
+#[test]
+fn duckdb_and_pyarrow_read_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut w = RunWriter::create(&dir, meta(MEM_PAGES))
+        .unwrap()
+        .with_consolidate_every(4);
+    let mut rng = Rng(11);
+    for n in 0..CHECKPOINTS {
+        let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 24);
+        write(&mut w, n, &g, None).unwrap();
+    }
+    let run = Run::open(&dir).unwrap();
+
+    let queries = doc_queries();
+    let mut child = match Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SKIPPED: cannot run python3: {e}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&queries).unwrap().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    if output.status.code() == Some(SKIP_CODE) {
+        println!(
+            "SKIPPED: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        return;
+    }
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // Events per interval, through the glob.
+    let events: Vec<(u64, u64)> = out["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (u(&r[0]), u(&r[1])))
+        .collect();
+    let want: Vec<(u64, u64)> = (0..CHECKPOINTS - 1)
+        .map(|i| (i, events_of(i).len() as u64))
+        .collect();
+    assert_eq!(events, want);
+
+    // Page rows per checkpoint.
+    let pages: Vec<(u64, u64, u64)> = out["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (u(&r[0]), u(&r[1]), u(&r[2])))
+        .collect();
+    let want: Vec<(u64, u64, u64)> = (0..CHECKPOINTS)
+        .map(|n| {
+            let rows = run.checkpoint_pages(n).unwrap();
+            let nonzero = rows.iter().filter(|r| r.1.is_some()).count() as u64;
+            (n, rows.len() as u64, nonzero)
+        })
+        .collect();
+    assert_eq!(pages, want);
+
+    // Interval statistics.
+    let intervals = run.intervals().unwrap();
+    let got = out["intervals"].as_array().unwrap();
+    assert_eq!(got.len(), intervals.len());
+    for (r, rec) in got.iter().zip(&intervals) {
+        assert_eq!(
+            (u(&r[0]), u(&r[1]), u(&r[2]), u(&r[3]), u(&r[4]), r[5].as_bool()),
+            (
+                rec.interval,
+                rec.stored_pages,
+                rec.zero_pages,
+                rec.dedup_pages,
+                rec.bytes_written,
+                Some(true)
+            )
+        );
+    }
+
+    // Consolidated maps at 0, 4, 8.
+    let pagemaps: Vec<(u64, u64)> = out["pagemaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (u(&r[0]), u(&r[1])))
+        .collect();
+    let want: Vec<(u64, u64)> = [0, 4, 8]
+        .iter()
+        .map(|&n| (n, run.page_map(n).unwrap().len() as u64))
+        .collect();
+    assert_eq!(pagemaps, want);
+
+    // Hashes: big-endian bytes = the u128 printed in hex.
+    let hashes: Vec<(u64, String)> = out["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (u(&r[0]), r[1].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<(u64, String)> = run
+        .checkpoint_pages(1)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(g, _, h)| h.map(|h| (g, format!("{h:032X}"))))
+        .collect();
+    assert_eq!(hashes, want);
+
+    // Event data: NULL vs empty vs bytes, nullable gpa, u64 values past i64::MAX.
+    let all_events: Vec<_> = (0..CHECKPOINTS - 1)
+        .flat_map(|i| events_of(i))
+        .collect();
+    let data = out["data"].as_array().unwrap();
+    assert_eq!(data.len(), all_events.len());
+    for (r, e) in data.iter().zip(&all_events) {
+        assert_eq!(u(&r[0]), e.exit);
+        assert_eq!(r[1].as_u64(), e.data_gpa);
+        assert_eq!(r[2].as_bool(), Some(e.data.is_none()));
+        assert_eq!(r[3].as_u64(), e.data.as_ref().map(|d| d.len() as u64));
+        assert_eq!(u(&r[4]), e.args[2]);
+    }
+
+    // State through pyarrow.
+    let state = &out["state"];
+    let want = state_of(3);
+    assert_eq!(u(&state["checkpoint"]), 3);
+    assert_eq!(u(&state["exit"]), want.exit);
+    assert_eq!(u(&state["rip"]), want.vcpu.regs.rip);
+    assert_eq!(u(&state["r15"]), want.vcpu.regs.r15);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(state["sregs"].as_str().unwrap(), hex(&want.vcpu.sregs));
+    assert_eq!(state["xcrs"].as_str().unwrap(), "");
+    let msrs: Vec<(u32, u64)> = state["msrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (u(&m["index"]) as u32, u(&m["value"])))
+        .collect();
+    assert_eq!(msrs, want.vcpu.msrs);
+    assert!(!msrs.is_empty());
+    assert_eq!(state["device"].as_str().unwrap(), want.device_json);
+    let types = &out["state_types"];
+    assert_eq!(types["rip"], "uint64");
+    assert_eq!(types["sregs"], "binary");
+    assert!(types["msrs"].as_str().unwrap().starts_with("list<"), "{types}");
+
+    // The documented queries: all run; the ones with a known answer agree with the reader.
+    let doc = out["doc"].as_array().unwrap();
+    assert_eq!(doc.len(), queries.len());
+    for (q, rows) in queries.iter().zip(doc) {
+        let rows = rows.as_array().unwrap();
+        assert!(!rows.is_empty(), "FORMAT.md query returned nothing:\n{q}");
+        if q.contains("newest = 1") {
+            let got: Vec<(u64, u64)> = rows.iter().map(|r| (u(&r[0]), u(&r[1]))).collect();
+            let want: Vec<(u64, u64)> = run.page_map(7).unwrap().iter().collect();
+            assert_eq!(got, want, "SQL page map as of 7");
+        }
+        if q.contains("read_json") {
+            assert_eq!(rows.len() as u64, CHECKPOINTS - 1);
+        }
+        if q.contains("bytes_saved") {
+            let pages: u64 = want_total_rows(&run);
+            assert_eq!(u(&rows[0][0]), pages);
+            assert_eq!(u(&rows[0][2]), run.manifest().page_slots);
+        }
+    }
+}
+
+fn want_total_rows(run: &Run) -> u64 {
+    (0..run.checkpoints())
+        .map(|n| run.checkpoint_pages(n).unwrap().len() as u64)
+        .sum()
+}

@@ -1,0 +1,282 @@
+//! Write a run against a model of guest memory, read everything back, compare.
+
+mod common;
+
+use common::*;
+use simuboost_format::{
+    layout, page_hash, CheckpointPages, FormatError, Run, RunWriter, PAGE_SIZE,
+};
+
+const MEM_PAGES: u64 = 96;
+const CHECKPOINTS: u64 = 15;
+const CONSOLIDATE: u64 = 4;
+
+#[test]
+fn round_trip_against_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut w = RunWriter::create(&dir, meta(MEM_PAGES))
+        .unwrap()
+        .with_consolidate_every(CONSOLIDATE);
+    let mut rng = Rng(7);
+    let mut model = Model::new(MEM_PAGES);
+    let mut images = Vec::new();
+    let mut gens = Vec::new();
+    let mut expected_stats = Vec::new();
+
+    for n in 0..CHECKPOINTS {
+        let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 40);
+        let want = apply(&mut model, &g);
+        let image = model.image();
+        let dump = (n == 5).then_some(image.as_slice());
+        let stats = write(&mut w, n, &g, dump).unwrap();
+        assert_eq!(
+            (stats.stored_pages, stats.zero_pages, stats.dedup_pages),
+            (want.stored_pages, want.zero_pages, want.dedup_pages),
+            "stats of checkpoint {n}"
+        );
+        assert!(stats.bytes_written >= stats.stored_pages * PAGE_SIZE as u64);
+        assert_eq!(w.checkpoints(), n + 1);
+        images.push(image);
+        gens.push(g);
+        expected_stats.push(stats);
+    }
+    // The generator must actually have produced the cases under test.
+    let total = expected_stats.iter().fold((0, 0, 0), |a, s| {
+        (a.0 + s.stored_pages, a.1 + s.zero_pages, a.2 + s.dedup_pages)
+    });
+    assert!(total.0 > 0 && total.1 > 0 && total.2 > 0, "{total:?}");
+    w.finish(Some(3), "guest exit").unwrap();
+
+    let run = Run::open(&dir).unwrap();
+    let m = run.manifest();
+    assert_eq!(m.checkpoints, CHECKPOINTS);
+    assert_eq!(m.consolidate_every, CONSOLIDATE);
+    assert!(m.finished);
+    assert_eq!(m.exit_status, Some(3));
+    assert_eq!(m.stop_reason.as_deref(), Some("guest exit"));
+    assert_eq!(m.meta, meta(MEM_PAGES));
+    assert_eq!(
+        m.page_slots,
+        expected_stats.iter().map(|s| s.stored_pages).sum::<u64>()
+    );
+
+    let store = run.page_store().unwrap();
+    assert_eq!(store.slots(), m.page_slots);
+    let mut out = vec![0xaau8; (MEM_PAGES as usize) * PAGE_SIZE];
+    let mut page = vec![0u8; PAGE_SIZE];
+    for n in 0..CHECKPOINTS {
+        // Memory.
+        run.reconstruct_memory(n, &mut out).unwrap();
+        assert!(out == images[n as usize], "memory of checkpoint {n}");
+
+        // Page map: exactly the non-zero pages, each slot holding the right contents.
+        let map = run.page_map(n).unwrap();
+        let image = &images[n as usize];
+        let nonzero = image
+            .chunks_exact(PAGE_SIZE)
+            .filter(|p| p.iter().any(|&b| b != 0))
+            .count();
+        assert_eq!(map.len(), nonzero, "page_map({n}).len()");
+        for gfn in 0..MEM_PAGES {
+            let want = &image[gfn as usize * PAGE_SIZE..][..PAGE_SIZE];
+            match map.get(gfn) {
+                Some(slot) => {
+                    store.read_page(slot, &mut page).unwrap();
+                    assert_eq!(page, want, "checkpoint {n} gfn {gfn}");
+                }
+                None => assert!(want.iter().all(|&b| b == 0), "checkpoint {n} gfn {gfn}"),
+            }
+        }
+        assert_eq!(map.iter().count(), nonzero);
+
+        // Page table: the dirty set, zero pages as NULL (elided at checkpoint 0).
+        let rows = run.checkpoint_pages(n).unwrap();
+        let g = &gens[n as usize];
+        let expect: Vec<(u64, bool, Option<u128>)> = g
+            .gfns
+            .iter()
+            .zip(&g.ids)
+            .filter(|(_, &id)| n > 0 || id != 0)
+            .map(|(&gfn, &id)| (gfn, id != 0, (id != 0).then(|| page_hash(&page_of(id)))))
+            .collect();
+        let got: Vec<(u64, bool, Option<u128>)> =
+            rows.iter().map(|&(g, s, h)| (g, s.is_some(), h)).collect();
+        assert_eq!(got, expect, "page table of checkpoint {n}");
+
+        // State.
+        assert_eq!(run.state(n).unwrap(), state_of(n));
+
+        // Dumps.
+        let dump = run.dump(n).unwrap();
+        assert_eq!(dump.as_ref(), (n == 5).then(|| &images[5]));
+    }
+
+    // Intervals and events.
+    let intervals = run.intervals().unwrap();
+    assert_eq!(intervals.len() as u64, CHECKPOINTS - 1);
+    for (i, rec) in intervals.iter().enumerate() {
+        let s = expected_stats[i + 1];
+        let mut want = interval_of(i as u64);
+        want.stored_pages = s.stored_pages;
+        want.zero_pages = s.zero_pages;
+        want.dedup_pages = s.dedup_pages;
+        want.bytes_written = s.bytes_written;
+        assert_eq!(rec, &want);
+        assert_eq!(run.interval(i as u64).unwrap(), want);
+        assert_eq!(run.events(i as u64).unwrap(), events_of(i as u64));
+    }
+
+    // Only consolidation points have page maps.
+    for n in 0..CHECKPOINTS {
+        assert_eq!(
+            layout::pagemap_table(&dir, n).exists(),
+            n % CONSOLIDATE == 0,
+            "pagemap {n}"
+        );
+    }
+    assert!(matches!(
+        run.state(CHECKPOINTS),
+        Err(FormatError::CheckpointOutOfRange {
+            requested: CHECKPOINTS,
+            available: CHECKPOINTS
+        })
+    ));
+    assert!(matches!(
+        run.events(CHECKPOINTS - 1),
+        Err(FormatError::IntervalOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn invalid_input_is_rejected_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut w = RunWriter::create(&dir, meta(8)).unwrap();
+    let g = Gen {
+        gfns: vec![1, 2],
+        ids: vec![5, 6],
+        contents: [page_of(5), page_of(6)].concat(),
+    };
+    let state = state_of(0);
+    let contents = g.contents.clone();
+
+    let try_write = |w: &mut RunWriter, gfns: &[u64], contents: &[u8], n: u64| {
+        let mut s = state.clone();
+        s.checkpoint = n;
+        w.write_checkpoint(&s, CheckpointPages { gfns, contents }, None, &[], None)
+    };
+    let err = |r: Result<_, FormatError>| match r {
+        Err(FormatError::InvalidInput { what }) => what,
+        other => panic!("expected InvalidInput, got {other:?}"),
+    };
+    assert!(err(try_write(&mut w, &[1, 2], &contents, 1)).contains("next checkpoint is 0"));
+    assert!(err(try_write(&mut w, &[2, 1], &contents, 0)).contains("ascending"));
+    assert!(err(try_write(&mut w, &[1, 1], &contents, 0)).contains("ascending"));
+    assert!(err(try_write(&mut w, &[1, 8], &contents, 0)).contains("beyond guest memory"));
+    assert!(err(try_write(&mut w, &[1], &contents, 0)).contains("bytes of contents"));
+    // Checkpoint 1 without its interval record.
+    write(&mut w, 0, &g, None).unwrap();
+    let mut s1 = state_of(1);
+    s1.checkpoint = 1;
+    let r = w.write_checkpoint(
+        &s1,
+        CheckpointPages {
+            gfns: &[],
+            contents: &[],
+        },
+        None,
+        &[],
+        None,
+    );
+    assert!(err(r).contains("missing the IntervalRecord"));
+    // An interval whose exits do not match the checkpoints.
+    let mut rec = interval_of(0);
+    rec.end_exit += 1;
+    let r = w.write_checkpoint(
+        &s1,
+        CheckpointPages {
+            gfns: &[],
+            contents: &[],
+        },
+        Some(rec),
+        &[],
+        None,
+    );
+    assert!(err(r).contains("spans exits"));
+    assert_eq!(w.checkpoints(), 1);
+    assert!(RunWriter::create(&dir, meta(8)).is_err_and(|e| matches!(e, FormatError::DirNotEmpty { .. })));
+    assert!(RunWriter::create(&tmp.path().join("x"), meta(0)).is_err());
+}
+
+/// A checkpoint whose files cannot all be written leaves the manifest alone, and the writer can
+/// retry it once the obstacle is gone.
+#[test]
+fn failed_checkpoint_is_invisible_and_retryable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut w = RunWriter::create(&dir, meta(32)).unwrap();
+    let mut rng = Rng(99);
+    let mut model = Model::new(32);
+    let g0 = gen_checkpoint(&mut rng, 0, 32, 10);
+    apply(&mut model, &g0);
+    write(&mut w, 0, &g0, None).unwrap();
+    let image0 = model.image();
+
+    let g1 = gen_checkpoint(&mut rng, 1, 32, 20);
+    // Block the state file's temporary name with a directory: creating it fails.
+    let state1 = layout::state_table(&dir, 1);
+    let blocker = state1.with_file_name(".ckpt-000001.parquet.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let e = write(&mut w, 1, &g1, None).unwrap_err();
+    assert!(matches!(e, FormatError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("ckpt-000001.parquet"), "{e}");
+    assert_eq!(w.checkpoints(), 1);
+    let run = Run::open(&dir).unwrap();
+    assert_eq!(run.checkpoints(), 1);
+    // The partial checkpoint's files were cleaned up, pages.bin cut back.
+    assert!(!layout::checkpoint_table(&dir, 1).exists());
+    assert_eq!(
+        std::fs::metadata(layout::pages(&dir)).unwrap().len(),
+        run.manifest().page_slots * PAGE_SIZE as u64
+    );
+    let mut out = vec![0u8; 32 * PAGE_SIZE];
+    run.reconstruct_memory(0, &mut out).unwrap();
+    assert!(out == image0);
+
+    std::fs::remove_dir(&blocker).unwrap();
+    let want = apply(&mut model, &g1);
+    let stats = write(&mut w, 1, &g1, None).unwrap();
+    assert_eq!(
+        (stats.stored_pages, stats.zero_pages, stats.dedup_pages),
+        (want.stored_pages, want.zero_pages, want.dedup_pages)
+    );
+    let run = Run::open(&dir).unwrap();
+    run.reconstruct_memory(1, &mut out).unwrap();
+    assert!(out == model.image());
+    run.reconstruct_memory(0, &mut out).unwrap();
+    assert!(out == image0);
+}
+
+#[test]
+fn empty_checkpoints_and_empty_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut w = RunWriter::create(&dir, meta(4)).unwrap();
+    let empty = Gen {
+        gfns: vec![],
+        ids: vec![],
+        contents: vec![],
+    };
+    for n in 0..3 {
+        let s = write(&mut w, n, &empty, None).unwrap();
+        assert_eq!(s.stored_pages + s.zero_pages + s.dedup_pages, 0);
+    }
+    let run = Run::open(&dir).unwrap();
+    let mut out = vec![1u8; 4 * PAGE_SIZE];
+    run.reconstruct_memory(2, &mut out).unwrap();
+    assert!(out.iter().all(|&b| b == 0));
+    assert!(run.page_map(2).unwrap().is_empty());
+    assert!(run.checkpoint_pages(1).unwrap().is_empty());
+    assert_eq!(run.events(0).unwrap(), events_of(0));
+}
