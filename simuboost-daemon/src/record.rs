@@ -232,7 +232,8 @@ impl Recorder {
     fn checkpoint(&mut self, machine: &mut Machine, initial: bool) -> Result<(), RecordError> {
         let began = Instant::now();
         self.drain_written(false)?;
-        let machine_err = |e: simuboost_vmm::machine::MachineError| RecordError::Machine(e.to_string());
+        let machine_err =
+            |e: simuboost_vmm::machine::MachineError| RecordError::Machine(e.to_string());
         let (frames, guest_pages, vmm_pages) = if initial {
             let mut frames = DirtyBitmap::new(self.mem_bytes / simuboost_abi::PAGE_SIZE);
             for gfn in machine.boot_frames() {
@@ -257,7 +258,10 @@ impl Recorder {
         let backpressure = wait.elapsed();
         let gfns: Vec<u64> = frames.iter().collect();
         let harvested = began.elapsed();
-        prepare_staging(&mut contents, gfns.len() * simuboost_abi::PAGE_SIZE as usize);
+        prepare_staging(
+            &mut contents,
+            gfns.len() * simuboost_abi::PAGE_SIZE as usize,
+        );
         machine.copy_frames(gfns.iter().copied(), &mut contents);
         let copied = began.elapsed();
         let snapshot = machine.save_state().map_err(machine_err)?;
@@ -300,8 +304,9 @@ impl Recorder {
             checkpoint,
             exit: snapshot.exits,
             vcpu: snapshot.vcpu.to_saved(),
-            device_json: serde_json::to_string(&snapshot.device)
-                .map_err(|e| RecordError::Machine(format!("cannot encode the device state: {e}")))?,
+            device_json: serde_json::to_string(&snapshot.device).map_err(|e| {
+                RecordError::Machine(format!("cannot encode the device state: {e}"))
+            })?,
         };
         let dirty_bytes = gfns.len() as u64 * simuboost_abi::PAGE_SIZE;
         self.send(WriterMsg::Checkpoint(Box::new(Job {
@@ -380,7 +385,9 @@ fn prepare_staging(buffer: &mut Vec<u8>, bytes: usize) {
     buffer.clear();
     if buffer.capacity() < bytes {
         *buffer = Vec::with_capacity(bytes.next_power_of_two());
-        let skip = buffer.as_ptr().align_offset(simuboost_abi::PAGE_SIZE as usize);
+        let skip = buffer
+            .as_ptr()
+            .align_offset(simuboost_abi::PAGE_SIZE as usize);
         let len = buffer.capacity().saturating_sub(skip) & !(simuboost_abi::PAGE_SIZE as usize - 1);
         if len > 0 {
             // SAFETY: advice on the buffer's own, not yet touched allocation (page-aligned
@@ -422,7 +429,11 @@ impl ExitObserver for Recorder {
         Ok(())
     }
 
-    fn before_shutdown(&mut self, machine: &mut Machine, _status: u64) -> Result<(), ObserverError> {
+    fn before_shutdown(
+        &mut self,
+        machine: &mut Machine,
+        _status: u64,
+    ) -> Result<(), ObserverError> {
         // The final state: the last interval verifies against it.
         Ok(self.checkpoint(machine, false)?)
     }

@@ -238,9 +238,16 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         "starting the guest"
     );
     let (result, recorder) = match recorder {
-        Some(mut recorder) => (machine.run(deadline, STOP_GRACE, &mut recorder), Some(recorder)),
+        Some(mut recorder) => (
+            machine.run(deadline, STOP_GRACE, &mut recorder),
+            Some(recorder),
+        ),
         None => (
-            machine.run(deadline, STOP_GRACE, &mut simuboost_vmm::machine::NoObserver),
+            machine.run(
+                deadline,
+                STOP_GRACE,
+                &mut simuboost_vmm::machine::NoObserver,
+            ),
             None,
         ),
     };

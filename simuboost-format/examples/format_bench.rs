@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use simuboost_format::{
-    page_hash, CheckpointPages, CheckpointState, IntervalRecord, Run, RunMeta, RunWriter,
-    PAGE_SIZE,
+    page_hash, CheckpointPages, CheckpointState, IntervalRecord, Run, RunMeta, RunWriter, PAGE_SIZE,
 };
 
 fn rng(state: &mut u64) -> u64 {

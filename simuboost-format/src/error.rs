@@ -59,7 +59,9 @@ pub enum FormatError {
     DirNotEmpty { path: PathBuf },
 
     /// A checkpoint was requested that the run does not (yet) hold complete.
-    #[error("checkpoint {requested} is out of range: the run has {available} complete checkpoints")]
+    #[error(
+        "checkpoint {requested} is out of range: the run has {available} complete checkpoints"
+    )]
     CheckpointOutOfRange { requested: u64, available: u64 },
 
     /// An interval was requested whose end checkpoint is not (yet) complete.

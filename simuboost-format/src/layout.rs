@@ -58,7 +58,8 @@ pub fn checkpoint_table(run: &Path, checkpoint: u64) -> PathBuf {
 
 /// `<run>/pagemaps/ckpt-NNNNNN.parquet`
 pub fn pagemap_table(run: &Path, checkpoint: u64) -> PathBuf {
-    run.join(PAGEMAPS_DIR).join(ckpt_name(checkpoint, "parquet"))
+    run.join(PAGEMAPS_DIR)
+        .join(ckpt_name(checkpoint, "parquet"))
 }
 
 /// `<run>/state/ckpt-NNNNNN.parquet`

@@ -13,6 +13,31 @@
 //! The guiding rules: readers trust only the manifest (never directory listings), a checkpoint
 //! becomes visible only after all its data is durable, and every read is validated so that a
 //! damaged run yields an error naming the file, never a panic or wrong memory.
+//!
+//! ```no_run
+//! use simuboost_format::*;
+//! # fn main() -> Result<(), FormatError> {
+//! # let dir = std::path::Path::new("/tmp/run");
+//! # let meta: RunMeta = unimplemented!();
+//! # let memory = vec![0u8; 1 << 20];
+//! // Recorder: checkpoint 0 is the whole memory, later ones the dirty pages.
+//! let mut w = RunWriter::create(dir, meta)?;
+//! let gfns: Vec<u64> = (0..(memory.len() / PAGE_SIZE) as u64).collect();
+//! let state = CheckpointState { checkpoint: 0, ..Default::default() };
+//! w.write_checkpoint(&state, CheckpointPages { gfns: &gfns, contents: &memory }, None, &[], None)?;
+//! w.finish(Some(0), "guest exit")?;
+//!
+//! // Replay: the newest version of every page as of checkpoint 0, read by slot.
+//! let run = Run::open(dir)?;
+//! let map = run.page_map(0)?;
+//! let store = run.page_store()?;
+//! let mut page = vec![0u8; PAGE_SIZE];
+//! if let Some(slot) = map.get(0x100) {
+//!     store.read_page(slot, &mut page)?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
 mod fsutil;

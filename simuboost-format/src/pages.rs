@@ -100,7 +100,10 @@ impl PageStore {
         if end.is_none_or(|end| end > self.slots) {
             let range = format!("slots {first_slot}..{}", first_slot.saturating_add(count));
             let what = if end.is_none_or(|end| end > self.committed) {
-                format!("{range} are past the {} slots the manifest commits", self.committed)
+                format!(
+                    "{range} are past the {} slots the manifest commits",
+                    self.committed
+                )
             } else {
                 format!(
                     "{range} are past the end of the file, which holds {} of the {} committed \
@@ -116,7 +119,10 @@ impl PageStore {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     FormatError::corrupt(
                         &self.path,
-                        format!("file ends inside slots {first_slot}..{}", first_slot + count),
+                        format!(
+                            "file ends inside slots {first_slot}..{}",
+                            first_slot + count
+                        ),
                     )
                 } else {
                     FormatError::io(&self.path, "read", e)
@@ -208,7 +214,10 @@ impl PageMap {
         std::iter::from_fn(move || {
             let (gfn, slot) = it.next()?;
             let mut n = 1u64;
-            while it.next_if(|&(g, s)| g == gfn + n && s == slot + n).is_some() {
+            while it
+                .next_if(|&(g, s)| g == gfn + n && s == slot + n)
+                .is_some()
+            {
                 n += 1;
             }
             Some((gfn, slot, n))

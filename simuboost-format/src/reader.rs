@@ -136,7 +136,12 @@ impl Run {
         let limits = self.limits();
         let base = self.consolidation_base(checkpoint);
         let mut map = PageMap::new(limits.mem_pages);
-        tables::read_pagemap_table(&layout::pagemap_table(&self.dir, base), base, limits, &mut map)?;
+        tables::read_pagemap_table(
+            &layout::pagemap_table(&self.dir, base),
+            base,
+            limits,
+            &mut map,
+        )?;
         for c in base + 1..=checkpoint {
             tables::read_checkpoint_table(
                 &layout::checkpoint_table(&self.dir, c),

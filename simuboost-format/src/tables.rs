@@ -88,11 +88,7 @@ pub(crate) fn state_schema() -> SchemaRef {
             .iter()
             .map(|n| Field::new(*n, DataType::Binary, false)),
     );
-    fields.push(Field::new(
-        "msrs",
-        DataType::List(msr_item_field()),
-        false,
-    ));
+    fields.push(Field::new("msrs", DataType::List(msr_item_field()), false));
     fields.push(Field::new("device", DataType::Utf8, false));
     Arc::new(Schema::new(fields))
 }
@@ -190,7 +186,11 @@ fn write_table(
     })
 }
 
-fn batch(path: &Path, schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, FormatError> {
+fn batch(
+    path: &Path,
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch, FormatError> {
     RecordBatch::try_new(schema, columns).map_err(|e| FormatError::arrow(path, e))
 }
 
@@ -282,12 +282,18 @@ pub(crate) fn write_state_table(path: &Path, state: &CheckpointState) -> Result<
     )
     .map_err(|e| FormatError::arrow(path, e))?;
     columns.push(Arc::new(msrs));
-    columns.push(Arc::new(StringArray::from(vec![state.device_json.as_str()])));
+    columns.push(Arc::new(StringArray::from(vec![state
+        .device_json
+        .as_str()])));
     let b = batch(path, schema.clone(), columns)?;
     write_table(path, schema, &[b], Kind::Small)
 }
 
-fn events_batch(path: &Path, schema: &SchemaRef, events: &[Event]) -> Result<RecordBatch, FormatError> {
+fn events_batch(
+    path: &Path,
+    schema: &SchemaRef,
+    events: &[Event],
+) -> Result<RecordBatch, FormatError> {
     let u64s = |f: &dyn Fn(&Event) -> u64| -> ArrayRef {
         Arc::new(UInt64Array::from_iter_values(events.iter().map(f)))
     };
@@ -298,10 +304,14 @@ fn events_batch(path: &Path, schema: &SchemaRef, events: &[Event]) -> Result<Rec
         u64s(&|e| e.args[0]),
         u64s(&|e| e.args[1]),
         u64s(&|e| e.args[2]),
-        Arc::new(UInt32Array::from_iter_values(events.iter().map(|e| e.status))),
+        Arc::new(UInt32Array::from_iter_values(
+            events.iter().map(|e| e.status),
+        )),
         u64s(&|e| e.ret),
         Arc::new(UInt64Array::from_iter(events.iter().map(|e| e.data_gpa))),
-        Arc::new(BinaryArray::from_iter(events.iter().map(|e| e.data.as_deref()))),
+        Arc::new(BinaryArray::from_iter(
+            events.iter().map(|e| e.data.as_deref()),
+        )),
     ];
     batch(path, schema.clone(), columns)
 }
@@ -408,9 +418,10 @@ struct Cols<'a> {
 
 impl<'a> Cols<'a> {
     fn get<A: Array + 'static>(&self, name: &str, expected: &str) -> Result<&'a A, FormatError> {
-        let col = self.batch.column_by_name(name).ok_or_else(|| {
-            FormatError::corrupt(self.path, format!("no column `{name}`"))
-        })?;
+        let col = self
+            .batch
+            .column_by_name(name)
+            .ok_or_else(|| FormatError::corrupt(self.path, format!("no column `{name}`")))?;
         col.as_any().downcast_ref::<A>().ok_or_else(|| {
             FormatError::corrupt(
                 self.path,
@@ -423,12 +434,19 @@ impl<'a> Cols<'a> {
     }
 
     /// A column that the format declares non-null; nulls in it mean the file is damaged.
-    fn required<A: Array + 'static>(&self, name: &str, expected: &str) -> Result<&'a A, FormatError> {
+    fn required<A: Array + 'static>(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> Result<&'a A, FormatError> {
         let a = self.get::<A>(name, expected)?;
         if a.null_count() != 0 {
             return Err(FormatError::corrupt(
                 self.path,
-                format!("column `{name}` has {} NULLs; it must have none", a.null_count()),
+                format!(
+                    "column `{name}` has {} NULLs; it must have none",
+                    a.null_count()
+                ),
             ));
         }
         Ok(a)
@@ -511,7 +529,10 @@ pub(crate) fn read_checkpoint_table(
         &["checkpoint", "gfn", "slot"]
     };
     for batch in read_batches(path, Some(columns))? {
-        let cols = Cols { batch: &batch, path };
+        let cols = Cols {
+            batch: &batch,
+            path,
+        };
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;
         let slots = cols.opt_u64s("slot")?;
@@ -520,7 +541,10 @@ pub(crate) fn read_checkpoint_table(
             if h.value_length() != 16 {
                 return Err(FormatError::corrupt(
                     path,
-                    format!("column `hash` is {} bytes wide, expected 16", h.value_length()),
+                    format!(
+                        "column `hash` is {} bytes wide, expected 16",
+                        h.value_length()
+                    ),
                 ));
             }
             Some(h)
@@ -552,7 +576,10 @@ pub(crate) fn read_pagemap_table(
     map: &mut PageMap,
 ) -> Result<(), FormatError> {
     for batch in read_batches(path, None)? {
-        let cols = Cols { batch: &batch, path };
+        let cols = Cols {
+            batch: &batch,
+            path,
+        };
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;
         let slots = cols.u64s("slot")?;
@@ -587,9 +614,15 @@ fn read_one_row(path: &Path) -> Result<RecordBatch, FormatError> {
     }
 }
 
-pub(crate) fn read_state_table(path: &Path, checkpoint: u64) -> Result<CheckpointState, FormatError> {
+pub(crate) fn read_state_table(
+    path: &Path,
+    checkpoint: u64,
+) -> Result<CheckpointState, FormatError> {
     let batch = read_one_row(path)?;
-    let cols = Cols { batch: &batch, path };
+    let cols = Cols {
+        batch: &batch,
+        path,
+    };
     cols.check_number("checkpoint", checkpoint)?;
     let mut regs = [0u64; 18];
     for (v, name) in regs.iter_mut().zip(GeneralRegs::NAMES) {
@@ -603,7 +636,8 @@ pub(crate) fn read_state_table(path: &Path, checkpoint: u64) -> Result<Checkpoin
                 .to_vec(),
         );
     }
-    let msr_list = cols.required::<ListArray>("msrs", "List<Struct<index UInt32, value UInt64>>")?;
+    let msr_list =
+        cols.required::<ListArray>("msrs", "List<Struct<index UInt32, value UInt64>>")?;
     let msr_row = msr_list.value(0);
     let msr_struct = msr_row
         .as_any()
@@ -631,7 +665,10 @@ pub(crate) fn read_state_table(path: &Path, checkpoint: u64) -> Result<Checkpoin
         .copied()
         .zip(value.values().iter().copied())
         .collect();
-    let device = cols.required::<StringArray>("device", "Utf8")?.value(0).to_string();
+    let device = cols
+        .required::<StringArray>("device", "Utf8")?
+        .value(0)
+        .to_string();
     let [sregs, fpu, xcrs, debugregs, vcpu_events]: [Vec<u8>; 5] = blobs
         .try_into()
         .map_err(|_| FormatError::corrupt(path, "blob columns"))?;
@@ -654,7 +691,10 @@ pub(crate) fn read_state_table(path: &Path, checkpoint: u64) -> Result<Checkpoin
 pub(crate) fn read_events_table(path: &Path, interval: u64) -> Result<Vec<Event>, FormatError> {
     let mut events = Vec::new();
     for batch in read_batches(path, None)? {
-        let cols = Cols { batch: &batch, path };
+        let cols = Cols {
+            batch: &batch,
+            path,
+        };
         cols.check_number("interval", interval)?;
         let exit = cols.u64s("exit")?;
         let op = cols.u32s("op")?;
@@ -681,9 +721,15 @@ pub(crate) fn read_events_table(path: &Path, interval: u64) -> Result<Vec<Event>
     Ok(events)
 }
 
-pub(crate) fn read_interval_table(path: &Path, interval: u64) -> Result<IntervalRecord, FormatError> {
+pub(crate) fn read_interval_table(
+    path: &Path,
+    interval: u64,
+) -> Result<IntervalRecord, FormatError> {
     let batch = read_one_row(path)?;
-    let cols = Cols { batch: &batch, path };
+    let cols = Cols {
+        batch: &batch,
+        path,
+    };
     cols.check_number("interval", interval)?;
     let mut v = [0u64; INTERVAL_U64_COLUMNS.len()];
     for (v, name) in v.iter_mut().zip(INTERVAL_U64_COLUMNS) {
@@ -704,7 +750,9 @@ pub(crate) fn read_interval_table(path: &Path, interval: u64) -> Result<Interval
         zero_pages,
         dedup_pages,
         bytes_written,
-        complete: cols.required::<BooleanArray>("complete", "Boolean")?.value(0),
+        complete: cols
+            .required::<BooleanArray>("complete", "Boolean")?
+            .value(0),
         backpressure_ns: cols.u64s("backpressure_ns")?[0],
     })
 }

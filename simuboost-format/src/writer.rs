@@ -191,7 +191,11 @@ impl RunWriter {
 
     /// Marks the run finished: records the guest's exit status (if it exited by itself) and why
     /// recording stopped.
-    pub fn finish(&mut self, exit_status: Option<u64>, stop_reason: &str) -> Result<(), FormatError> {
+    pub fn finish(
+        &mut self,
+        exit_status: Option<u64>,
+        stop_reason: &str,
+    ) -> Result<(), FormatError> {
         let mut next = self.manifest.clone();
         next.finished = true;
         next.exit_status = exit_status;
@@ -233,7 +237,9 @@ impl RunWriter {
             ));
         }
         if let Some(&g) = pages.gfns.last().filter(|&&g| g >= mem_pages) {
-            return bad(format!("gfn {g:#x} is beyond guest memory ({mem_pages} pages)"));
+            return bad(format!(
+                "gfn {g:#x} is beyond guest memory ({mem_pages} pages)"
+            ));
         }
         if let Some(d) = dump.filter(|d| d.len() as u64 != self.manifest.meta.mem_bytes) {
             return bad(format!(
@@ -296,14 +302,17 @@ impl RunWriter {
         let dir = self.dir.clone();
         let mut stats = CheckpointStats::default();
 
-        let t0 = std::time::Instant::now();
         // 1. Dedup and append page contents.
         let base_slots = self.manifest.page_slots;
         let mut next_slot = base_slots;
         let mut flushed_slot = base_slots;
         let mut rows = Vec::with_capacity(pages.gfns.len());
         self.append.clear();
-        for (&gfn, page) in pages.gfns.iter().zip(pages.contents.chunks_exact(PAGE_SIZE)) {
+        for (&gfn, page) in pages
+            .gfns
+            .iter()
+            .zip(pages.contents.chunks_exact(PAGE_SIZE))
+        {
             if is_zero_page(page) {
                 stats.zero_pages += 1;
                 // Checkpoint 0 lists only non-zero pages: everything else is zero by definition.
@@ -341,7 +350,6 @@ impl RunWriter {
             });
         }
         self.flush_append(flushed_slot)?;
-        eprintln!("TIMING hashed+written {:?}", t0.elapsed());
         if next_slot != base_slots {
             // fdatasync also persists the file size, which is what a grown file needs.
             self.pages
@@ -349,7 +357,6 @@ impl RunWriter {
                 .map_err(|e| FormatError::io(&self.pages_path, "fsync", e))?;
         }
         stats.bytes_written = (next_slot - base_slots) * PAGE;
-        eprintln!("TIMING pages {:?}", t0.elapsed());
 
         // 2. Page map (needed in memory for the next consolidation point).
         for row in &rows {
@@ -375,7 +382,6 @@ impl RunWriter {
             stats.bytes_written += put(undo, path, layout::PAGEMAPS_DIR, size);
         }
 
-        eprintln!("TIMING tables {:?}", t0.elapsed());
         let path = layout::state_table(&dir, n);
         let size = tables::write_state_table(&path, state)?;
         stats.bytes_written += put(undo, path, layout::STATE_DIR, size);
@@ -408,7 +414,6 @@ impl RunWriter {
             sync_dir(&dir.join(sub))?;
         }
 
-        eprintln!("TIMING all-files {:?}", t0.elapsed());
         // 4. The manifest: from here on checkpoint n exists.
         let mut next = self.manifest.clone();
         next.checkpoints = n + 1;
@@ -428,10 +433,6 @@ impl RunWriter {
         self.pages
             .write_all_at(&self.append, at * PAGE)
             .map_err(|e| FormatError::io(&self.pages_path, "write", e))?;
-        {
-            use std::os::fd::AsRawFd;
-            unsafe { libc::sync_file_range(self.pages.as_raw_fd(), (at * PAGE) as i64, self.append.len() as i64, libc::SYNC_FILE_RANGE_WRITE) };
-        }
         let next = at + (self.append.len() / PAGE_SIZE) as u64;
         self.append.clear();
         Ok(next)

@@ -66,7 +66,10 @@ fn sigkill_leaves_complete_checkpoints_loadable() {
             let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 200);
             apply(&mut model, &g);
             run.reconstruct_memory(n, &mut out).unwrap();
-            assert!(out == model.image(), "attempt {attempt}: memory of checkpoint {n}");
+            assert!(
+                out == model.image(),
+                "attempt {attempt}: memory of checkpoint {n}"
+            );
             assert_eq!(run.state(n).unwrap(), state_of(n));
             if n > 0 {
                 assert_eq!(run.events(n - 1).unwrap(), events_of(n - 1));

@@ -166,7 +166,14 @@ fn duckdb_and_pyarrow_read_the_run() {
     assert_eq!(got.len(), intervals.len());
     for (r, rec) in got.iter().zip(&intervals) {
         assert_eq!(
-            (u(&r[0]), u(&r[1]), u(&r[2]), u(&r[3]), u(&r[4]), r[5].as_bool()),
+            (
+                u(&r[0]),
+                u(&r[1]),
+                u(&r[2]),
+                u(&r[3]),
+                u(&r[4]),
+                r[5].as_bool()
+            ),
             (
                 rec.interval,
                 rec.stored_pages,
@@ -207,9 +214,7 @@ fn duckdb_and_pyarrow_read_the_run() {
     assert_eq!(hashes, want);
 
     // Event data: NULL vs empty vs bytes, nullable gpa, u64 values past i64::MAX.
-    let all_events: Vec<_> = (0..CHECKPOINTS - 1)
-        .flat_map(|i| events_of(i))
-        .collect();
+    let all_events: Vec<_> = (0..CHECKPOINTS - 1).flat_map(events_of).collect();
     let data = out["data"].as_array().unwrap();
     assert_eq!(data.len(), all_events.len());
     for (r, e) in data.iter().zip(&all_events) {
@@ -242,7 +247,10 @@ fn duckdb_and_pyarrow_read_the_run() {
     let types = &out["state_types"];
     assert_eq!(types["rip"], "uint64");
     assert_eq!(types["sregs"], "binary");
-    assert!(types["msrs"].as_str().unwrap().starts_with("list<"), "{types}");
+    assert!(
+        types["msrs"].as_str().unwrap().starts_with("list<"),
+        "{types}"
+    );
 
     // The documented queries: all run; the ones with a known answer agree with the reader.
     let doc = out["doc"].as_array().unwrap();

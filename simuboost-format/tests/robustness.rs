@@ -29,8 +29,7 @@ fn make_run(tmp: &Path, checkpoints: u64) -> (PathBuf, Vec<Vec<u8>>) {
 
 fn edit_manifest(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let path = layout::manifest(dir);
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
 }
@@ -212,7 +211,10 @@ fn out_of_range_slots_and_gfns_are_corrupt() {
     edit_manifest(&dir, |v| v["page_slots"] = 1.into());
     let run = Run::open(&dir).unwrap();
     let e = run.page_map(1).unwrap_err();
-    assert!(e.to_string().contains("past the 1 slots of pages.bin"), "{e}");
+    assert!(
+        e.to_string().contains("past the 1 slots of pages.bin"),
+        "{e}"
+    );
     assert!(names(&e, "ckpt-000000.parquet"), "{e}");
 
     let (dir2, _) = {
@@ -221,7 +223,9 @@ fn out_of_range_slots_and_gfns_are_corrupt() {
         make_run(&t2, 2)
     };
     // Shrink guest memory: the recorded gfns no longer fit.
-    edit_manifest(&dir2, |v| v["meta"]["mem_bytes"] = (PAGE_SIZE as u64).into());
+    edit_manifest(&dir2, |v| {
+        v["meta"]["mem_bytes"] = (PAGE_SIZE as u64).into()
+    });
     let run = Run::open(&dir2).unwrap();
     let e = run.page_map(0).unwrap_err();
     assert!(e.to_string().contains("beyond guest memory"), "{e}");

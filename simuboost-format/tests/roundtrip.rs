@@ -43,7 +43,11 @@ fn round_trip_against_model() {
     }
     // The generator must actually have produced the cases under test.
     let total = expected_stats.iter().fold((0, 0, 0), |a, s| {
-        (a.0 + s.stored_pages, a.1 + s.zero_pages, a.2 + s.dedup_pages)
+        (
+            a.0 + s.stored_pages,
+            a.1 + s.zero_pages,
+            a.2 + s.dedup_pages,
+        )
     });
     assert!(total.0 > 0 && total.1 > 0 && total.2 > 0, "{total:?}");
     w.finish(Some(3), "guest exit").unwrap();
@@ -205,7 +209,8 @@ fn invalid_input_is_rejected_and_changes_nothing() {
     );
     assert!(err(r).contains("spans exits"));
     assert_eq!(w.checkpoints(), 1);
-    assert!(RunWriter::create(&dir, meta(8)).is_err_and(|e| matches!(e, FormatError::DirNotEmpty { .. })));
+    assert!(RunWriter::create(&dir, meta(8))
+        .is_err_and(|e| matches!(e, FormatError::DirNotEmpty { .. })));
     assert!(RunWriter::create(&tmp.path().join("x"), meta(0)).is_err());
 }
 
@@ -279,4 +284,16 @@ fn empty_checkpoints_and_empty_memory() {
     assert!(run.page_map(2).unwrap().is_empty());
     assert!(run.checkpoint_pages(1).unwrap().is_empty());
     assert_eq!(run.events(0).unwrap(), events_of(0));
+}
+
+/// The recorder drives the writer from a background thread; replay may share readers.
+#[test]
+fn thread_safety() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<RunWriter>();
+    send_sync::<Run>();
+    send_sync::<simuboost_format::PageStore>();
+    send_sync::<simuboost_format::PageMap>();
+    send_sync::<FormatError>();
 }

@@ -75,7 +75,7 @@ pub enum BootError {
 pub struct LoadedImage {
     /// Entry point (ring 0).
     pub entry: u64,
-    /// First page after the image (and its stack): start of free memory.
+    /// First page after the image, its stack and the page tables: start of free memory.
     pub free_start: u64,
 }
 
@@ -91,7 +91,12 @@ fn write_u64s(memory: &GuestMemory, addr: u64, values: &[u64]) -> Result<(), Boo
 }
 
 /// Loads the ELF `image` into `memory` and builds the boot structures.
-pub fn load(memory: &GuestMemory, mem_bytes: u64, image: &[u8]) -> Result<LoadedImage, BootError> {
+pub fn load(
+    memory: &GuestMemory,
+    mem_bytes: u64,
+    image: &[u8],
+    paging: GuestPaging,
+) -> Result<LoadedImage, BootError> {
     let elf = Elf::parse(image).map_err(BootError::NotElf)?;
     if elf.header.e_machine != header::EM_X86_64 || !elf.is_64 {
         return Err(BootError::WrongKind {
@@ -128,10 +133,11 @@ pub fn load(memory: &GuestMemory, mem_bytes: u64, image: &[u8]) -> Result<Loaded
     write_gdt(memory)?;
     write_tss(memory)?;
     write_idt(memory, stubs)?;
-    write_page_tables(memory, mem_bytes)?;
+    let image_end = image_end.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let tables_end = write_page_tables(memory, mem_bytes, paging, image_end)?;
     Ok(LoadedImage {
         entry: elf.entry,
-        free_start: image_end.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        free_start: tables_end,
     })
 }
 
@@ -183,7 +189,27 @@ fn write_idt(memory: &GuestMemory, stubs: u64) -> Result<(), BootError> {
     write_u64s(memory, layout::IDT, &entries)
 }
 
-fn write_page_tables(memory: &GuestMemory, mem_bytes: u64) -> Result<(), BootError> {
+/// How the guest's identity map maps RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestPaging {
+    /// 2 MiB pages with pre-set dirty bits: the fewest faults, for plain runs.
+    Huge,
+    /// 4 KiB pages whose dirty bits start clear: for recording. Under shadow paging KVM maps a
+    /// page writable on a *read* fault when the guest's entry is already dirty, and a writable
+    /// mapping counts as dirty in KVM's dirty log; with clean 4 KiB entries only pages the guest
+    /// really wrote are. (The guest's first write to a page makes KVM set the entry's dirty bit,
+    /// which dirties the page-table frame once.)
+    Small,
+}
+
+/// Writes the identity map of RAM; the 4 KiB page tables (for [`GuestPaging::Small`]) go at
+/// `tables_at`. Returns the end of what it wrote there.
+fn write_page_tables(
+    memory: &GuestMemory,
+    mem_bytes: u64,
+    paging: GuestPaging,
+    tables_at: u64,
+) -> Result<u64, BootError> {
     write_u64s(memory, layout::PML4, &[layout::PDPT | TABLE_FLAGS])?;
     let gigabytes = mem_bytes.div_ceil(1 << 30);
     let mut pdpt: Vec<u64> = (0..gigabytes)
@@ -198,9 +224,24 @@ fn write_page_tables(memory: &GuestMemory, mem_bytes: u64) -> Result<(), BootErr
         layout::DOORBELL_PD,
         &[DOORBELL_GPA | TABLE_FLAGS | PTE_DIRTY | PTE_HUGE],
     )?;
-    let pages = mem_bytes.div_ceil(HUGE_PAGE);
-    let pd: Vec<u64> = (0..pages)
-        .map(|i| (i * HUGE_PAGE) | TABLE_FLAGS | PTE_DIRTY | PTE_HUGE)
-        .collect();
-    write_u64s(memory, layout::PD_BASE, &pd)
+    let huge_pages = mem_bytes.div_ceil(HUGE_PAGE);
+    match paging {
+        GuestPaging::Huge => {
+            let pd: Vec<u64> = (0..huge_pages)
+                .map(|i| (i * HUGE_PAGE) | TABLE_FLAGS | PTE_DIRTY | PTE_HUGE)
+                .collect();
+            write_u64s(memory, layout::PD_BASE, &pd)?;
+            Ok(tables_at)
+        }
+        GuestPaging::Small => {
+            let pd: Vec<u64> = (0..huge_pages)
+                .map(|i| (tables_at + i * PAGE_SIZE) | TABLE_FLAGS)
+                .collect();
+            write_u64s(memory, layout::PD_BASE, &pd)?;
+            let frames = mem_bytes / PAGE_SIZE;
+            let pt: Vec<u64> = (0..frames).map(|f| (f * PAGE_SIZE) | TABLE_FLAGS).collect();
+            write_u64s(memory, tables_at, &pt)?;
+            Ok(tables_at + huge_pages * PAGE_SIZE)
+        }
+    }
 }

@@ -56,8 +56,7 @@ pub trait ExitObserver {
     /// After a doorbell write was handled, before the guest resumes.
     fn after_exit(&mut self, machine: &mut Machine) -> Result<(), ObserverError>;
     /// The guest asked to terminate with `status`; its last request has been handled.
-    fn before_shutdown(&mut self, machine: &mut Machine, status: u64)
-        -> Result<(), ObserverError>;
+    fn before_shutdown(&mut self, machine: &mut Machine, status: u64) -> Result<(), ObserverError>;
 }
 
 /// An observer that does nothing: a plain run.
@@ -262,7 +261,12 @@ impl Machine {
             }
         }
         let memory = create_guest_memory(config.mem_bytes)?;
-        let image = boot::load(&memory, config.mem_bytes, &config.guest_image)?;
+        let paging = if config.dirty_tracking.is_some() {
+            boot::GuestPaging::Small
+        } else {
+            boot::GuestPaging::Huge
+        };
+        let image = boot::load(&memory, config.mem_bytes, &config.guest_image, paging)?;
         let vm = Vm::new(&memory, config.dirty_tracking.is_some())?;
         let dirty_log = match config.dirty_tracking {
             Some(DirtyTracking::Log) => Some(DirtyLog::new(vm.kvm(), vm.fd(), config.mem_bytes)?),
@@ -543,5 +547,7 @@ pub fn min_mem_bytes(workload: WorkloadId) -> u64 {
     /// Boot structures, image and stack (generously), and the guest's heap.
     const GUEST_OVERHEAD: u64 = (4 << 20) + simuboost_abi::GUEST_HEAP_BYTES;
     let raw = GUEST_OVERHEAD + simuboost_workloads::min_arena_bytes(workload);
+    // Plus the 4 KiB page tables of a recorded run (one frame per 2 MiB of RAM).
+    let raw = raw + raw / 512;
     raw.div_ceil(crate::vstate::memory::MEM_ALIGN) * crate::vstate::memory::MEM_ALIGN
 }

@@ -45,7 +45,16 @@ fn pattern_checkpoints_hold_exactly_the_written_pages() {
     let seed = 5u64;
     record(
         &dir,
-        &["--workload", "pattern", "--work", "4000", "--seed", "5", "--interval", "20ms"],
+        &[
+            "--workload",
+            "pattern",
+            "--work",
+            "4000",
+            "--seed",
+            "5",
+            "--interval",
+            "20ms",
+        ],
     )
     .expect_code(0);
     let s = summary(&dir);
@@ -82,29 +91,18 @@ fn pattern_checkpoints_hold_exactly_the_written_pages() {
             .map(|p| p.0)
             .filter(|&g| g >= arena_gfn)
             .collect();
-        let mut reads = BTreeSet::new();
-        let mut later = BTreeSet::new();
-        for st in 0..step {
-            for page in pattern::step_pages(seed, st, arena_pages).reads {
-                reads.insert(arena_gfn + page);
-            }
-        }
-        for st in step..step + 10 {
-            for page in pattern::step_pages(seed, st, arena_pages).writes {
-                later.insert(arena_gfn + page);
-            }
-        }
-        let extra: Vec<u64> = in_arena.difference(&expected).copied().collect();
-        eprintln!("DEBUG extra {} in reads {} in next-writes {} missing {}", extra.len(), extra.iter().filter(|g| reads.contains(g)).count(), extra.iter().filter(|g| later.contains(g)).count(), expected.difference(&in_arena).count());
         assert_eq!(
             in_arena, expected,
             "interval {}: arena pages in the checkpoint differ from the pages its steps wrote",
             interval.interval
         );
-        let outside = pages.iter().filter(|p| p.0 < arena_gfn).count();
+        // The rest lies below the arena: the guest's stack and data (the request block), and
+        // page-table frames whose entries KVM gave a dirty bit on a first write.
+        let page_table_frames = mem / (2 << 20);
+        let outside = pages.iter().filter(|p| p.0 < arena_gfn).count() as u64;
         assert!(
-            outside <= 8,
-            "interval {}: {outside} frames outside the arena (image data, stack, heap expected, a few)",
+            outside <= 8 + page_table_frames,
+            "interval {}: {outside} frames outside the arena",
             interval.interval
         );
     }
@@ -137,7 +135,10 @@ fn check_reconstruction(workload: &str, work: &str) {
     let run = Run::open(&dir).expect("run opens");
     assert!(run.manifest().finished);
     let checkpoints = run.checkpoints();
-    assert!(checkpoints >= 2, "{workload}: only {checkpoints} checkpoints");
+    assert!(
+        checkpoints >= 2,
+        "{workload}: only {checkpoints} checkpoints"
+    );
     let mem = run.manifest().meta.mem_bytes as usize;
     let mut image = vec![0u8; mem];
     for n in 0..checkpoints {
@@ -217,12 +218,20 @@ fn kill_9_never_loses_a_completed_interval() {
     if !kvm_available("kill_9_never_loses_a_completed_interval") {
         return;
     }
-    for (attempt, delay_ms) in [700u64, 1300, 2100].into_iter().enumerate() {
+    // Kill at different points: after 1, 2 and 3 complete checkpoints, plus a few
+    // milliseconds that land at different moments of the next checkpoint's capture and write.
+    for (attempt, extra_ms) in [(1u64, 0u64), (2, 37), (3, 71)] {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("run");
         let mut child = daemon()
             .args(["run", "--workload", "kvstore", "--mem", SMALL_MEM])
-            .args(["--duration", "10min", "--interval", "100ms", "--verify-dumps"])
+            .args([
+                "--duration",
+                "10min",
+                "--interval",
+                "100ms",
+                "--verify-dumps",
+            ])
             .args(["--seed", &attempt.to_string()])
             .arg("--out")
             .arg(&dir)
@@ -230,13 +239,21 @@ fn kill_9_never_loses_a_completed_interval() {
             .stderr(Stdio::null())
             .spawn()
             .expect("daemon starts");
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while Run::open(&dir).map_or(0, |r| r.checkpoints()) < attempt {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recording never reached {attempt} checkpoints"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
         let checkpoints = assert_loadable(&dir, true);
         assert!(
-            checkpoints >= 2,
-            "after {delay_ms} ms only {checkpoints} checkpoints were complete"
+            checkpoints >= attempt,
+            "{checkpoints} checkpoints after the manifest had said {attempt}"
         );
     }
 }
@@ -268,7 +285,10 @@ fn sigint_finishes_the_checkpoint_and_exits_0() {
         String::from_utf8_lossy(&out.stderr)
     );
     let run = Run::open(&dir).expect("run opens");
-    assert!(run.manifest().finished, "the manifest says the run finished");
+    assert!(
+        run.manifest().finished,
+        "the manifest says the run finished"
+    );
     assert_eq!(run.manifest().exit_status, Some(0));
     assert_loadable(&dir, false);
 }
@@ -326,7 +346,16 @@ fn format_doc_queries_run_in_duckdb() {
     let dir = tmp.path().join("run");
     record(
         &dir,
-        &["--workload", "build", "--work", "200", "--seed", "3", "--interval", "50ms"],
+        &[
+            "--workload",
+            "build",
+            "--work",
+            "200",
+            "--seed",
+            "3",
+            "--interval",
+            "50ms",
+        ],
     )
     .expect_code(0);
     let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/FORMAT.md"))
@@ -337,10 +366,19 @@ fn format_doc_queries_run_in_duckdb() {
         .filter_map(|block| block.split("```").next())
         .map(|q| q.trim().replace("<run>", &dir.display().to_string()))
         .collect();
-    assert!(queries.len() >= 5, "FORMAT.md has {} queries", queries.len());
-    let script = format!(
-        "import duckdb, json, sys\nqueries = json.loads(sys.stdin.read())\nfor q in queries:\n    rows = duckdb.sql(q).fetchall()\n    assert len(rows) > 0, q\nprint(len(queries))\n"
+    assert!(
+        queries.len() >= 5,
+        "FORMAT.md has {} queries",
+        queries.len()
     );
+    let script = r#"
+import duckdb, json, sys
+queries = json.loads(sys.stdin.read())
+for q in queries:
+    rows = duckdb.sql(q).fetchall()
+    assert len(rows) > 0, q
+print(len(queries))
+"#;
     let mut child = Command::new("python3")
         .arg("-c")
         .arg(script)

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use simuboost_format::{
-    CheckpointPages, CheckpointState, CheckpointStats, Event, GeneralRegs, IntervalRecord,
-    RunMeta, RunWriter, VcpuState, PAGE_SIZE,
+    CheckpointPages, CheckpointState, CheckpointStats, Event, GeneralRegs, IntervalRecord, RunMeta,
+    RunWriter, VcpuState, PAGE_SIZE,
 };
 
 /// splitmix64: small, deterministic, good enough for test data.

@@ -235,7 +235,9 @@ impl DirtyRing {
     pub fn enable(kvm: &Kvm, vm: &VmFd) -> Result<(), DirtyError> {
         let max = kvm.check_extension_int(Cap::DirtyLogRing);
         if max <= 0 || (max as u32) < DIRTY_RING_BYTES {
-            return Err(DirtyError::Unsupported("a 1 MiB dirty ring (KVM_CAP_DIRTY_LOG_RING)"));
+            return Err(DirtyError::Unsupported(
+                "a 1 MiB dirty ring (KVM_CAP_DIRTY_LOG_RING)",
+            ));
         }
         let cap = kvm_enable_cap {
             cap: KVM_CAP_DIRTY_LOG_RING,

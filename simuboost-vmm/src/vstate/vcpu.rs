@@ -3,8 +3,8 @@
 use std::fmt;
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, kvm_xsave, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_debugregs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use zerocopy::{FromBytes, IntoBytes};
@@ -209,7 +209,9 @@ impl Vcpu {
             Ok(VcpuExit::Hlt) => Ok(Exit::Halt),
             Ok(VcpuExit::Shutdown) => Ok(Exit::Shutdown),
             Ok(VcpuExit::Intr) => Ok(Exit::Interrupted),
-            Ok(VcpuExit::Unsupported(reason)) if reason == kvm_bindings::KVM_EXIT_DIRTY_RING_FULL => {
+            Ok(VcpuExit::Unsupported(reason))
+                if reason == kvm_bindings::KVM_EXIT_DIRTY_RING_FULL =>
+            {
                 Ok(Exit::DirtyRingFull)
             }
             Ok(other) => Ok(Exit::Other(format!("{other:?}"))),
@@ -261,8 +263,14 @@ impl Vcpu {
             sregs: self.fd.get_sregs().map_err(ioctl("get sregs"))?,
             xsave: self.fd.get_xsave().map_err(ioctl("get XSAVE"))?,
             xcrs: self.fd.get_xcrs().map_err(ioctl("get XCRs"))?,
-            debugregs: self.fd.get_debug_regs().map_err(ioctl("get debug registers"))?,
-            events: self.fd.get_vcpu_events().map_err(ioctl("get vCPU events"))?,
+            debugregs: self
+                .fd
+                .get_debug_regs()
+                .map_err(ioctl("get debug registers"))?,
+            events: self
+                .fd
+                .get_vcpu_events()
+                .map_err(ioctl("get vCPU events"))?,
             msrs: msrs.as_slice()[..read]
                 .iter()
                 .map(|e| (e.index, e.data))
@@ -272,7 +280,9 @@ impl Vcpu {
 
     /// Restores a state saved by [`Vcpu::save_state`].
     pub fn restore_state(&self, state: &VcpuSnapshot) -> Result<(), VcpuError> {
-        self.fd.set_sregs(&state.sregs).map_err(ioctl("set sregs"))?;
+        self.fd
+            .set_sregs(&state.sregs)
+            .map_err(ioctl("set sregs"))?;
         self.fd.set_regs(&state.regs).map_err(ioctl("set regs"))?;
         // SAFETY: `state.xsave` came from KVM_GET_XSAVE (or its saved bytes) and is the
         // legacy 4 KiB area, which is what KVM_SET_XSAVE reads.
