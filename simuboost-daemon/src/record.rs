@@ -74,7 +74,7 @@ enum WriterMsg {
 /// What the writer reports per checkpoint.
 struct Written {
     checkpoint: u64,
-    bytes: u64,
+    stats: simuboost_format::CheckpointStats,
 }
 
 /// Totals for the run summary.
@@ -94,6 +94,16 @@ pub struct RecordSummary {
     pub backpressure_ms: f64,
     /// Mean dirty frames per interval (guest and VMM writes).
     pub mean_dirty_pages: f64,
+    /// Frames captured in all checkpoints (checkpoint 0 included).
+    pub captured_pages: u64,
+    /// Of those, pages stored (new contents).
+    pub stored_pages: u64,
+    /// Of those, zero pages (not stored).
+    pub zero_pages: u64,
+    /// Of those, pages whose contents were already stored (deduplicated).
+    pub dedup_pages: u64,
+    /// Throughput of the dirty-page copies during downtime, GB/s.
+    pub copy_gbps: f64,
 }
 
 /// The recorder: an [`ExitObserver`] that takes the checkpoints.
@@ -113,6 +123,8 @@ pub struct Recorder {
     summary: RecordSummary,
     downtime_total: Duration,
     dirty_total: u64,
+    copy_total: Duration,
+    copied_bytes: u64,
     mem_bytes: u64,
 }
 
@@ -147,7 +159,7 @@ impl Recorder {
                                 )
                                 .map(|stats| Written {
                                     checkpoint: job.state.checkpoint,
-                                    bytes: stats.bytes_written,
+                                    stats,
                                 });
                             let failed = result.is_err();
                             let _ = written_tx.send(result);
@@ -195,6 +207,8 @@ impl Recorder {
             summary: RecordSummary::default(),
             downtime_total: Duration::ZERO,
             dirty_total: 0,
+            copy_total: Duration::ZERO,
+            copied_bytes: 0,
             mem_bytes,
         })
     }
@@ -210,7 +224,10 @@ impl Recorder {
             match next {
                 Ok(Ok(w)) => {
                     self.summary.checkpoints = self.summary.checkpoints.max(w.checkpoint + 1);
-                    self.summary.bytes_written += w.bytes;
+                    self.summary.bytes_written += w.stats.bytes_written;
+                    self.summary.stored_pages += w.stats.stored_pages;
+                    self.summary.zero_pages += w.stats.zero_pages;
+                    self.summary.dedup_pages += w.stats.dedup_pages;
                 }
                 Ok(Err(e)) => return Err(RecordError::Format(e)),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),
@@ -309,6 +326,9 @@ impl Recorder {
             })?,
         };
         let dirty_bytes = gfns.len() as u64 * simuboost_abi::PAGE_SIZE;
+        self.summary.captured_pages += gfns.len() as u64;
+        self.copy_total += copied - harvested;
+        self.copied_bytes += dirty_bytes;
         self.send(WriterMsg::Checkpoint(Box::new(Job {
             state,
             gfns,
@@ -374,6 +394,8 @@ impl Recorder {
         let n = self.summary.intervals.max(1) as f64;
         self.summary.mean_downtime_ms = self.downtime_total.as_secs_f64() * 1e3 / n;
         self.summary.mean_dirty_pages = self.dirty_total as f64 / n;
+        self.summary.copy_gbps =
+            self.copied_bytes as f64 / self.copy_total.as_secs_f64().max(1e-9) / 1e9;
         Ok(self.summary)
     }
 }

@@ -103,7 +103,7 @@ impl Manifest {
 
     fn validate(&self, path: &Path) -> Result<(), FormatError> {
         let page = crate::PAGE_SIZE as u64;
-        if self.meta.mem_bytes == 0 || !self.meta.mem_bytes.is_multiple_of(page) {
+        if self.meta.mem_bytes == 0 || self.meta.mem_bytes % page != 0 {
             return Err(FormatError::corrupt(
                 path,
                 format!(

@@ -71,7 +71,7 @@ impl RunWriter {
     /// Creates the run directory (which must not exist or be empty) with its subdirectories, an
     /// empty pages.bin and a manifest saying `checkpoints: 0`.
     pub fn create(dir: &Path, meta: RunMeta) -> Result<RunWriter, FormatError> {
-        if meta.mem_bytes == 0 || !meta.mem_bytes.is_multiple_of(PAGE) {
+        if meta.mem_bytes == 0 || meta.mem_bytes % PAGE != 0 {
             return Err(FormatError::invalid(format!(
                 "mem_bytes {} is not a positive multiple of {PAGE}",
                 meta.mem_bytes
@@ -376,7 +376,7 @@ impl RunWriter {
         let size = tables::write_checkpoint_table(&path, n, &rows)?;
         stats.bytes_written += put(undo, path, layout::CHECKPOINTS_DIR, size);
 
-        if n.is_multiple_of(self.manifest.consolidate_every) {
+        if n % self.manifest.consolidate_every == 0 {
             let path = layout::pagemap_table(&dir, n);
             let size = tables::write_pagemap_table(&path, n, &self.map)?;
             stats.bytes_written += put(undo, path, layout::PAGEMAPS_DIR, size);
