@@ -1,18 +1,19 @@
 //! Types shared by simuboost's eBPF programs (`simuboost-ebpf`) and the daemon that loads them.
 //!
-//! `no_std` and `repr(C)`, so both sides agree on every byte.
+//! `no_std` and `repr(C)`, so both sides agree on every byte; the tracepoint field offsets the
+//! programs read are listed here so the loader can check them against the running kernel.
 #![no_std]
 
 /// Name of the array map holding the [`TraceConfig`] (one entry, index 0).
 pub const CONFIG_MAP: &str = "CONFIG";
-/// Name of the hash map of frames touched since the daemon last drained it: key gfn (u64),
-/// value [`TouchFlags`] bits (u8).
-pub const TOUCHED_MAP: &str = "TOUCHED";
+/// Name of the ring buffer of [`TouchEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
-/// Capacity of [`TOUCHED_MAP`]: frames one interval can record before drops start.
-pub const MAX_TOUCHED_FRAMES: u32 = 1 << 20;
+/// Default size of [`EVENTS_MAP`] in bytes (64 Ki events of 16 bytes); the loader may change
+/// it (a power of two, at least a page).
+pub const DEFAULT_EVENTS_BYTES: u32 = 1 << 20;
 
 /// What the loader tells the programs.
 #[repr(C)]
@@ -24,12 +25,56 @@ pub struct TraceConfig {
     pub enabled: u32,
 }
 
-/// Bits of a [`TOUCHED_MAP`] value.
+/// One frame touched by the traced VM, as the programs report it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TouchEvent {
+    /// Guest frame number.
+    pub gfn: u64,
+    /// Which tracepoint saw it ([`Source`] as u32).
+    pub source: u32,
+    /// [`touch_flags`] bits.
+    pub flags: u32,
+}
+
+/// Size of a [`TouchEvent`] in the ring.
+pub const TOUCH_EVENT_SIZE: usize = 16;
+
+/// Which tracepoint reported a frame.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `kvmmmu:kvm_mmu_set_spte`: KVM installed a mapping of the frame (shadow paging and TDP).
+    SetSpte = 1,
+    /// `kvm:kvm_page_fault`: a fault on the frame (hardware-virtualized hosts).
+    PageFault = 2,
+    /// `kvmmmu:fast_page_fault`: a fault fixed without the MMU lock (TDP hosts).
+    FastPageFault = 3,
+    /// `kvm:kvm_dirty_ring_push`: the frame was written (dirty ring in use).
+    DirtyRingPush = 4,
+    /// `kvmmmu:kvm_mmu_paging_element`: KVM's software walk of the guest page tables read an
+    /// entry pointing to this page-table frame (shadow paging).
+    PageWalk = 5,
+}
+
+impl Source {
+    /// Decodes a raw source.
+    pub fn from_raw(raw: u32) -> Option<Source> {
+        Some(match raw {
+            1 => Source::SetSpte,
+            2 => Source::PageFault,
+            3 => Source::FastPageFault,
+            4 => Source::DirtyRingPush,
+            5 => Source::PageWalk,
+            _ => return None,
+        })
+    }
+}
+
+/// Bits of [`TouchEvent::flags`].
 pub mod touch_flags {
-    /// The frame was mapped by KVM's MMU (`kvm_mmu_set_spte` and friends).
-    pub const MAPPED: u8 = 1 << 0;
     /// The mapping was writable (not proof of a write: writes come from the dirty log).
-    pub const WRITABLE: u8 = 1 << 1;
+    pub const WRITABLE: u32 = 1 << 0;
 }
 
 /// Indexes of [`COUNTERS_MAP`].
@@ -38,12 +83,66 @@ pub mod touch_flags {
 pub enum Counter {
     /// Events from the traced VM.
     Events = 0,
-    /// Events lost because [`TOUCHED_MAP`] was full.
+    /// Events lost because [`EVENTS_MAP`] was full.
     Drops = 1,
 }
 
 /// Number of counters.
 pub const COUNTER_COUNT: u32 = 2;
+
+/// A tracepoint field a program reads: (category, event, field, offset, size).
+pub type Field = (&'static str, &'static str, &'static str, usize, usize);
+
+/// `kvmmmu:kvm_mmu_set_spte` gfn.
+pub const SET_SPTE_GFN: Field = ("kvmmmu", "kvm_mmu_set_spte", "gfn", 8, 8);
+/// `kvmmmu:kvm_mmu_set_spte` spte.
+pub const SET_SPTE_SPTE: Field = ("kvmmmu", "kvm_mmu_set_spte", "spte", 16, 8);
+/// `kvm:kvm_page_fault` fault_address (a guest physical address on TDP hosts).
+pub const PAGE_FAULT_ADDRESS: Field = ("kvm", "kvm_page_fault", "fault_address", 24, 8);
+/// `kvmmmu:fast_page_fault` cr2_or_gpa.
+pub const FAST_PAGE_FAULT_GPA: Field = ("kvmmmu", "fast_page_fault", "cr2_or_gpa", 16, 8);
+/// `kvm:kvm_dirty_ring_push` slot.
+pub const DIRTY_RING_PUSH_SLOT: Field = ("kvm", "kvm_dirty_ring_push", "slot", 20, 4);
+/// `kvm:kvm_dirty_ring_push` offset (frame within the slot).
+pub const DIRTY_RING_PUSH_OFFSET: Field = ("kvm", "kvm_dirty_ring_push", "offset", 24, 8);
+/// `kvmmmu:kvm_mmu_paging_element` pte.
+pub const PAGING_ELEMENT_PTE: Field = ("kvmmmu", "kvm_mmu_paging_element", "pte", 8, 8);
+/// `kvmmmu:kvm_mmu_paging_element` level.
+pub const PAGING_ELEMENT_LEVEL: Field = ("kvmmmu", "kvm_mmu_paging_element", "level", 16, 4);
+
+/// The programs, with the tracepoint each attaches to and the fields it reads.
+pub const PROGRAMS: [(&str, &str, &str, &[Field]); 5] = [
+    (
+        "kvm_mmu_set_spte",
+        "kvmmmu",
+        "kvm_mmu_set_spte",
+        &[SET_SPTE_GFN, SET_SPTE_SPTE],
+    ),
+    (
+        "kvm_page_fault",
+        "kvm",
+        "kvm_page_fault",
+        &[PAGE_FAULT_ADDRESS],
+    ),
+    (
+        "fast_page_fault",
+        "kvmmmu",
+        "fast_page_fault",
+        &[FAST_PAGE_FAULT_GPA],
+    ),
+    (
+        "kvm_dirty_ring_push",
+        "kvm",
+        "kvm_dirty_ring_push",
+        &[DIRTY_RING_PUSH_SLOT, DIRTY_RING_PUSH_OFFSET],
+    ),
+    (
+        "kvm_mmu_paging_element",
+        "kvmmmu",
+        "kvm_mmu_paging_element",
+        &[PAGING_ELEMENT_PTE, PAGING_ELEMENT_LEVEL],
+    ),
+];
 
 #[cfg(feature = "user")]
 // SAFETY: TraceConfig is repr(C), Copy, and has no padding (two u32).

@@ -79,9 +79,23 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 
+    /// End intervals after this many guest-initiated exits instead of after --interval: a
+    /// deterministic boundary, for experiments and tests that compare runs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval_exits: Option<u64>,
+
     /// How the recorder learns which pages the guest wrote: KVM's dirty bitmap or dirty ring.
     #[arg(long, value_enum, default_value = "log")]
     pub dirty_tracking: DirtyTrackingArg,
+
+    /// Access tracking: eBPF programs on KVM's MMU tracepoints record each interval's working
+    /// set (needs root or CAP_BPF+CAP_PERFMON and tracefs), or none.
+    #[arg(long, value_enum, default_value = "ebpf")]
+    pub tracer: TracerArg,
+
+    /// Size of the tracer's event ring in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = simuboost_common::DEFAULT_EVENTS_BYTES, hide = true)]
+    pub trace_ring_bytes: u32,
 
     /// Run without recording: no checkpoints, no event log.
     #[arg(long)]
@@ -117,6 +131,15 @@ pub struct MkdiskArgs {
 
     /// Path of the image to create.
     pub path: PathBuf,
+}
+
+/// `--tracer` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TracerArg {
+    /// eBPF programs on KVM's MMU tracepoints.
+    Ebpf,
+    /// No access logs.
+    None,
 }
 
 /// `--dirty-tracking` values.

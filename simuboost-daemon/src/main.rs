@@ -3,6 +3,7 @@
 mod cli;
 mod record;
 mod run;
+mod trace;
 
 use std::process::ExitCode;
 

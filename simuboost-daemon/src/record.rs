@@ -18,11 +18,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use simuboost_format::{
-    CheckpointPages, CheckpointState, Event, FormatError, IntervalRecord, RunMeta, RunWriter,
+    Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, Event, FormatError,
+    IntervalRecord, RunMeta, RunWriter,
 };
 use simuboost_vmm::devices::paravirt::DeviceEvent;
 use simuboost_vmm::machine::{ExitObserver, Machine, ObserverError};
 use simuboost_vmm::vstate::dirty::DirtyBitmap;
+
+use crate::trace::Tracer;
 
 /// Staging buffers in flight: one being filled while the writer stores the other.
 const STAGING_BUFFERS: usize = 2;
@@ -32,11 +35,58 @@ const STAGING_BUFFERS: usize = 2;
 pub struct RecordConfig {
     /// Interval length; an interval ends at the first guest-initiated exit after it.
     pub interval: Duration,
+    /// Instead: an interval ends after this many guest-initiated exits.
+    pub interval_exits: Option<u64>,
     /// Also store a full memory dump at every checkpoint (debug: lets tests compare the
     /// reconstructed memory with the real one).
     pub verify_dumps: bool,
     /// Show a live status line.
     pub progress: bool,
+}
+
+/// The working set of one interval, in first-touch order.
+fn access_log(
+    traced: &[u64],
+    guest_written: &DirtyBitmap,
+    vmm_written: &DirtyBitmap,
+) -> Vec<Access> {
+    let kind = |gfn: u64| {
+        if guest_written.contains(gfn) || vmm_written.contains(gfn) {
+            AccessKind::Write
+        } else {
+            AccessKind::Read
+        }
+    };
+    let mut seen: std::collections::HashSet<u64> = traced.iter().copied().collect();
+    let mut log: Vec<Access> = traced
+        .iter()
+        .map(|&gfn| (gfn, kind(gfn), AccessSource::Mmu))
+        .chain(
+            // Written through a mapping installed before the interval (none after re-arming,
+            // but the dirty log is the authority on writes), then the device's own accesses.
+            guest_written
+                .iter()
+                .filter(|g| seen.insert(*g))
+                .map(|g| (g, AccessKind::Write, AccessSource::Mmu))
+                .collect::<Vec<_>>(),
+        )
+        .chain(
+            vmm_written
+                .iter()
+                .filter(|g| seen.insert(*g))
+                .map(|g| (g, AccessKind::Write, AccessSource::Dma))
+                .collect::<Vec<_>>(),
+        )
+        .enumerate()
+        .map(|(order, (gfn, kind, source))| Access {
+            gfn,
+            kind,
+            source,
+            first_touch: order as u32,
+        })
+        .collect();
+    log.shrink_to_fit();
+    log
 }
 
 /// Errors of the recorder.
@@ -60,6 +110,7 @@ struct Job {
     contents: Vec<u8>,
     interval: Option<IntervalRecord>,
     events: Vec<Event>,
+    access: Option<Vec<Access>>,
     dump: Option<Vec<u8>>,
 }
 
@@ -104,6 +155,10 @@ pub struct RecordSummary {
     pub dedup_pages: u64,
     /// Throughput of the dirty-page copies during downtime, GB/s.
     pub copy_gbps: f64,
+    /// Intervals whose access log lost events.
+    pub incomplete_intervals: u64,
+    /// Mean frames in an interval's access log (0 without tracer).
+    pub mean_working_set: f64,
 }
 
 /// The recorder: an [`ExitObserver`] that takes the checkpoints.
@@ -120,17 +175,24 @@ pub struct Recorder {
     free_buffers: Receiver<Vec<u8>>,
     writer: Option<JoinHandle<()>>,
     progress: Option<ProgressBar>,
+    tracer: Option<Tracer>,
     summary: RecordSummary,
     downtime_total: Duration,
     dirty_total: u64,
     copy_total: Duration,
     copied_bytes: u64,
+    working_set_total: u64,
     mem_bytes: u64,
 }
 
 impl Recorder {
     /// Creates the run directory's format writer and starts the writer thread.
-    pub fn start(dir: &Path, meta: RunMeta, config: RecordConfig) -> Result<Recorder, RecordError> {
+    pub fn start(
+        dir: &Path,
+        meta: RunMeta,
+        config: RecordConfig,
+        tracer: Option<Tracer>,
+    ) -> Result<Recorder, RecordError> {
         let mem_bytes = meta.mem_bytes;
         let mut writer = RunWriter::create(dir, meta)?;
         let (jobs_tx, jobs_rx) = mpsc::sync_channel::<WriterMsg>(STAGING_BUFFERS);
@@ -155,6 +217,7 @@ impl Recorder {
                                     },
                                     job.interval,
                                     &job.events,
+                                    job.access.as_deref(),
                                     job.dump.as_deref(),
                                 )
                                 .map(|stats| Written {
@@ -204,11 +267,13 @@ impl Recorder {
             free_buffers: free_rx,
             writer: Some(thread),
             progress,
+            tracer,
             summary: RecordSummary::default(),
             downtime_total: Duration::ZERO,
             dirty_total: 0,
             copy_total: Duration::ZERO,
             copied_bytes: 0,
+            working_set_total: 0,
             mem_bytes,
         })
     }
@@ -251,21 +316,42 @@ impl Recorder {
         self.drain_written(false)?;
         let machine_err =
             |e: simuboost_vmm::machine::MachineError| RecordError::Machine(e.to_string());
-        let (frames, guest_pages, vmm_pages) = if initial {
+        let mut traced = Vec::new();
+        let mut drops = 0;
+        let (frames, guest_pages, vmm_pages, access) = if initial {
             let mut frames = DirtyBitmap::new(self.mem_bytes / simuboost_abi::PAGE_SIZE);
             for gfn in machine.boot_frames() {
                 frames.set(gfn);
             }
             // Nothing has run yet, but start the dirty tracking from a clean slate.
             machine.take_dirty().map_err(machine_err)?;
-            (frames, 0, 0)
+            if let Some(tracer) = &mut self.tracer {
+                tracer.drain(&mut traced, &mut Default::default());
+            }
+            (frames, 0, 0, None)
         } else {
             machine.complete_pending_exit().map_err(machine_err)?;
-            let (guest, vmm) = machine.take_dirty().map_err(machine_err)?;
+            // The guest is paused: every event in the ring belongs to the interval just ended.
+            if let Some(tracer) = &mut self.tracer {
+                drops = tracer.drain(&mut traced, &mut Default::default());
+            }
+            let (guest, mut vmm) = machine.take_dirty().map_err(machine_err)?;
+            let access = self
+                .tracer
+                .as_ref()
+                .map(|_| access_log(&traced, &guest, &vmm));
+            if self.tracer.is_some() {
+                // Re-arm: clean the guest's accessed/dirty bits (see
+                // Machine::clean_page_table_bits; the page-table frames this changes are part
+                // of this checkpoint) and drop KVM's mappings, so that every frame the next
+                // interval touches faults, and is traced, again.
+                vmm.or(&machine.clean_page_table_bits());
+                machine.invalidate_mappings().map_err(machine_err)?;
+            }
             let counts = (guest.count(), vmm.count());
             let mut frames = guest;
             frames.or(&vmm);
-            (frames, counts.0, counts.1)
+            (frames, counts.0, counts.1, access)
         };
         let wait = Instant::now();
         let mut contents = self
@@ -313,7 +399,9 @@ impl Recorder {
             downtime_ns: downtime.as_nanos() as u64,
             dirty_pages: guest_pages,
             vmm_written_pages: vmm_pages,
-            complete: true,
+            traced_frames: access.as_ref().map_or(0, |a| a.len() as u64),
+            trace_drops: drops,
+            complete: drops == 0,
             backpressure_ns: backpressure.as_nanos() as u64,
             ..IntervalRecord::default()
         });
@@ -326,6 +414,7 @@ impl Recorder {
             })?,
         };
         let dirty_bytes = gfns.len() as u64 * simuboost_abi::PAGE_SIZE;
+        let traced_len = interval.as_ref().map_or(0, |i| i.traced_frames);
         self.summary.captured_pages += gfns.len() as u64;
         self.copy_total += copied - harvested;
         self.copied_bytes += dirty_bytes;
@@ -335,13 +424,23 @@ impl Recorder {
             contents,
             interval,
             events,
+            access,
             dump,
         })))?;
 
+        if drops > 0 {
+            tracing::warn!(
+                checkpoint,
+                drops,
+                "the tracer lost events: this interval's access log is marked incomplete"
+            );
+            self.summary.incomplete_intervals += 1;
+        }
         if !initial {
             self.summary.intervals += 1;
             self.downtime_total += downtime;
             self.dirty_total += dirty_bytes / simuboost_abi::PAGE_SIZE;
+            self.working_set_total += traced_len;
             let ms = downtime.as_secs_f64() * 1e3;
             self.summary.max_downtime_ms = self.summary.max_downtime_ms.max(ms);
             self.summary.backpressure_ms += backpressure.as_secs_f64() * 1e3;
@@ -394,6 +493,7 @@ impl Recorder {
         let n = self.summary.intervals.max(1) as f64;
         self.summary.mean_downtime_ms = self.downtime_total.as_secs_f64() * 1e3 / n;
         self.summary.mean_dirty_pages = self.dirty_total as f64 / n;
+        self.summary.mean_working_set = self.working_set_total as f64 / n;
         self.summary.copy_gbps =
             self.copied_bytes as f64 / self.copy_total.as_secs_f64().max(1e-9) / 1e9;
         Ok(self.summary)
@@ -445,7 +545,11 @@ impl ExitObserver for Recorder {
     }
 
     fn after_exit(&mut self, machine: &mut Machine) -> Result<(), ObserverError> {
-        if self.interval_start.elapsed() >= self.config.interval {
+        let boundary = match self.config.interval_exits {
+            Some(exits) => machine.guest_exits() - self.interval_start_exit >= exits,
+            None => self.interval_start.elapsed() >= self.config.interval,
+        };
+        if boundary {
             self.checkpoint(machine, false)?;
         }
         Ok(())

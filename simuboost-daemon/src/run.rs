@@ -14,7 +14,7 @@ use simuboost_vmm::devices::disk::Disk;
 use simuboost_vmm::guest_image::GUEST_ELF;
 use simuboost_vmm::machine::{min_mem_bytes, Machine, MachineConfig, MachineError, RunControl};
 
-use crate::cli::{DirtyTrackingArg, MkdiskArgs, RunArgs};
+use crate::cli::{DirtyTrackingArg, MkdiskArgs, RunArgs, TracerArg};
 use crate::record::{RecordConfig, RecordSummary, Recorder};
 use simuboost_vmm::vstate::dirty::DirtyTracking;
 
@@ -137,6 +137,22 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         DirtyTrackingArg::Log => DirtyTracking::Log,
         DirtyTrackingArg::Ring => DirtyTracking::Ring,
     };
+    let tracer = match args.tracer {
+        TracerArg::Ebpf if !args.no_record => {
+            if !args.trace_ring_bytes.is_power_of_two() || args.trace_ring_bytes < 4096 {
+                bail!("--trace-ring-bytes must be a power of two of at least 4096");
+            }
+            let tracer = crate::trace::Tracer::start(args.trace_ring_bytes)?;
+            if !args.json {
+                eprintln!(
+                    "simuboost-daemon: tracing frame accesses with {}",
+                    tracer.active().join(", ")
+                );
+            }
+            Some(tracer)
+        }
+        _ => None,
+    };
     // The recorder creates the run directory (it must be new), so it starts first.
     let recorder = if args.no_record {
         fs::create_dir_all(&run_dir)
@@ -151,7 +167,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                 seed,
                 interval_ns: args.interval.as_nanos() as u64,
                 dirty_tracking: dirty_tracking.name().to_string(),
-                tracer: "none".to_string(),
+                tracer: if tracer.is_some() { "ebpf" } else { "none" }.to_string(),
                 created_unix_ms: SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
@@ -160,9 +176,11 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             },
             RecordConfig {
                 interval: args.interval,
+                interval_exits: args.interval_exits,
                 verify_dumps: args.verify_dumps,
                 progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             },
+            tracer,
         )?)
     };
 

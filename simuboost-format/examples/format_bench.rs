@@ -94,6 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
         &[],
         None,
+        None,
     )?;
     let secs = t.elapsed().as_secs_f64();
     println!(
@@ -135,6 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             Some(rec),
             &[],
+            None,
             None,
         )?;
         total_secs += t.elapsed().as_secs_f64();

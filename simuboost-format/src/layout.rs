@@ -19,16 +19,19 @@ pub const EVENTS_DIR: &str = "events";
 pub const INTERVALS_DIR: &str = "intervals";
 /// Optional debug full-memory dumps.
 pub const DUMPS_DIR: &str = "dumps";
+/// Access log (working set) of each interval, when the run was recorded with a tracer.
+pub const ACCESS_DIR: &str = "access";
 
 /// Every subdirectory a run has; created up front so readers and DuckDB globs find them even
 /// when empty.
-pub const SUBDIRS: [&str; 6] = [
+pub const SUBDIRS: [&str; 7] = [
     CHECKPOINTS_DIR,
     PAGEMAPS_DIR,
     STATE_DIR,
     EVENTS_DIR,
     INTERVALS_DIR,
     DUMPS_DIR,
+    ACCESS_DIR,
 ];
 
 /// `ckpt-000042.parquet`: six digits, wider when the number needs it, so names sort in order
@@ -75,6 +78,11 @@ pub fn events_table(run: &Path, interval: u64) -> PathBuf {
 /// `<run>/intervals/interval-NNNNNN.parquet`
 pub fn interval_table(run: &Path, interval: u64) -> PathBuf {
     run.join(INTERVALS_DIR).join(interval_name(interval))
+}
+
+/// `<run>/access/interval-NNNNNN.parquet`
+pub fn access_table(run: &Path, interval: u64) -> PathBuf {
+    run.join(ACCESS_DIR).join(interval_name(interval))
 }
 
 /// `<run>/dumps/ckpt-NNNNNN.bin`

@@ -2,8 +2,8 @@
 //!
 //! A run directory holds a manifest (which checkpoints are complete), a packed store of unique
 //! page contents (`pages.bin`, addressed by slot), and Parquet tables for everything else: the
-//! page table of each checkpoint, consolidated page maps, vCPU/device state, the event log and
-//! per-interval statistics. docs/FORMAT.md describes every file and column.
+//! page table of each checkpoint, consolidated page maps, vCPU/device state, the event log,
+//! per-interval statistics and, when the recorder traces accesses, each interval's access log. docs/FORMAT.md describes every file and column.
 //!
 //! - [`RunWriter`] is used by the recorder (simuboost-daemon): one call per checkpoint does the
 //!   hashing, dedup, appends, tables, fsyncs and manifest update.
@@ -24,7 +24,7 @@
 //! let mut w = RunWriter::create(dir, meta)?;
 //! let gfns: Vec<u64> = (0..(memory.len() / PAGE_SIZE) as u64).collect();
 //! let state = CheckpointState { checkpoint: 0, ..Default::default() };
-//! w.write_checkpoint(&state, CheckpointPages { gfns: &gfns, contents: &memory }, None, &[], None)?;
+//! w.write_checkpoint(&state, CheckpointPages { gfns: &gfns, contents: &memory }, None, &[], None, None)?;
 //! w.finish(Some(0), "guest exit")?;
 //!
 //! // Replay: the newest version of every page as of checkpoint 0, read by slot.
@@ -54,8 +54,8 @@ pub use manifest::{Manifest, RunMeta};
 pub use pages::{is_zero_page, page_hash, PageMap, PageStore};
 pub use reader::Run;
 pub use records::{
-    CheckpointPages, CheckpointState, CheckpointStats, Event, GeneralRegs, IntervalRecord,
-    VcpuState,
+    Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
+    GeneralRegs, IntervalRecord, VcpuState,
 };
 pub use writer::{RunWriter, DEFAULT_CONSOLIDATE_EVERY};
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::manifest::Manifest;
 use crate::pages::{PageMap, PageStore};
-use crate::records::{CheckpointState, Event, IntervalRecord};
+use crate::records::{Access, CheckpointState, Event, IntervalRecord};
 use crate::tables::{self, PageLimits};
 use crate::{layout, FormatError, PAGE_SIZE};
 
@@ -100,6 +100,21 @@ impl Run {
     pub fn events(&self, interval: u64) -> Result<Vec<Event>, FormatError> {
         self.check_interval(interval)?;
         tables::read_events_table(&layout::events_table(&self.dir, interval), interval)
+    }
+
+    /// The access log (working set) of `interval`, in first-touch order; `None` when the run
+    /// has none for it (recorded without a tracer, `meta.tracer == "none"`).
+    pub fn access(&self, interval: u64) -> Result<Option<Vec<Access>>, FormatError> {
+        self.check_interval(interval)?;
+        let path = layout::access_table(&self.dir, interval);
+        // Unlike the other tables, an access log is optional, so whether the file exists is the
+        // answer. Only intervals the manifest counts get here, so a crash's strays are not seen.
+        match std::fs::metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FormatError::io(&path, "stat", e)),
+        }
+        tables::read_access_table(&path, interval, self.manifest.mem_pages()).map(Some)
     }
 
     /// The page table of `checkpoint`: `(gfn, slot, hash)` in gfn order; `slot`/`hash` are

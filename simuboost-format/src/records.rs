@@ -166,10 +166,86 @@ pub struct IntervalRecord {
     pub dedup_pages: u64,
     /// Filled in by the writer: bytes the checkpoint added to the run directory (see FORMAT.md).
     pub bytes_written: u64,
-    /// False if the tracer dropped events during the interval; always true for now.
+    /// False if the access log of the interval may miss frames: always false when
+    /// `trace_drops > 0` (the writer rejects a record saying otherwise). True when the run has
+    /// no tracer.
     pub complete: bool,
     /// Time the guest waited because the background writer was behind.
     pub backpressure_ns: u64,
+    /// Filled in by the writer: rows of the interval's access log (0 when it has none).
+    pub traced_frames: u64,
+    /// Events the tracer lost during the interval (0 without a tracer). Non-zero implies
+    /// `complete == false`.
+    pub trace_drops: u64,
+}
+
+/// Whether a frame of an access log was written during its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AccessKind {
+    /// Touched but not written: not in the interval's dirty set.
+    Read,
+    /// Written: in the interval's dirty set (the pages of the checkpoint ending the interval).
+    Write,
+}
+
+impl AccessKind {
+    /// The value of the access table's `kind` column: `read` or `write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::Read => "read",
+            AccessKind::Write => "write",
+        }
+    }
+
+    /// The inverse of [`AccessKind::as_str`].
+    pub fn from_name(name: &str) -> Option<AccessKind> {
+        match name {
+            "read" => Some(AccessKind::Read),
+            "write" => Some(AccessKind::Write),
+            _ => None,
+        }
+    }
+}
+
+/// Who touched a frame of an access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AccessSource {
+    /// The guest, through KVM's MMU: seen by the tracer on KVM's MMU tracepoints, or known from
+    /// KVM's dirty log. Also used when the VMM touched the frame too.
+    Mmu,
+    /// Only the VMM, reading or writing the frame for a device (DMA, request blocks).
+    Dma,
+}
+
+impl AccessSource {
+    /// The value of the access table's `source` column: `mmu` or `dma`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessSource::Mmu => "mmu",
+            AccessSource::Dma => "dma",
+        }
+    }
+
+    /// The inverse of [`AccessSource::as_str`].
+    pub fn from_name(name: &str) -> Option<AccessSource> {
+        match name {
+            "mmu" => Some(AccessSource::Mmu),
+            "dma" => Some(AccessSource::Dma),
+            _ => None,
+        }
+    }
+}
+
+/// One frame of an interval's working set, one row of `access/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub gfn: u64,
+    pub kind: AccessKind,
+    pub source: AccessSource,
+    /// Rank of the frame's first touch in the interval: 0 for the first frame the tracer saw,
+    /// frames without a tracer event (known only from the dirty log or DMA) after all traced
+    /// ones, in gfn order. An access log holds each rank `0..len` once, in rank order.
+    pub first_touch: u32,
 }
 
 /// The pages of one checkpoint, as the recorder hands them over: `gfns` ascending and unique,

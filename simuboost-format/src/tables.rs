@@ -25,7 +25,10 @@ use parquet::schema::types::ColumnPath;
 
 use crate::fsutil::write_atomic;
 use crate::pages::PageMap;
-use crate::records::{CheckpointState, Event, GeneralRegs, IntervalRecord, VcpuState};
+use crate::records::{
+    Access, AccessKind, AccessSource, CheckpointState, Event, GeneralRegs, IntervalRecord,
+    VcpuState,
+};
 use crate::{FormatError, FORMAT_VERSION};
 
 /// Rows per row group of the page tables. Row-group statistics on `gfn` let DuckDB (and a
@@ -129,7 +132,21 @@ pub(crate) fn interval_schema() -> SchemaRef {
     let mut fields: Vec<Field> = INTERVAL_U64_COLUMNS.iter().map(|n| u64_field(n)).collect();
     fields.push(Field::new("complete", DataType::Boolean, false));
     fields.push(u64_field("backpressure_ns"));
+    fields.push(u64_field("traced_frames"));
+    fields.push(u64_field("trace_drops"));
     Arc::new(Schema::new(fields))
+}
+
+/// `access/interval-N.parquet`: one row per frame touched in interval N, in `first_touch`
+/// order. `kind` and `source` are short strings, dictionary-encoded in the file.
+pub(crate) fn access_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        u64_field("interval"),
+        u64_field("gfn"),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("first_touch", DataType::UInt32, false),
+    ]))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,6 +160,9 @@ enum Kind {
     PageTable,
     /// Small tables and the event log: zstd, which shrinks the event data buffers well.
     Small,
+    /// Access logs: zstd; dictionaries only for the constant `interval` and the two string
+    /// enums (`gfn` and `first_touch` are all distinct, a dictionary would only add to them).
+    Access,
 }
 
 fn properties(kind: Kind) -> WriterProperties {
@@ -162,6 +182,13 @@ fn properties(kind: Kind) -> WriterProperties {
             .build(),
         Kind::Small => builder
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build(),
+        Kind::Access => builder
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_dictionary_enabled(false)
+            .set_column_dictionary_enabled(ColumnPath::from("interval"), true)
+            .set_column_dictionary_enabled(ColumnPath::from("kind"), true)
+            .set_column_dictionary_enabled(ColumnPath::from("source"), true)
             .build(),
     }
 }
@@ -363,9 +390,36 @@ pub(crate) fn write_interval_table(path: &Path, rec: &IntervalRecord) -> Result<
         .map(|v| Arc::new(UInt64Array::from(vec![v])) as ArrayRef)
         .collect();
     columns.push(Arc::new(BooleanArray::from(vec![rec.complete])));
-    columns.push(Arc::new(UInt64Array::from(vec![rec.backpressure_ns])));
+    for v in [rec.backpressure_ns, rec.traced_frames, rec.trace_drops] {
+        columns.push(Arc::new(UInt64Array::from(vec![v])));
+    }
     let b = batch(path, schema.clone(), columns)?;
     write_table(path, schema, &[b], Kind::Small)
+}
+
+/// Writes the access log of `interval`; `access` is in `first_touch` order (checked by the
+/// writer). An empty log gives a zero-row file.
+pub(crate) fn write_access_table(
+    path: &Path,
+    interval: u64,
+    access: &[Access],
+) -> Result<u64, FormatError> {
+    let schema = access_schema();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(vec![interval; access.len()])),
+        Arc::new(UInt64Array::from_iter_values(access.iter().map(|a| a.gfn))),
+        Arc::new(StringArray::from_iter_values(
+            access.iter().map(|a| a.kind.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            access.iter().map(|a| a.source.as_str()),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            access.iter().map(|a| a.first_touch),
+        )),
+    ];
+    let b = batch(path, schema.clone(), columns)?;
+    write_table(path, schema, &[b], Kind::Access)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -737,7 +791,7 @@ pub(crate) fn read_interval_table(
     }
     let [interval, start_exit, end_exit, start_ns, end_ns, downtime_ns, dirty_pages, vmm_written_pages, stored_pages, zero_pages, dedup_pages, bytes_written] =
         v;
-    Ok(IntervalRecord {
+    let rec = IntervalRecord {
         interval,
         start_exit,
         end_exit,
@@ -754,5 +808,156 @@ pub(crate) fn read_interval_table(
             .required::<BooleanArray>("complete", "Boolean")?
             .value(0),
         backpressure_ns: cols.u64s("backpressure_ns")?[0],
-    })
+        traced_frames: cols.u64s("traced_frames")?[0],
+        trace_drops: cols.u64s("trace_drops")?[0],
+    };
+    if rec.trace_drops > 0 && rec.complete {
+        return Err(FormatError::corrupt(
+            path,
+            format!(
+                "complete is true although the tracer dropped {} events",
+                rec.trace_drops
+            ),
+        ));
+    }
+    Ok(rec)
+}
+
+/// Reads an access log, checking it the way the writer checked its input: gfns inside guest
+/// memory (`mem_pages`) and each at most once, `first_touch` equal to the row number, and only
+/// the documented `kind` and `source` values.
+pub(crate) fn read_access_table(
+    path: &Path,
+    interval: u64,
+    mem_pages: u64,
+) -> Result<Vec<Access>, FormatError> {
+    let mut access = Vec::new();
+    let mut seen = vec![0u64; mem_pages.div_ceil(64) as usize];
+    for batch in read_batches(path, None)? {
+        let cols = Cols {
+            batch: &batch,
+            path,
+        };
+        cols.check_number("interval", interval)?;
+        let gfns = cols.u64s("gfn")?;
+        let kinds = cols.required::<StringArray>("kind", "Utf8")?;
+        let sources = cols.required::<StringArray>("source", "Utf8")?;
+        let first_touch = cols.u32s("first_touch")?;
+        for (i, &gfn) in gfns.iter().enumerate() {
+            let row = access.len();
+            if gfn >= mem_pages {
+                return Err(FormatError::corrupt(
+                    path,
+                    format!("gfn {gfn:#x} is beyond guest memory ({mem_pages} pages)"),
+                ));
+            }
+            let (word, bit) = ((gfn / 64) as usize, 1u64 << (gfn % 64));
+            if seen[word] & bit != 0 {
+                return Err(FormatError::corrupt(
+                    path,
+                    format!("gfn {gfn:#x} appears twice"),
+                ));
+            }
+            seen[word] |= bit;
+            if first_touch[i] as usize != row {
+                return Err(FormatError::corrupt(
+                    path,
+                    format!(
+                        "row {row} has first_touch {}, expected {row} (rows are in first-touch order)",
+                        first_touch[i]
+                    ),
+                ));
+            }
+            let kind = AccessKind::from_name(kinds.value(i)).ok_or_else(|| {
+                FormatError::corrupt(
+                    path,
+                    format!(
+                        "row {row}: kind {:?} is neither \"read\" nor \"write\"",
+                        kinds.value(i)
+                    ),
+                )
+            })?;
+            let source = AccessSource::from_name(sources.value(i)).ok_or_else(|| {
+                FormatError::corrupt(
+                    path,
+                    format!(
+                        "row {row}: source {:?} is neither \"mmu\" nor \"dma\"",
+                        sources.value(i)
+                    ),
+                )
+            })?;
+            access.push(Access {
+                gfn,
+                kind,
+                source,
+                first_touch: first_touch[i],
+            });
+        }
+    }
+    Ok(access)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer refuses such a record, so only a damaged or foreign file can hold one.
+    #[test]
+    fn interval_marked_complete_despite_drops_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("interval-000004.parquet");
+        let mut rec = IntervalRecord {
+            interval: 4,
+            complete: false,
+            trace_drops: 9,
+            traced_frames: 3,
+            ..Default::default()
+        };
+        write_interval_table(&path, &rec).unwrap();
+        assert_eq!(read_interval_table(&path, 4).unwrap(), rec);
+        rec.complete = true;
+        write_interval_table(&path, &rec).unwrap();
+        let e = read_interval_table(&path, 4).unwrap_err();
+        assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("dropped 9 events"), "{e}");
+    }
+
+    /// Access logs that break the rules are reported, naming the file.
+    #[test]
+    fn bad_access_logs_are_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("interval-000002.parquet");
+        let a = |gfn, first_touch| Access {
+            gfn,
+            kind: AccessKind::Read,
+            source: AccessSource::Dma,
+            first_touch,
+        };
+        let good = [a(7, 0), a(1, 1)];
+        write_access_table(&path, 2, &good).unwrap();
+        assert_eq!(read_access_table(&path, 2, 8).unwrap(), good);
+        for (rows, mem_pages, msg) in [
+            (vec![a(7, 0), a(7, 1)], 8, "appears twice"),
+            (vec![a(1, 1), a(7, 0)], 8, "first-touch order"),
+            (vec![a(7, 0)], 7, "beyond guest memory"),
+        ] {
+            write_access_table(&path, 2, &rows).unwrap();
+            let e = read_access_table(&path, 2, mem_pages).unwrap_err();
+            assert!(e.to_string().contains(msg), "{msg}: {e}");
+            assert_eq!(e.path(), Some(path.as_path()));
+        }
+        // An unknown kind.
+        let schema = access_schema();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(vec![2])),
+            Arc::new(UInt64Array::from(vec![1])),
+            Arc::new(StringArray::from(vec!["execute"])),
+            Arc::new(StringArray::from(vec!["mmu"])),
+            Arc::new(UInt32Array::from(vec![0])),
+        ];
+        let b = batch(&path, schema.clone(), columns).unwrap();
+        write_table(&path, schema, &[b], Kind::Access).unwrap();
+        let e = read_access_table(&path, 2, 8).unwrap_err();
+        assert!(e.to_string().contains("\"execute\""), "{e}");
+    }
 }

@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use crate::fsutil::sync_dir;
 use crate::manifest::{Manifest, RunMeta};
 use crate::pages::{is_zero_page, page_hash, PageMap};
-use crate::records::{CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord};
+use crate::records::{
+    Access, AccessKind, CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord,
+};
 use crate::tables::{self, PageRow};
 use crate::{layout, FormatError, FORMAT_VERSION, PAGE_SIZE};
 
@@ -52,6 +54,16 @@ pub struct RunWriter {
     /// Exit count of the last complete checkpoint.
     last_exit: Option<u64>,
     append: Vec<u8>,
+}
+
+/// The arguments of one `write_checkpoint` call.
+struct Input<'a> {
+    state: &'a CheckpointState,
+    pages: CheckpointPages<'a>,
+    interval: Option<IntervalRecord>,
+    events: &'a [Event],
+    access: Option<&'a [Access]>,
+    dump: Option<&'a [u8]>,
 }
 
 /// What to undo if a checkpoint fails half-way.
@@ -163,9 +175,12 @@ impl RunWriter {
     /// For checkpoint 0 `pages` must list every non-zero page (zero pages may be included; they
     /// are left out of the page table). For checkpoint N > 0 `pages` are the pages written during
     /// interval N-1 with their contents at boundary N, `interval` describes interval N-1 (its
-    /// `stored_pages`, `zero_pages`, `dedup_pages` and `bytes_written` are filled in here) and
-    /// `events` are its exits, ascending. `dump`, if given, is the whole guest memory, kept as a
-    /// debug file.
+    /// `stored_pages`, `zero_pages`, `dedup_pages`, `bytes_written` and `traced_frames` are
+    /// filled in here) and `events` are its exits, ascending. `access` is the access log of
+    /// interval N-1, or `None` when the recorder traces no accesses (then no access file is
+    /// written); it must be in first-touch order (`access[i].first_touch == i`), name each gfn
+    /// once, and its `Write` rows must be exactly `pages.gfns`. `dump`, if given, is the whole
+    /// guest memory, kept as a debug file. Checkpoint 0 takes no interval, events or access.
     ///
     /// Returns once everything, manifest included, is on disk. On error nothing a reader sees
     /// has changed and the same checkpoint may be written again.
@@ -175,12 +190,21 @@ impl RunWriter {
         pages: CheckpointPages<'_>,
         interval: Option<IntervalRecord>,
         events: &[Event],
+        access: Option<&[Access]>,
         dump: Option<&[u8]>,
     ) -> Result<CheckpointStats, FormatError> {
-        self.validate(state, pages, interval.as_ref(), events, dump)?;
+        let input = Input {
+            state,
+            pages,
+            interval,
+            events,
+            access,
+            dump,
+        };
+        self.validate(&input)?;
         let mut undo = Undo::default();
         let base_slots = self.manifest.page_slots;
-        match self.commit(state, pages, interval, events, dump, &mut undo) {
+        match self.commit(input, &mut undo) {
             Ok(stats) => Ok(stats),
             Err(e) => {
                 self.rollback(undo, base_slots);
@@ -205,14 +229,15 @@ impl RunWriter {
         Ok(())
     }
 
-    fn validate(
-        &self,
-        state: &CheckpointState,
-        pages: CheckpointPages<'_>,
-        interval: Option<&IntervalRecord>,
-        events: &[Event],
-        dump: Option<&[u8]>,
-    ) -> Result<(), FormatError> {
+    fn validate(&self, input: &Input<'_>) -> Result<(), FormatError> {
+        let Input {
+            state,
+            pages,
+            interval,
+            events,
+            access,
+            dump,
+        } = input;
         let n = self.manifest.checkpoints;
         let bad = |what: String| Err(FormatError::invalid(format!("checkpoint {n}: {what}")));
         if state.checkpoint != n {
@@ -249,8 +274,10 @@ impl RunWriter {
             ));
         }
         match (n, interval) {
-            (0, None) if events.is_empty() => return Ok(()),
-            (0, _) => return bad("checkpoint 0 has no interval or events before it".into()),
+            (0, None) if events.is_empty() && access.is_none() => return Ok(()),
+            (0, _) => {
+                return bad("checkpoint 0 has no interval, events or access log before it".into())
+            }
             (_, None) => return bad(format!("missing the IntervalRecord of interval {}", n - 1)),
             (_, Some(rec)) => {
                 if rec.interval != n - 1 {
@@ -270,6 +297,18 @@ impl RunWriter {
                         state.exit
                     ));
                 }
+                if rec.trace_drops > 0 && rec.complete {
+                    return bad(format!(
+                        "interval {} is marked complete although the tracer dropped {} events",
+                        n - 1,
+                        rec.trace_drops
+                    ));
+                }
+            }
+        }
+        if let Some(access) = access {
+            if let Err(what) = check_access(access, pages.gfns, mem_pages) {
+                return bad(format!("access log of interval {}: {what}", n - 1));
             }
         }
         if let Some(e) = events.iter().find(|e| e.interval != n - 1) {
@@ -291,13 +330,17 @@ impl RunWriter {
 
     fn commit(
         &mut self,
-        state: &CheckpointState,
-        pages: CheckpointPages<'_>,
-        interval: Option<IntervalRecord>,
-        events: &[Event],
-        dump: Option<&[u8]>,
+        input: Input<'_>,
         undo: &mut Undo,
     ) -> Result<CheckpointStats, FormatError> {
+        let Input {
+            state,
+            pages,
+            interval,
+            events,
+            access,
+            dump,
+        } = input;
         let n = state.checkpoint;
         let dir = self.dir.clone();
         let mut stats = CheckpointStats::default();
@@ -402,6 +445,13 @@ impl RunWriter {
             let size = tables::write_events_table(&path, events)?;
             stats.bytes_written += put(undo, path, layout::EVENTS_DIR, size);
 
+            if let Some(access) = access {
+                let path = layout::access_table(&dir, i);
+                let size = tables::write_access_table(&path, i, access)?;
+                stats.bytes_written += put(undo, path, layout::ACCESS_DIR, size);
+            }
+
+            rec.traced_frames = access.map_or(0, |a| a.len() as u64);
             rec.stored_pages = stats.stored_pages;
             rec.zero_pages = stats.zero_pages;
             rec.dedup_pages = stats.dedup_pages;
@@ -458,4 +508,62 @@ impl RunWriter {
         }
         let _ = self.pages.set_len(base_slots * PAGE);
     }
+}
+
+/// Checks an access log against the format's rules (see [`RunWriter::write_checkpoint`]);
+/// `dirty` are the checkpoint's page gfns, ascending.
+fn check_access(access: &[Access], dirty: &[u64], mem_pages: u64) -> Result<(), String> {
+    let mut seen = vec![0u64; mem_pages.div_ceil(64) as usize];
+    let mut writes = 0usize;
+    for (i, a) in access.iter().enumerate() {
+        if u64::from(a.first_touch) != i as u64 {
+            return Err(format!(
+                "entry {i} (gfn {:#x}) has first_touch {}; entries must be in first-touch order, \
+                 entry i having first_touch i",
+                a.gfn, a.first_touch
+            ));
+        }
+        if a.gfn >= mem_pages {
+            return Err(format!(
+                "gfn {:#x} is beyond guest memory ({mem_pages} pages)",
+                a.gfn
+            ));
+        }
+        let (word, bit) = ((a.gfn / 64) as usize, 1u64 << (a.gfn % 64));
+        if seen[word] & bit != 0 {
+            return Err(format!("gfn {:#x} appears twice", a.gfn));
+        }
+        seen[word] |= bit;
+        let dirty_page = dirty.binary_search(&a.gfn).is_ok();
+        match (a.kind, dirty_page) {
+            (AccessKind::Write, true) => writes += 1,
+            (AccessKind::Read, false) => {}
+            (AccessKind::Write, false) => {
+                return Err(format!(
+                    "gfn {:#x} is a write but not one of the checkpoint's pages",
+                    a.gfn
+                ))
+            }
+            (AccessKind::Read, true) => {
+                return Err(format!(
+                    "gfn {:#x} is a read but is one of the checkpoint's (written) pages",
+                    a.gfn
+                ))
+            }
+        }
+    }
+    if writes != dirty.len() {
+        let missing = dirty
+            .iter()
+            .find(|&&g| seen[(g / 64) as usize] & (1 << (g % 64)) == 0)
+            .copied()
+            .unwrap_or_default();
+        return Err(format!(
+            "{} of the checkpoint's {} pages are missing, e.g. gfn {missing:#x}; every written \
+             page must appear as a write",
+            dirty.len() - writes,
+            dirty.len()
+        ));
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! DuckDB and pyarrow can read what the writer produces, and the queries in docs/FORMAT.md run
-//! and agree with the Rust reader.
+//! DuckDB and pyarrow can read what the writer produces, and the queries in docs/FORMAT.md (its
+//! `sql` and `access-sql` blocks) run and agree with the Rust reader.
 //!
 //! Runs python3 with the `duckdb` and `pyarrow` modules; if either is missing the test prints
 //! SKIPPED and passes (they are installed on the project's machines).
@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::Value;
-use simuboost_format::{Run, RunWriter};
+use simuboost_format::{AccessKind, AccessSource, Run, RunWriter};
 
 const MEM_PAGES: u64 = 64;
 const CHECKPOINTS: u64 = 9;
@@ -39,7 +39,10 @@ def q(sql):
 out = {}
 out["events"] = q("SELECT interval, count(*) FROM '<run>/events/*.parquet' GROUP BY interval ORDER BY 1")
 out["pages"] = q("SELECT checkpoint, count(*), count(slot) FROM '<run>/checkpoints/*.parquet' GROUP BY checkpoint ORDER BY 1")
-out["intervals"] = q("SELECT interval, stored_pages, zero_pages, dedup_pages, bytes_written, complete FROM '<run>/intervals/*.parquet' ORDER BY 1")
+out["intervals"] = q("SELECT interval, stored_pages, zero_pages, dedup_pages, bytes_written, complete, traced_frames, trace_drops FROM '<run>/intervals/*.parquet' ORDER BY 1")
+out["access"] = q("SELECT interval, gfn, kind, source, first_touch FROM '<run>/access/*.parquet' ORDER BY interval, first_touch")
+out["access_types"] = q("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '<run>/access/*.parquet') ORDER BY 1")
+out["access_dict"] = q("SELECT DISTINCT path_in_schema, encodings FROM parquet_metadata('<run>/access/interval-000001.parquet') ORDER BY 1")
 out["pagemaps"] = q("SELECT checkpoint, count(*) FROM '<run>/pagemaps/*.parquet' GROUP BY 1 ORDER BY 1")
 out["hashes"] = q("SELECT gfn, hex(hash) FROM '<run>/checkpoints/ckpt-000001.parquet' WHERE hash IS NOT NULL ORDER BY gfn")
 out["data"] = q("SELECT exit, data_gpa, data IS NULL, octet_length(data), arg2 FROM '<run>/events/*.parquet' ORDER BY exit")
@@ -53,15 +56,25 @@ out["doc"] = [q(sql) for sql in doc_queries]
 print(json.dumps(out))
 "#;
 
-/// The ```sql blocks of docs/FORMAT.md.
-fn doc_queries() -> Vec<String> {
+/// The blocks of docs/FORMAT.md fenced as ```sql and, after them, those fenced as
+/// ```access-sql; returns the queries and how many are plain `sql` blocks.
+fn doc_queries() -> (Vec<String>, usize) {
+    let (sql, access) = (doc_blocks("sql"), doc_blocks("access-sql"));
+    assert!(sql.len() >= 6, "FORMAT.md lost its queries");
+    assert!(access.len() >= 3, "FORMAT.md lost its access-log queries");
+    let n = sql.len();
+    (sql.into_iter().chain(access).collect(), n)
+}
+
+fn doc_blocks(tag: &str) -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/FORMAT.md");
     let text = std::fs::read_to_string(&path).unwrap();
+    let fence = format!("```{tag}");
     let mut queries = Vec::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         match (&mut current, line.trim_end()) {
-            (None, "```sql") => current = Some(String::new()),
+            (None, l) if l == fence => current = Some(String::new()),
             (Some(q), "```") => {
                 queries.push(std::mem::take(q));
                 current = None;
@@ -73,7 +86,6 @@ fn doc_queries() -> Vec<String> {
             _ => {}
         }
     }
-    assert!(queries.len() >= 6, "FORMAT.md lost its queries");
     queries
 }
 
@@ -91,11 +103,15 @@ fn duckdb_and_pyarrow_read_the_run() {
     let mut rng = Rng(11);
     for n in 0..CHECKPOINTS {
         let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 24);
-        write(&mut w, n, &g, None).unwrap();
+        let access = (n > 0).then(|| access_of(n, &g, MEM_PAGES));
+        write_with(&mut w, n, &g, access.as_deref(), None).unwrap();
     }
     let run = Run::open(&dir).unwrap();
+    let access: Vec<_> = (0..CHECKPOINTS - 1)
+        .map(|i| run.access(i).unwrap().unwrap())
+        .collect();
 
-    let queries = doc_queries();
+    let (queries, sql_blocks) = doc_queries();
     let mut child = match Command::new("python3")
         .arg("-c")
         .arg(SCRIPT)
@@ -172,7 +188,9 @@ fn duckdb_and_pyarrow_read_the_run() {
                 u(&r[2]),
                 u(&r[3]),
                 u(&r[4]),
-                r[5].as_bool()
+                r[5].as_bool(),
+                u(&r[6]),
+                u(&r[7]),
             ),
             (
                 rec.interval,
@@ -180,9 +198,56 @@ fn duckdb_and_pyarrow_read_the_run() {
                 rec.zero_pages,
                 rec.dedup_pages,
                 rec.bytes_written,
-                Some(true)
+                Some(rec.complete),
+                rec.traced_frames,
+                rec.trace_drops,
             )
         );
+    }
+    assert!(intervals.iter().any(|r| !r.complete));
+
+    // Access logs, through the glob, in first-touch order.
+    let got: Vec<(u64, u64, String, String, u64)> = out["access"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |v: &Value| v.as_str().unwrap().to_string();
+            (u(&r[0]), u(&r[1]), s(&r[2]), s(&r[3]), u(&r[4]))
+        })
+        .collect();
+    let want: Vec<(u64, u64, String, String, u64)> = access
+        .iter()
+        .enumerate()
+        .flat_map(|(i, log)| {
+            log.iter().map(move |a| {
+                (
+                    i as u64,
+                    a.gfn,
+                    a.kind.as_str().to_string(),
+                    a.source.as_str().to_string(),
+                    u64::from(a.first_touch),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        out["access_types"],
+        serde_json::json!([
+            ["first_touch", "UINTEGER"],
+            ["gfn", "UBIGINT"],
+            ["interval", "UBIGINT"],
+            ["kind", "VARCHAR"],
+            ["source", "VARCHAR"]
+        ])
+    );
+    // kind and source are dictionary-encoded in the file.
+    for r in out["access_dict"].as_array().unwrap() {
+        let (col, enc) = (r[0].as_str().unwrap(), r[1].to_string());
+        if col == "kind" || col == "source" {
+            assert!(enc.contains("DICTIONARY"), "{col}: {enc}");
+        }
     }
 
     // Consolidated maps at 0, 4, 8.
@@ -255,9 +320,14 @@ fn duckdb_and_pyarrow_read_the_run() {
     // The documented queries: all run; the ones with a known answer agree with the reader.
     let doc = out["doc"].as_array().unwrap();
     assert_eq!(doc.len(), queries.len());
-    for (q, rows) in queries.iter().zip(doc) {
+    let mut access_checked = 0;
+    for (k, (q, rows)) in queries.iter().zip(doc).enumerate() {
         let rows = rows.as_array().unwrap();
         assert!(!rows.is_empty(), "FORMAT.md query returned nothing:\n{q}");
+        if k >= sql_blocks {
+            access_checked += check_access_query(q, rows, &access, &intervals) as usize;
+            continue;
+        }
         if q.contains("newest = 1") {
             let got: Vec<(u64, u64)> = rows.iter().map(|r| (u(&r[0]), u(&r[1]))).collect();
             let want: Vec<(u64, u64)> = run.page_map(7).unwrap().iter().collect();
@@ -272,6 +342,80 @@ fn duckdb_and_pyarrow_read_the_run() {
             assert_eq!(u(&rows[0][2]), run.manifest().page_slots);
         }
     }
+    assert_eq!(
+        access_checked, 3,
+        "the three access-log queries of FORMAT.md"
+    );
+}
+
+/// Checks an `access-sql` query of FORMAT.md against the logs read by `Run::access`; false if
+/// the query is not one this test knows the answer of.
+fn check_access_query(
+    q: &str,
+    rows: &[Value],
+    access: &[Vec<simuboost_format::Access>],
+    intervals: &[simuboost_format::IntervalRecord],
+) -> bool {
+    let count = |i: usize, f: &dyn Fn(&simuboost_format::Access) -> bool| {
+        access[i].iter().filter(|a| f(a)).count() as u64
+    };
+    let got: Vec<Vec<u64>> = rows
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| match v {
+                    Value::Bool(b) => *b as u64,
+                    // reused_pct is a float; the counts it derives from are checked.
+                    Value::Number(n) if n.is_f64() => 0,
+                    v => u(v),
+                })
+                .collect()
+        })
+        .collect();
+    let want: Vec<Vec<u64>> = if q.contains("also_in_previous") {
+        (1..access.len())
+            .map(|i| {
+                let reused = count(i, &|a| access[i - 1].iter().any(|p| p.gfn == a.gfn));
+                vec![i as u64, access[i].len() as u64, reused, 0]
+            })
+            .collect()
+    } else if q.contains("reads") {
+        (0..access.len())
+            .map(|i| {
+                vec![
+                    i as u64,
+                    count(i, &|a| a.kind == AccessKind::Read),
+                    count(i, &|a| a.kind == AccessKind::Write),
+                    count(i, &|a| a.source == AccessSource::Dma),
+                ]
+            })
+            .collect()
+    } else if q.contains("trace_drops") {
+        intervals
+            .iter()
+            .map(|r| {
+                let frames = access[r.interval as usize].len() as u64;
+                assert_eq!(frames, r.traced_frames);
+                vec![
+                    r.interval,
+                    frames,
+                    frames * 4096,
+                    r.complete as u64,
+                    r.trace_drops,
+                ]
+            })
+            .collect()
+    } else {
+        return false;
+    };
+    assert_eq!(got, want, "FORMAT.md query:\n{q}");
+    // The synthetic logs make the reuse query meaningful.
+    if q.contains("also_in_previous") {
+        assert!(want.iter().any(|r| r[2] > 0), "{want:?}");
+    }
+    true
 }
 
 fn want_total_rows(run: &Run) -> u64 {

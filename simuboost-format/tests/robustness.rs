@@ -21,7 +21,8 @@ fn make_run(tmp: &Path, checkpoints: u64) -> (PathBuf, Vec<Vec<u8>>) {
     for n in 0..checkpoints {
         let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 16);
         apply(&mut model, &g);
-        write(&mut w, n, &g, None).unwrap();
+        let access = (n > 0).then(|| access_of(n, &g, MEM_PAGES));
+        write_with(&mut w, n, &g, access.as_deref(), None).unwrap();
         images.push(model.image());
     }
     (dir, images)
@@ -202,6 +203,46 @@ fn garbage_and_truncated_parquet_are_errors_naming_the_file() {
     assert!(names(&e, "interval-000001.parquet"), "{e}");
 }
 
+#[test]
+fn damaged_access_log_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = make_run(tmp.path(), 3);
+    let run = Run::open(&dir).unwrap();
+    let path = layout::access_table(&dir, 1);
+    let good = std::fs::read(&path).unwrap();
+    assert!(run.access(1).unwrap().is_some_and(|a| !a.is_empty()));
+
+    for cut in [0, 4, good.len() / 2, good.len() - 1] {
+        std::fs::write(&path, &good[..cut]).unwrap();
+        let e = run.access(1).unwrap_err();
+        assert!(
+            names(&e, "access/interval-000001.parquet"),
+            "cut {cut}: {e}"
+        );
+    }
+
+    // Another interval's log under this name.
+    std::fs::copy(layout::access_table(&dir, 0), &path).unwrap();
+    let e = run.access(1).unwrap_err();
+    assert!(e.to_string().contains("misplaced"), "{e}");
+    assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+
+    // A valid Parquet file of another table.
+    std::fs::copy(layout::interval_table(&dir, 1), &path).unwrap();
+    let e = run.access(1).unwrap_err();
+    assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
+    assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+
+    // Guest memory shrunk under the log: its gfns no longer fit.
+    std::fs::write(&path, &good).unwrap();
+    edit_manifest(&dir, |v| {
+        v["meta"]["mem_bytes"] = (2 * PAGE_SIZE as u64).into()
+    });
+    let e = Run::open(&dir).unwrap().access(1).unwrap_err();
+    assert!(e.to_string().contains("beyond guest memory"), "{e}");
+    assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+}
+
 /// Slots beyond what the manifest commits and gfns beyond guest memory are reported, never
 /// used to index memory.
 #[test]
@@ -251,6 +292,7 @@ fn random_damage_never_panics() {
         layout::state_table(&dir, 2),
         layout::events_table(&dir, 1),
         layout::interval_table(&dir, 1),
+        layout::access_table(&dir, 1),
     ];
     let mut errors = 0;
     for file in &files {
@@ -268,6 +310,7 @@ fn random_damage_never_panics() {
                 run.state(2).err(),
                 run.events(1).err(),
                 run.interval(1).err(),
+                run.access(1).err(),
             ];
             for e in results.into_iter().flatten() {
                 errors += 1;
@@ -276,6 +319,6 @@ fn random_damage_never_panics() {
         }
         std::fs::write(file, &original).unwrap();
     }
-    eprintln!("{errors} errors from 125 damaged files");
+    eprintln!("{errors} errors from 150 damaged files");
     assert!(errors > 0);
 }

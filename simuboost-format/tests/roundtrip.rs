@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use simuboost_format::{
-    layout, page_hash, CheckpointPages, FormatError, Run, RunWriter, PAGE_SIZE,
+    layout, page_hash, Access, AccessKind, AccessSource, CheckpointPages, FormatError, Run,
+    RunWriter, PAGE_SIZE,
 };
 
 const MEM_PAGES: u64 = 96;
@@ -23,13 +24,17 @@ fn round_trip_against_model() {
     let mut images = Vec::new();
     let mut gens = Vec::new();
     let mut expected_stats = Vec::new();
+    // Access log of interval n-1 at index n; every third interval has none.
+    let mut accesses = Vec::new();
 
     for n in 0..CHECKPOINTS {
         let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 40);
         let want = apply(&mut model, &g);
         let image = model.image();
         let dump = (n == 5).then_some(image.as_slice());
-        let stats = write(&mut w, n, &g, dump).unwrap();
+        let access = (n > 0 && n % 3 != 0).then(|| access_of(n, &g, MEM_PAGES));
+        let stats = write_with(&mut w, n, &g, access.as_deref(), dump).unwrap();
+        accesses.push(access);
         assert_eq!(
             (stats.stored_pages, stats.zero_pages, stats.dedup_pages),
             (want.stored_pages, want.zero_pages, want.dedup_pages),
@@ -126,10 +131,36 @@ fn round_trip_against_model() {
         want.zero_pages = s.zero_pages;
         want.dedup_pages = s.dedup_pages;
         want.bytes_written = s.bytes_written;
+        let access = &accesses[i + 1];
+        want.traced_frames = access.as_ref().map_or(0, |a| a.len() as u64);
         assert_eq!(rec, &want);
         assert_eq!(run.interval(i as u64).unwrap(), want);
         assert_eq!(run.events(i as u64).unwrap(), events_of(i as u64));
+        assert_eq!(&run.access(i as u64).unwrap(), access, "access log {i}");
+        assert_eq!(
+            layout::access_table(&dir, i as u64).exists(),
+            access.is_some()
+        );
     }
+    // The generated logs cover every kind, source and the interval flags.
+    let all: Vec<&Access> = accesses.iter().flatten().flatten().collect();
+    for (kind, source) in [
+        (AccessKind::Read, AccessSource::Mmu),
+        (AccessKind::Read, AccessSource::Dma),
+        (AccessKind::Write, AccessSource::Mmu),
+        (AccessKind::Write, AccessSource::Dma),
+    ] {
+        assert!(
+            all.iter().any(|a| a.kind == kind && a.source == source),
+            "{kind:?} {source:?}"
+        );
+    }
+    assert!(intervals.iter().any(|r| !r.complete && r.trace_drops > 0));
+    assert!(intervals.iter().any(|r| r.complete && r.trace_drops == 0));
+    assert!(matches!(
+        run.access(CHECKPOINTS - 1),
+        Err(FormatError::IntervalOutOfRange { .. })
+    ));
 
     // Only consolidation points have page maps.
     for n in 0..CHECKPOINTS {
@@ -168,7 +199,14 @@ fn invalid_input_is_rejected_and_changes_nothing() {
     let try_write = |w: &mut RunWriter, gfns: &[u64], contents: &[u8], n: u64| {
         let mut s = state.clone();
         s.checkpoint = n;
-        w.write_checkpoint(&s, CheckpointPages { gfns, contents }, None, &[], None)
+        w.write_checkpoint(
+            &s,
+            CheckpointPages { gfns, contents },
+            None,
+            &[],
+            None,
+            None,
+        )
     };
     let err = |r: Result<_, FormatError>| match r {
         Err(FormatError::InvalidInput { what }) => what,
@@ -192,6 +230,7 @@ fn invalid_input_is_rejected_and_changes_nothing() {
         None,
         &[],
         None,
+        None,
     );
     assert!(err(r).contains("missing the IntervalRecord"));
     // An interval whose exits do not match the checkpoints.
@@ -206,9 +245,101 @@ fn invalid_input_is_rejected_and_changes_nothing() {
         Some(rec),
         &[],
         None,
+        None,
     );
     assert!(err(r).contains("spans exits"));
+    // Tracer drops in an interval marked complete.
+    let mut rec = interval_of(0);
+    rec.trace_drops = 1;
+    rec.complete = true;
+    let r = w.write_checkpoint(
+        &s1,
+        CheckpointPages {
+            gfns: &[],
+            contents: &[],
+        },
+        Some(rec),
+        &[],
+        None,
+        None,
+    );
+    assert!(err(r).contains("tracer dropped 1 events"));
+    // Access logs that break the rules. Checkpoint 1 writes gfns 3 and 5.
+    let dirty = [3u64, 5];
+    let contents = [page_of(7), page_of(8)].concat();
+    let a = |gfn, kind, first_touch| Access {
+        gfn,
+        kind,
+        source: AccessSource::Mmu,
+        first_touch,
+    };
+    use AccessKind::{Read, Write};
+    let good = vec![a(5, Write, 0), a(0, Read, 1), a(3, Write, 2)];
+    for (access, msg) in [
+        (
+            vec![a(5, Write, 0), a(0, Read, 2), a(3, Write, 1)],
+            "first-touch order",
+        ),
+        (
+            vec![a(5, Write, 0), a(5, Write, 1), a(3, Write, 2)],
+            "appears twice",
+        ),
+        (
+            vec![a(5, Write, 0), a(8, Read, 1), a(3, Write, 2)],
+            "beyond guest memory",
+        ),
+        (
+            vec![a(5, Write, 0), a(0, Write, 1), a(3, Write, 2)],
+            "is a write but not",
+        ),
+        (vec![a(5, Write, 0), a(3, Read, 1)], "is a read but"),
+        (vec![a(5, Write, 0), a(0, Read, 1)], "e.g. gfn 0x3"),
+    ] {
+        let r = w.write_checkpoint(
+            &s1,
+            CheckpointPages {
+                gfns: &dirty,
+                contents: &contents,
+            },
+            Some(interval_of(0)),
+            &events_of(0),
+            Some(&access),
+            None,
+        );
+        let what = err(r);
+        assert!(what.contains(msg), "{msg}: {what}");
+        assert!(what.contains("access log of interval 0"), "{what}");
+    }
+    // No access log before checkpoint 0.
+    let mut w0 = RunWriter::create(&tmp.path().join("w0"), meta(8)).unwrap();
+    let r = w0.write_checkpoint(
+        &state,
+        CheckpointPages {
+            gfns: &[],
+            contents: &[],
+        },
+        None,
+        &[],
+        Some(&[]),
+        None,
+    );
+    assert!(err(r).contains("checkpoint 0 has no interval"));
     assert_eq!(w.checkpoints(), 1);
+    assert!(!layout::access_table(&dir, 0).exists());
+    // The valid log is accepted.
+    w.write_checkpoint(
+        &s1,
+        CheckpointPages {
+            gfns: &dirty,
+            contents: &contents,
+        },
+        Some(interval_of(0)),
+        &events_of(0),
+        Some(&good),
+        None,
+    )
+    .unwrap();
+    assert_eq!(Run::open(&dir).unwrap().access(0).unwrap(), Some(good));
     assert!(RunWriter::create(&dir, meta(8))
         .is_err_and(|e| matches!(e, FormatError::DirNotEmpty { .. })));
     assert!(RunWriter::create(&tmp.path().join("x"), meta(0)).is_err());
@@ -263,6 +394,34 @@ fn failed_checkpoint_is_invisible_and_retryable() {
     assert!(out == image0);
 }
 
+/// A checkpoint that fails after its access log was renamed into place removes it again; the
+/// retry writes it.
+#[test]
+fn failed_checkpoint_removes_its_access_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut w = RunWriter::create(&dir, meta(32)).unwrap();
+    let mut rng = Rng(5);
+    let g0 = gen_checkpoint(&mut rng, 0, 32, 10);
+    write(&mut w, 0, &g0, None).unwrap();
+    let g1 = gen_checkpoint(&mut rng, 1, 32, 20);
+    let access = access_of(1, &g1, 32);
+    // The intervals file is written after the access log: block its temporary name.
+    let blocker = layout::interval_table(&dir, 0).with_file_name(".interval-000000.parquet.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let e = write_with(&mut w, 1, &g1, Some(&access), None).unwrap_err();
+    assert!(e.to_string().contains("interval-000000.parquet"), "{e}");
+    assert!(!layout::access_table(&dir, 0).exists());
+    assert!(!layout::events_table(&dir, 0).exists());
+    assert_eq!(Run::open(&dir).unwrap().checkpoints(), 1);
+
+    std::fs::remove_dir(&blocker).unwrap();
+    write_with(&mut w, 1, &g1, Some(&access), None).unwrap();
+    let run = Run::open(&dir).unwrap();
+    assert_eq!(run.access(0).unwrap(), Some(access.clone()));
+    assert_eq!(run.interval(0).unwrap().traced_frames, access.len() as u64);
+}
+
 #[test]
 fn empty_checkpoints_and_empty_memory() {
     let tmp = tempfile::tempdir().unwrap();
@@ -284,6 +443,15 @@ fn empty_checkpoints_and_empty_memory() {
     assert!(run.page_map(2).unwrap().is_empty());
     assert!(run.checkpoint_pages(1).unwrap().is_empty());
     assert_eq!(run.events(0).unwrap(), events_of(0));
+    assert_eq!(run.access(0).unwrap(), None);
+    assert_eq!(run.interval(0).unwrap().traced_frames, 0);
+
+    // An empty access log is a zero-row file, distinct from none.
+    let dir = tmp.path().join("run2");
+    let mut w = RunWriter::create(&dir, meta(4)).unwrap();
+    write(&mut w, 0, &empty, None).unwrap();
+    write_with(&mut w, 1, &empty, Some(&[]), None).unwrap();
+    assert_eq!(Run::open(&dir).unwrap().access(0).unwrap(), Some(vec![]));
 }
 
 /// The recorder drives the writer from a background thread; replay may share readers.

@@ -77,6 +77,9 @@ pub struct LoadedImage {
     pub entry: u64,
     /// First page after the image, its stack and the page tables: start of free memory.
     pub free_start: u64,
+    /// Where the 4 KiB page tables are, with [`GuestPaging::Small`]: one table per 2 MiB of RAM,
+    /// the entry of frame `gfn` at `tables + 8 * gfn`.
+    pub page_tables: Option<u64>,
 }
 
 fn write(memory: &GuestMemory, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
@@ -138,6 +141,7 @@ pub fn load(
     Ok(LoadedImage {
         entry: elf.entry,
         free_start: tables_end,
+        page_tables: (paging == GuestPaging::Small).then_some(image_end),
     })
 }
 
@@ -194,11 +198,13 @@ fn write_idt(memory: &GuestMemory, stubs: u64) -> Result<(), BootError> {
 pub enum GuestPaging {
     /// 2 MiB pages with pre-set dirty bits: the fewest faults, for plain runs.
     Huge,
-    /// 4 KiB pages whose dirty bits start clear: for recording. Under shadow paging KVM maps a
-    /// page writable on a *read* fault when the guest's entry is already dirty, and a writable
-    /// mapping counts as dirty in KVM's dirty log; with clean 4 KiB entries only pages the guest
-    /// really wrote are. (The guest's first write to a page makes KVM set the entry's dirty bit,
-    /// which dirties the page-table frame once.)
+    /// 4 KiB pages whose accessed and dirty bits start clear: for recording. Under shadow
+    /// paging KVM maps a page writable on a *read* fault when the guest's entry is already
+    /// dirty, and a writable mapping counts as dirty in KVM's dirty log; with clean 4 KiB
+    /// entries only pages the guest really wrote are. KVM also prefetches mappings of
+    /// neighbouring entries, but only of accessed ones, so with clear accessed bits every first
+    /// access faults. (KVM sets the bits on the guest's first access and write, which dirties
+    /// the page-table frame.)
     Small,
 }
 
@@ -238,8 +244,12 @@ fn write_page_tables(
                 .map(|i| (tables_at + i * PAGE_SIZE) | TABLE_FLAGS)
                 .collect();
             write_u64s(memory, layout::PD_BASE, &pd)?;
+            // Leaf entries start with clear accessed and dirty bits: KVM prefetches only
+            // entries the guest has accessed, so every first access faults (and is traced).
             let frames = mem_bytes / PAGE_SIZE;
-            let pt: Vec<u64> = (0..frames).map(|f| (f * PAGE_SIZE) | TABLE_FLAGS).collect();
+            let pt: Vec<u64> = (0..frames)
+                .map(|f| (f * PAGE_SIZE) | PTE_PRESENT | PTE_WRITABLE | PTE_USER)
+                .collect();
             write_u64s(memory, tables_at, &pt)?;
             Ok(tables_at + huge_pages * PAGE_SIZE)
         }

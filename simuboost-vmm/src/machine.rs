@@ -108,6 +108,9 @@ pub enum MachineError {
     /// The observer (the recorder) failed.
     #[error("{0}")]
     Observer(ObserverError),
+    /// Invalidating KVM's mappings failed.
+    #[error("cannot re-arm access tracking (mprotect of guest memory): {0}")]
+    Rearm(#[source] std::io::Error),
     /// The paravirtual device.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -231,6 +234,8 @@ pub struct Machine {
     dirty_tracker: Option<Box<dyn DirtyTracker>>,
     /// Frames KVM reported dirty since the last `take_dirty` (the ring may be harvested early).
     guest_dirty: DirtyBitmap,
+    /// The guest's 4 KiB page tables, when it has them (recording).
+    page_tables: Option<u64>,
 }
 
 impl Machine {
@@ -307,7 +312,58 @@ impl Machine {
             guest_exits: 0,
             dirty_tracker,
             guest_dirty: DirtyBitmap::new(config.mem_bytes / simuboost_abi::PAGE_SIZE),
+            page_tables: image.page_tables,
         })
+    }
+
+    /// Clears the accessed and dirty bits of every leaf entry of the guest's 4 KiB page tables
+    /// and returns the page-table frames it changed. Call it with [`Machine::invalidate_mappings`]
+    /// at an interval boundary.
+    ///
+    /// Why: once KVM's mappings are dropped, every access faults and KVM walks the guest page
+    /// tables again. A dirty entry would make KVM map the page writable on a *read* fault, and a
+    /// writable mapping counts as a write in the dirty log; an accessed entry lets KVM prefetch
+    /// the mapping of a page the guest has not touched (and then miss the real access). Clean
+    /// entries keep the next interval's dirty set and access log exact. The guest never reads
+    /// these bits: they are KVM's bookkeeping.
+    pub fn clean_page_table_bits(&mut self) -> DirtyBitmap {
+        let frames = self.boot_config.mem_bytes / simuboost_abi::PAGE_SIZE;
+        let mut changed = DirtyBitmap::new(frames);
+        let Some(tables) = self.page_tables else {
+            return changed;
+        };
+        const ACCESSED_DIRTY: u64 = (1 << 5) | (1 << 6);
+        let (base, _) = host_region(&self.memory);
+        for gfn in 0..frames {
+            let offset = tables + gfn * 8;
+            // SAFETY: the page tables lie inside guest RAM (the boot loader put them there, one
+            // 8-byte entry per frame), the guest is paused, and KVM updates these bits with
+            // atomic cmpxchg only while the vCPU runs.
+            let entry =
+                unsafe { &*(base.add(offset as usize) as *const std::sync::atomic::AtomicU64) };
+            let pte = entry.load(Ordering::Relaxed);
+            if pte & ACCESSED_DIRTY != 0 {
+                entry.store(pte & !ACCESSED_DIRTY, Ordering::Relaxed);
+                changed.set(offset / simuboost_abi::PAGE_SIZE);
+            }
+        }
+        changed
+    }
+
+    /// Drops every mapping KVM installed for guest RAM, so that the next access to any frame
+    /// faults again (and the tracer sees it): `mprotect` to read-only and back, which makes the
+    /// host invalidate KVM's mappings through its MMU notifier. Contents are unchanged.
+    pub fn invalidate_mappings(&mut self) -> Result<(), MachineError> {
+        let (base, size) = host_region(&self.memory);
+        for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
+            // SAFETY: changing the protection of the guest RAM mapping, which this machine owns;
+            // the guest is paused and no VMM thread touches guest memory during the two calls.
+            let rc = unsafe { libc::mprotect(base.cast(), size as usize, prot) };
+            if rc != 0 {
+                return Err(MachineError::Rearm(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
     }
 
     /// Guest-initiated exits so far.

@@ -16,11 +16,15 @@ use crate::{binary, root, run_command};
 pub enum Benchmark {
     /// Each workload's runtime in the VM vs the same code run natively on the host.
     GuestSpeed,
+    /// Continuous checkpointing: downtime vs dirty set and VM size, copy throughput vs memcpy,
+    /// recording overhead, storage per interval (zero elision, dedup), dirty log vs ring.
+    Record,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
     match benchmark {
         Benchmark::GuestSpeed => guest_speed(json),
+        Benchmark::Record => crate::bench_record::run(json),
     }
 }
 

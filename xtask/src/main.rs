@@ -6,6 +6,7 @@
 //! - `cargo xtask bench NAME`: benchmarks that report figures and ratios.
 
 mod bench;
+mod bench_record;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ enum Task {
         /// Only the tests whose names contain this filter.
         filter: Option<String>,
     },
-    /// Run a benchmark (`guest-speed`).
+    /// Run a benchmark (`guest-speed`, `record`).
     Bench {
         /// Which benchmark.
         name: bench::Benchmark,

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use simuboost_format::{
-    CheckpointPages, CheckpointState, CheckpointStats, Event, GeneralRegs, IntervalRecord, RunMeta,
-    RunWriter, VcpuState, PAGE_SIZE,
+    Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
+    GeneralRegs, IntervalRecord, RunMeta, RunWriter, VcpuState, PAGE_SIZE,
 };
 
 /// splitmix64: small, deterministic, good enough for test data.
@@ -114,10 +114,60 @@ pub fn interval_of(i: u64) -> IntervalRecord {
         downtime_ns: 5_000 + i,
         dirty_pages: 10 + i,
         vmm_written_pages: i % 3,
-        complete: true,
+        // Every fourth interval lost tracer events.
+        complete: i % 4 != 3,
         backpressure_ns: i * 11,
+        trace_drops: if i % 4 == 3 { 100 + i } else { 0 },
         ..Default::default()
     }
+}
+
+/// The access log of interval `n - 1` for checkpoint `n`'s pages `g`: every page of `g` as a
+/// write (some by DMA), plus reads of other frames; traced frames in a scrambled order first,
+/// then the untraced ones (DMA, and some writes known only from the dirty log) in gfn order.
+/// Uses its own generator, so runs with and without access logs have the same pages.
+pub fn access_of(n: u64, g: &Gen, mem_pages: u64) -> Vec<Access> {
+    let mut rng = Rng(0xacce55 ^ n.wrapping_mul(0x9e37_79b9));
+    let mut frames: Vec<(u64, AccessKind, AccessSource, bool)> = Vec::new();
+    for &gfn in &g.gfns {
+        let source = if rng.chance(20) {
+            AccessSource::Dma
+        } else {
+            AccessSource::Mmu
+        };
+        let traced = source == AccessSource::Mmu && rng.chance(80);
+        frames.push((gfn, AccessKind::Write, source, traced));
+    }
+    for _ in 0..1 + rng.below(mem_pages / 2) {
+        let gfn = rng.below(mem_pages);
+        if g.gfns.binary_search(&gfn).is_ok() || frames.iter().any(|f| f.0 == gfn) {
+            continue;
+        }
+        let source = if rng.chance(15) {
+            AccessSource::Dma
+        } else {
+            AccessSource::Mmu
+        };
+        frames.push((gfn, AccessKind::Read, source, source == AccessSource::Mmu));
+    }
+    // Traced frames: a deterministic scramble; then untraced ones by gfn.
+    let mut traced: Vec<_> = frames.iter().filter(|f| f.3).copied().collect();
+    for i in (1..traced.len()).rev() {
+        traced.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut untraced: Vec<_> = frames.iter().filter(|f| !f.3).copied().collect();
+    untraced.sort_unstable_by_key(|f| f.0);
+    traced
+        .into_iter()
+        .chain(untraced)
+        .enumerate()
+        .map(|(i, (gfn, kind, source, _))| Access {
+            gfn,
+            kind,
+            source,
+            first_touch: i as u32,
+        })
+        .collect()
 }
 
 /// A model of guest memory: one content id per page.
@@ -203,11 +253,22 @@ pub fn apply(model: &mut Model, g: &Gen) -> CheckpointStats {
     stats
 }
 
-/// Writes checkpoint `n` from `g` with the standard state/interval/events.
+/// Writes checkpoint `n` from `g` with the standard state/interval/events and no access log.
 pub fn write(
     w: &mut RunWriter,
     n: u64,
     g: &Gen,
+    dump: Option<&[u8]>,
+) -> Result<CheckpointStats, simuboost_format::FormatError> {
+    write_with(w, n, g, None, dump)
+}
+
+/// [`write`] with an access log for interval `n - 1`.
+pub fn write_with(
+    w: &mut RunWriter,
+    n: u64,
+    g: &Gen,
+    access: Option<&[Access]>,
     dump: Option<&[u8]>,
 ) -> Result<CheckpointStats, simuboost_format::FormatError> {
     let (interval, events) = if n == 0 {
@@ -223,6 +284,7 @@ pub fn write(
         },
         interval,
         &events,
+        access,
         dump,
     )
 }

@@ -1,0 +1,223 @@
+//! `cargo xtask bench record`: what continuous checkpointing costs, each figure beside its
+//! baseline in the same run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{binary, root};
+
+/// One daemon run; returns its `--json` summary.
+fn daemon_run(dir: &Path, args: &[&str]) -> Result<Value> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    let out = Command::new(binary("simuboost-daemon", true))
+        .arg("run")
+        .args(args)
+        .args(["--json", "--console-log", "/dev/null"])
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .context("cannot run simuboost-daemon")?;
+    if !out.status.success() {
+        bail!(
+            "simuboost-daemon {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let summary = serde_json::from_slice(&out.stdout).context("the daemon's output is not JSON")?;
+    // Keep the disk tidy: the figures are in the summary.
+    fs::remove_dir_all(dir)?;
+    Ok(summary)
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    path.iter()
+        .try_fold(v, |v, k| v.get(*k))
+        .and_then(Value::as_f64)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// memcpy of `bytes` between two already-populated buffers, GB/s (best of 5).
+fn memcpy_gbps(bytes: usize) -> f64 {
+    let src = vec![0x5au8; bytes];
+    let mut dst = vec![0u8; bytes];
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            dst.copy_from_slice(&src);
+            std::hint::black_box(&dst);
+            bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+pub fn run(json_out: Option<&Path>) -> Result<()> {
+    let scratch: PathBuf = root().join("target").join("bench").join("record");
+    fs::create_dir_all(&scratch)?;
+    let dir = scratch.join("run");
+    let mut report = serde_json::Map::new();
+
+    // 1. Downtime vs dirty-set size, dirty log vs dirty ring: stream dirties memory at a steady
+    //    rate, so longer intervals mean larger dirty sets.
+    println!("## Downtime vs dirty set (stream, 1 GiB guest)\n");
+    println!("| tracking | interval | dirty pages/interval | mean downtime (ms) | copy GB/s | memcpy GB/s | copy/memcpy |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for tracking in ["log", "ring"] {
+        for interval in ["50ms", "100ms", "200ms", "400ms", "800ms"] {
+            let s = daemon_run(
+                &dir,
+                &[
+                    "--workload",
+                    "stream",
+                    "--mem",
+                    "1G",
+                    "--duration",
+                    "5s",
+                    "--seed",
+                    "1",
+                    "--interval",
+                    interval,
+                    "--dirty-tracking",
+                    tracking,
+                ],
+            )?;
+            let dirty = num(&s, &["recording", "mean_dirty_pages"]);
+            let downtime = num(&s, &["recording", "mean_downtime_ms"]);
+            let copy = num(&s, &["recording", "copy_gbps"]);
+            let memcpy = memcpy_gbps((dirty.max(1.0) as usize) * 4096);
+            println!(
+                "| {tracking} | {interval} | {dirty:.0} | {downtime:.2} | {copy:.2} | {memcpy:.2} | {:.2} |",
+                copy / memcpy
+            );
+            rows.push(
+                json!({"tracking": tracking, "interval": interval, "dirty_pages": dirty,
+                "downtime_ms": downtime, "copy_gbps": copy, "memcpy_gbps": memcpy}),
+            );
+        }
+    }
+    report.insert("dirty_set_sweep".into(), Value::Array(rows));
+
+    // 2. Downtime vs VM size at the same dirty set: pattern writes 16 pages per step, and an
+    //    interval of 200 exits is 200 steps whatever the VM's size.
+    println!("\n## Downtime vs VM size at the same dirty set (pattern, 200 steps per interval)\n");
+    println!("| guest memory | dirty pages/interval | mean downtime (ms) | max downtime (ms) |");
+    println!("|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for mem in ["256M", "512M", "1G", "2G", "4G"] {
+        let s = daemon_run(
+            &dir,
+            &[
+                "--workload",
+                "pattern",
+                "--mem",
+                mem,
+                "--work",
+                "8000",
+                "--seed",
+                "1",
+                "--interval-exits",
+                "200",
+            ],
+        )?;
+        let dirty = num(&s, &["recording", "mean_dirty_pages"]);
+        let downtime = num(&s, &["recording", "mean_downtime_ms"]);
+        let max = num(&s, &["recording", "max_downtime_ms"]);
+        println!("| {mem} | {dirty:.0} | {downtime:.3} | {max:.3} |");
+        rows.push(json!({"mem": mem, "dirty_pages": dirty, "downtime_ms": downtime, "max_downtime_ms": max}));
+    }
+    let first = num(&rows[0], &["downtime_ms"]);
+    let last = num(&rows[rows.len() - 1], &["downtime_ms"]);
+    println!(
+        "\n4 GiB / 256 MiB downtime: {:.2}x (target <= 1.5x)",
+        last / first
+    );
+    report.insert("vm_size_sweep".into(), Value::Array(rows));
+
+    // 3. Recording overhead at 1 s intervals: the same work with and without checkpointing.
+    println!("\n## Recording overhead (1 s intervals, 512 MiB guest, median of 3)\n");
+    println!("| workload | units | plain (s) | recorded (s) | overhead |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (workload, units) in [("kvstore", "1500"), ("build", "1500")] {
+        let (mut plain, mut recorded) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let base = [
+                "--workload",
+                workload,
+                "--mem",
+                "512M",
+                "--work",
+                units,
+                "--seed",
+                "1",
+                "--interval",
+                "1s",
+            ];
+            let mut args = base.to_vec();
+            args.push("--no-record");
+            plain.push(num(&daemon_run(&dir, &args)?, &["wall_seconds"]));
+            recorded.push(num(&daemon_run(&dir, &base)?, &["wall_seconds"]));
+        }
+        let (p, r) = (median(plain), median(recorded));
+        println!(
+            "| {workload} | {units} | {p:.3} | {r:.3} | {:+.1}% |",
+            (r / p - 1.0) * 100.0
+        );
+        rows.push(json!({"workload": workload, "plain_s": p, "recorded_s": r}));
+    }
+    report.insert("overhead".into(), Value::Array(rows));
+
+    // 4. Storage per interval and what zero elision and dedup saved.
+    println!("\n## Storage per interval (1 s intervals, 512 MiB guest, 8 s)\n");
+    println!("| workload | intervals | captured pages | zero | deduplicated | stored | MiB written/interval | saved by zero+dedup |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for workload in ["kvstore", "build", "compress", "sort", "stream", "idle"] {
+        let s = daemon_run(
+            &dir,
+            &[
+                "--workload",
+                workload,
+                "--mem",
+                "512M",
+                "--duration",
+                "8s",
+                "--seed",
+                "1",
+            ],
+        )?;
+        let r = |k: &str| num(&s, &["recording", k]);
+        let captured = r("captured_pages");
+        let saved = (r("zero_pages") + r("dedup_pages")) / captured.max(1.0);
+        println!(
+            "| {workload} | {:.0} | {captured:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}% |",
+            r("intervals"),
+            r("zero_pages"),
+            r("dedup_pages"),
+            r("stored_pages"),
+            r("bytes_written") / r("intervals").max(1.0) / (1 << 20) as f64,
+            saved * 100.0
+        );
+        rows.push(json!({"workload": workload, "recording": s["recording"].clone()}));
+    }
+    report.insert("storage".into(), Value::Array(rows));
+
+    if let Some(path) = json_out {
+        fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
