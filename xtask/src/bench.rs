@@ -19,12 +19,15 @@ pub enum Benchmark {
     /// Continuous checkpointing: downtime vs dirty set and VM size, copy throughput vs memcpy,
     /// recording overhead, storage per interval (zero elision, dedup), dirty log vs ring.
     Record,
+    /// Access tracing: runtime and downtime with the eBPF tracer vs without, events per second.
+    Trace,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
     match benchmark {
         Benchmark::GuestSpeed => guest_speed(json),
         Benchmark::Record => crate::bench_record::run(json),
+        Benchmark::Trace => crate::bench_record::trace(json),
     }
 }
 

@@ -16,9 +16,16 @@ fn daemon_run(dir: &Path, args: &[&str]) -> Result<Value> {
     if dir.exists() {
         fs::remove_dir_all(dir)?;
     }
+    // Checkpointing alone unless the caller asks for the tracer (see `trace`).
+    let tracer: &[&str] = if args.contains(&"--tracer") {
+        &[]
+    } else {
+        &["--tracer", "none"]
+    };
     let out = Command::new(binary("simuboost-daemon", true))
         .arg("run")
         .args(args)
+        .args(tracer)
         .args(["--json", "--console-log", "/dev/null"])
         .arg("--out")
         .arg(dir)
@@ -215,6 +222,108 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
     }
     report.insert("storage".into(), Value::Array(rows));
 
+    if let Some(path) = json_out {
+        fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench trace`: what the eBPF tracer (with per-interval re-arming) costs.
+pub fn trace(json_out: Option<&Path>) -> Result<()> {
+    let scratch: PathBuf = root().join("target").join("bench").join("trace");
+    fs::create_dir_all(&scratch)?;
+    let dir = scratch.join("run");
+    let mut report = serde_json::Map::new();
+
+    println!("## Tracing overhead (recording at 1 s intervals, 512 MiB guest, median of 3)\n");
+    println!("| workload | units | no tracer (s) | eBPF tracer (s) | slowdown | downtime without / with (ms) | working set (frames/interval) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (workload, units) in [("kvstore", "1500"), ("build", "1500"), ("compress", "600")] {
+        let (mut off, mut on, mut down_off, mut down_on, mut ws) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            for (tracer, times, downs) in [
+                ("none", &mut off, &mut down_off),
+                ("ebpf", &mut on, &mut down_on),
+            ] {
+                let s = daemon_run(
+                    &dir,
+                    &[
+                        "--workload",
+                        workload,
+                        "--mem",
+                        "512M",
+                        "--work",
+                        units,
+                        "--seed",
+                        "1",
+                        "--interval",
+                        "1s",
+                        "--tracer",
+                        tracer,
+                    ],
+                )?;
+                times.push(num(&s, &["wall_seconds"]));
+                downs.push(num(&s, &["recording", "mean_downtime_ms"]));
+                if tracer == "ebpf" {
+                    ws.push(num(&s, &["recording", "mean_working_set"]));
+                }
+            }
+        }
+        let (a, b) = (median(off), median(on));
+        println!(
+            "| {workload} | {units} | {a:.3} | {b:.3} | {:+.1}% | {:.1} / {:.1} | {:.0} |",
+            (b / a - 1.0) * 100.0,
+            median(down_off),
+            median(down_on),
+            median(ws)
+        );
+        rows.push(json!({"workload": workload, "no_tracer_s": a, "tracer_s": b}));
+    }
+    report.insert("overhead".into(), Value::Array(rows));
+
+    // Event rate: pattern touches 32 frames per ~25 µs step, the densest access stream of the
+    // workloads; stream touches whole memory sequentially.
+    println!("\n## Events the tracer sustains (default 1 MiB ring = 64 Ki events per interval)\n");
+    println!("| workload | interval | traced frames/interval | frames/s | intervals with drops |");
+    println!("|---|---|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (workload, mem, interval) in [
+        ("pattern", "256M", "100ms"),
+        ("stream", "1G", "100ms"),
+        ("stream", "1G", "1s"),
+    ] {
+        let s = daemon_run(
+            &dir,
+            &[
+                "--workload",
+                workload,
+                "--mem",
+                mem,
+                "--duration",
+                "4s",
+                "--seed",
+                "1",
+                "--interval",
+                interval,
+            ],
+        )?;
+        let ws = num(&s, &["recording", "mean_working_set"]);
+        let intervals = num(&s, &["recording", "intervals"]);
+        let wall = num(&s, &["wall_seconds"]);
+        let incomplete = num(&s, &["recording", "incomplete_intervals"]);
+        println!(
+            "| {workload} {mem} | {interval} | {ws:.0} | {:.0} | {incomplete:.0} of {intervals:.0} |",
+            ws * intervals / wall
+        );
+        rows.push(
+            json!({"workload": workload, "interval": interval, "working_set": ws,
+            "frames_per_s": ws * intervals / wall, "incomplete": incomplete}),
+        );
+    }
+    report.insert("event_rate".into(), Value::Array(rows));
     if let Some(path) = json_out {
         fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)
             .with_context(|| format!("cannot write {}", path.display()))?;
