@@ -326,6 +326,25 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             report.wall.as_secs_f64() * 1e6 / report.guest_exits.max(1) as f64,
             run_dir.display()
         );
+        if let Some(r) = &summary.recording {
+            eprintln!(
+                "simuboost-daemon: recorded {} intervals ({} checkpoints): {:.0} dirty pages and {} \
+                 per interval, downtime {:.1} ms mean / {:.1} ms max, {:.1} MiB written \
+                 ({:.0}% of captured pages were zero or duplicates)",
+                r.intervals,
+                r.checkpoints,
+                r.mean_dirty_pages,
+                if r.mean_working_set > 0.0 {
+                    format!("a working set of {:.0} frames", r.mean_working_set)
+                } else {
+                    "no access log".to_string()
+                },
+                r.mean_downtime_ms,
+                r.max_downtime_ms,
+                r.bytes_written as f64 / (1 << 20) as f64,
+                (r.zero_pages + r.dedup_pages) as f64 * 100.0 / r.captured_pages.max(1) as f64
+            );
+        }
     }
     Ok(outcome)
 }

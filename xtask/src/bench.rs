@@ -75,7 +75,8 @@ struct VmRun {
 fn vm_run(workload: WorkloadId, units: u64, dir: &Path) -> Result<VmRun> {
     let console = dir.join("console.log");
     let out = Command::new(binary("simuboost-daemon", true))
-        .args(["run", "--workload", workload.name(), "--json"])
+        // Guest speed alone: no checkpoints, no tracer.
+        .args(["run", "--workload", workload.name(), "--json", "--no-record"])
         .arg("--mem")
         .arg(format!("{}M", MEM_BYTES >> 20))
         .arg("--work")

@@ -151,10 +151,24 @@ fn demo() -> Result<()> {
                 "512M",
                 "--duration",
                 "5s",
+                "--console-log",
+                "/dev/null",
             ])
             .arg("--out")
             .arg(&out),
-    )
+    )?;
+    // The run directory is Parquet: show its intervals straight from DuckDB.
+    let query = format!(
+        "SELECT i.interval, i.end_exit - i.start_exit AS exits, i.dirty_pages, \
+         i.traced_frames AS working_set, round(i.downtime_ns / 1e6, 2) AS downtime_ms, \
+         i.stored_pages, i.zero_pages, i.dedup_pages \
+         FROM '{}/intervals/*.parquet' i ORDER BY i.interval",
+        out.display()
+    );
+    run_command(Command::new("python3").args([
+        "-c",
+        &format!("import duckdb; duckdb.sql({query:?}).show()"),
+    ]))
 }
 
 fn test(filter: Option<&str>) -> Result<()> {
