@@ -76,7 +76,13 @@ fn vm_run(workload: WorkloadId, units: u64, dir: &Path) -> Result<VmRun> {
     let console = dir.join("console.log");
     let out = Command::new(binary("simuboost-daemon", true))
         // Guest speed alone: no checkpoints, no tracer.
-        .args(["run", "--workload", workload.name(), "--json", "--no-record"])
+        .args([
+            "run",
+            "--workload",
+            workload.name(),
+            "--json",
+            "--no-record",
+        ])
         .arg("--mem")
         .arg(format!("{}M", MEM_BYTES >> 20))
         .arg("--work")

@@ -44,6 +44,21 @@ fn daemon_run(dir: &Path, args: &[&str]) -> Result<Value> {
     Ok(summary)
 }
 
+/// The run directory a benchmark's daemon runs use (each run replaces it).
+fn scratch_run(benchmark: &str) -> Result<PathBuf> {
+    let scratch = root().join("target").join("bench").join(benchmark);
+    fs::create_dir_all(&scratch)?;
+    Ok(scratch.join("run"))
+}
+
+fn write_report(json_out: Option<&Path>, report: serde_json::Map<String, Value>) -> Result<()> {
+    if let Some(path) = json_out {
+        fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn num(v: &Value, path: &[&str]) -> f64 {
     path.iter()
         .try_fold(v, |v, k| v.get(*k))
@@ -71,9 +86,7 @@ fn memcpy_gbps(bytes: usize) -> f64 {
 }
 
 pub fn run(json_out: Option<&Path>) -> Result<()> {
-    let scratch: PathBuf = root().join("target").join("bench").join("record");
-    fs::create_dir_all(&scratch)?;
-    let dir = scratch.join("run");
+    let dir = scratch_run("record")?;
     let mut report = serde_json::Map::new();
 
     // 1. Downtime vs dirty-set size, dirty log vs dirty ring: stream dirties memory at a steady
@@ -222,18 +235,12 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
     }
     report.insert("storage".into(), Value::Array(rows));
 
-    if let Some(path) = json_out {
-        fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    write_report(json_out, report)
 }
 
 /// `cargo xtask bench trace`: what the eBPF tracer (with per-interval re-arming) costs.
 pub fn trace(json_out: Option<&Path>) -> Result<()> {
-    let scratch: PathBuf = root().join("target").join("bench").join("trace");
-    fs::create_dir_all(&scratch)?;
-    let dir = scratch.join("run");
+    let dir = scratch_run("trace")?;
     let mut report = serde_json::Map::new();
 
     println!("## Tracing overhead (recording at 1 s intervals, 512 MiB guest, median of 3)\n");
@@ -324,9 +331,5 @@ pub fn trace(json_out: Option<&Path>) -> Result<()> {
         );
     }
     report.insert("event_rate".into(), Value::Array(rows));
-    if let Some(path) = json_out {
-        fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    write_report(json_out, report)
 }
