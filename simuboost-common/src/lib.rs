@@ -10,9 +10,14 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the array, indexed by gfn, of the generation (interval) in which each frame was last
+/// reported: the programs report a frame once per interval. The loader sizes it to guest RAM.
+pub const REPORTED_MAP: &str = "REPORTED";
+/// Default size of [`REPORTED_MAP`] in frames (the loader sets the real one).
+pub const DEFAULT_REPORTED_FRAMES: u32 = 1 << 18;
 
-/// Default size of [`EVENTS_MAP`] in bytes (64 Ki events of 16 bytes); the loader may change
-/// it (a power of two, at least a page).
+/// Size of [`EVENTS_MAP`] in the object (64 Ki events of 16 bytes); the loader sets the real
+/// one (a power of two, at least a page) from the size of guest RAM.
 pub const DEFAULT_EVENTS_BYTES: u32 = 1 << 20;
 
 /// What the loader tells the programs.
@@ -23,6 +28,9 @@ pub struct TraceConfig {
     pub tgid: u32,
     /// Non-zero while recording.
     pub enabled: u32,
+    /// The current interval's generation (≥ 1); a frame whose [`REPORTED_MAP`] entry already
+    /// holds it was reported in this interval and is not reported again.
+    pub generation: u32,
 }
 
 /// One frame touched by the traced VM, as the programs report it.
@@ -145,5 +153,5 @@ pub const PROGRAMS: [(&str, &str, &str, &[Field]); 5] = [
 ];
 
 #[cfg(feature = "user")]
-// SAFETY: TraceConfig is repr(C), Copy, and has no padding (two u32).
+// SAFETY: TraceConfig is repr(C), Copy, and has no padding (three u32).
 unsafe impl aya::Pod for TraceConfig {}

@@ -93,9 +93,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "ebpf")]
     pub tracer: TracerArg,
 
-    /// Size of the tracer's event ring in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = simuboost_common::DEFAULT_EVENTS_BYTES, hide = true)]
-    pub trace_ring_bytes: u32,
+    /// Size of the tracer's event ring in bytes (a power of two, at least 4096). The default
+    /// holds one event for every frame of guest RAM, which the programs report at most once
+    /// per interval, so it cannot overflow.
+    #[arg(long, hide = true)]
+    pub trace_ring_bytes: Option<u32>,
 
     /// Run without recording: no checkpoints, no event log.
     #[arg(long)]

@@ -326,14 +326,18 @@ impl Recorder {
             // Nothing has run yet, but start the dirty tracking from a clean slate.
             machine.take_dirty().map_err(machine_err)?;
             if let Some(tracer) = &mut self.tracer {
-                tracer.drain(&mut traced, &mut Default::default());
+                tracer
+                    .drain(&mut traced, &mut Default::default())
+                    .map_err(|e| RecordError::Machine(e.to_string()))?;
             }
             (frames, 0, 0, None)
         } else {
             machine.complete_pending_exit().map_err(machine_err)?;
             // The guest is paused: every event in the ring belongs to the interval just ended.
             if let Some(tracer) = &mut self.tracer {
-                drops = tracer.drain(&mut traced, &mut Default::default());
+                drops = tracer
+                    .drain(&mut traced, &mut Default::default())
+                    .map_err(|e| RecordError::Machine(e.to_string()))?;
             }
             let (guest, mut vmm) = machine.take_dirty().map_err(machine_err)?;
             let access = self

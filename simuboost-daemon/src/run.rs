@@ -139,10 +139,14 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     };
     let tracer = match args.tracer {
         TracerArg::Ebpf if !args.no_record => {
-            if !args.trace_ring_bytes.is_power_of_two() || args.trace_ring_bytes < 4096 {
-                bail!("--trace-ring-bytes must be a power of two of at least 4096");
-            }
-            let tracer = crate::trace::Tracer::start(args.trace_ring_bytes)?;
+            let ring_bytes = match args.trace_ring_bytes {
+                Some(bytes) if !bytes.is_power_of_two() || bytes < 4096 => {
+                    bail!("--trace-ring-bytes must be a power of two of at least 4096")
+                }
+                Some(bytes) => bytes,
+                None => crate::trace::ring_bytes_for(args.mem),
+            };
+            let tracer = crate::trace::Tracer::start(args.mem, ring_bytes)?;
             if !args.json {
                 eprintln!(
                     "simuboost-daemon: tracing frame accesses with {}",

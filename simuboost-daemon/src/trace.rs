@@ -14,7 +14,7 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use simuboost_common::{
     Counter, Field, Source, TouchEvent, TraceConfig, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP,
-    PROGRAMS, TOUCH_EVENT_SIZE,
+    PROGRAMS, REPORTED_MAP, TOUCH_EVENT_SIZE,
 };
 
 /// The eBPF object, built from simuboost-ebpf by this crate's build script.
@@ -69,6 +69,13 @@ fn load_err(e: impl std::fmt::Display) -> TraceError {
     TraceError::Load(e.to_string())
 }
 
+/// A ring that holds one event per frame of `mem_bytes` of guest RAM: since the programs report
+/// a frame at most once per interval, it cannot overflow between two drains.
+pub fn ring_bytes_for(mem_bytes: u64) -> u32 {
+    let bytes = (mem_bytes / 4096) * TOUCH_EVENT_SIZE as u64;
+    bytes.clamp(4096, 1 << 30).next_power_of_two() as u32
+}
+
 /// Mounts tracefs if it is not mounted.
 fn ensure_tracefs() -> Result<(), TraceError> {
     if Path::new(TRACEFS).join("events").is_dir() {
@@ -120,13 +127,16 @@ pub struct Tracer {
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    config: Array<MapData, TraceConfig>,
+    generation: u32,
     active: Vec<&'static str>,
     drops_seen: u64,
 }
 
 impl Tracer {
-    /// Loads and attaches the programs for this process, with a ring of `ring_bytes`.
-    pub fn start(ring_bytes: u32) -> Result<Tracer, TraceError> {
+    /// Loads and attaches the programs for this process's VM of `mem_bytes`, with a ring of
+    /// `ring_bytes`.
+    pub fn start(mem_bytes: u64, ring_bytes: u32) -> Result<Tracer, TraceError> {
         ensure_tracefs()?;
         let mut present = Vec::new();
         for (program, category, event, fields) in PROGRAMS {
@@ -161,6 +171,7 @@ impl Tracer {
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring_bytes)
+            .map_max_entries(REPORTED_MAP, (mem_bytes / 4096).max(1) as u32)
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -189,16 +200,18 @@ impl Tracer {
             return Err(TraceError::NoTracepoints);
         }
         let mut config: Array<_, TraceConfig> = Array::try_from(
-            ebpf.map_mut(CONFIG_MAP)
+            ebpf.take_map(CONFIG_MAP)
                 .ok_or_else(|| TraceError::Load("map CONFIG missing".into()))?,
         )
         .map_err(load_err)?;
+        let generation = 1;
         config
             .set(
                 0,
                 TraceConfig {
                     tgid: std::process::id(),
                     enabled: 1,
+                    generation,
                 },
                 0,
             )
@@ -219,6 +232,8 @@ impl Tracer {
             events,
             counters,
             logger,
+            config,
+            generation,
             active,
             drops_seen: 0,
         })
@@ -229,9 +244,14 @@ impl Tracer {
         &self.active
     }
 
-    /// Moves every event in the ring into `frames` (first-touch order, without repeats) and
-    /// returns how many events were lost since the last call.
-    pub fn drain(&mut self, frames: &mut Vec<u64>, seen: &mut HashSet<u64>) -> u64 {
+    /// Moves every event in the ring into `frames` (first-touch order, without repeats), starts
+    /// the next interval's generation (so every frame is reported once again), and returns how
+    /// many events were lost since the last call. Call it while the guest is paused.
+    pub fn drain(
+        &mut self,
+        frames: &mut Vec<u64>,
+        seen: &mut HashSet<u64>,
+    ) -> Result<u64, TraceError> {
         while let Some(item) = self.events.next() {
             if item.len() < TOUCH_EVENT_SIZE {
                 continue;
@@ -259,6 +279,18 @@ impl Tracer {
             .unwrap_or(0);
         let new = drops.saturating_sub(self.drops_seen);
         self.drops_seen = drops;
-        new
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.config
+            .set(
+                0,
+                TraceConfig {
+                    tgid: std::process::id(),
+                    enabled: 1,
+                    generation: self.generation,
+                },
+                0,
+            )
+            .map_err(load_err)?;
+        Ok(new)
     }
 }

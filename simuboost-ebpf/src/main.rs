@@ -17,8 +17,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use simuboost_common::{
     touch_flags, Counter, Field, Source, TouchEvent, TraceConfig, COUNTER_COUNT,
-    DEFAULT_EVENTS_BYTES, DIRTY_RING_PUSH_OFFSET, DIRTY_RING_PUSH_SLOT, FAST_PAGE_FAULT_GPA,
-    PAGE_FAULT_ADDRESS, PAGING_ELEMENT_LEVEL, PAGING_ELEMENT_PTE, SET_SPTE_GFN, SET_SPTE_SPTE,
+    DEFAULT_EVENTS_BYTES, DEFAULT_REPORTED_FRAMES, DIRTY_RING_PUSH_OFFSET, DIRTY_RING_PUSH_SLOT,
+    FAST_PAGE_FAULT_GPA, PAGE_FAULT_ADDRESS, PAGING_ELEMENT_LEVEL, PAGING_ELEMENT_PTE,
+    SET_SPTE_GFN, SET_SPTE_SPTE,
 };
 
 #[map(name = "CONFIG")]
@@ -29,6 +30,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map(name = "REPORTED")]
+static REPORTED: Array<u32> = Array::with_max_entries(DEFAULT_REPORTED_FRAMES, 0);
 
 /// Bit 1 of an SPTE: the mapping is writable.
 const SPTE_WRITABLE: u64 = 1 << 1;
@@ -43,13 +47,11 @@ const PTE_LARGE: u64 = 1 << 7;
 /// Guest RAM is memslot 0 at guest physical 0 (see simuboost-vmm), so a slot offset is a gfn.
 const RAM_SLOT: u32 = 0;
 
-fn traced() -> bool {
-    match CONFIG.get(0) {
-        Some(config) => {
-            config.enabled != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == config.tgid
-        }
-        None => false,
-    }
+/// The current generation if this event comes from the traced VM.
+fn traced() -> Option<u32> {
+    let config = CONFIG.get(0)?;
+    (config.enabled != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == config.tgid)
+        .then_some(config.generation)
 }
 
 /// Adds one to a counter; returns its previous value on this CPU.
@@ -68,7 +70,22 @@ fn count(counter: Counter) -> u64 {
     }
 }
 
-fn report(ctx: &TracePointContext, gfn: u64, source: Source, flags: u32) {
+/// Reports `gfn` unless it was already reported in this generation (interval): KVM's walks and
+/// faults name the same frames many times, and the ring only needs each frame's first touch.
+fn report(ctx: &TracePointContext, generation: u32, gfn: u64, source: Source, flags: u32) {
+    if gfn > u64::from(u32::MAX) {
+        return;
+    }
+    if let Some(last) = REPORTED.get_ptr_mut(gfn as u32) {
+        // SAFETY: a live element of the array; one vCPU thread reports at a time, and a lost
+        // race would only report a frame twice, which the daemon deduplicates anyway.
+        unsafe {
+            if *last == generation {
+                return;
+            }
+            *last = generation;
+        }
+    }
     count(Counter::Events);
     let event = TouchEvent {
         gfn,
@@ -94,7 +111,7 @@ fn read<T>(ctx: &TracePointContext, field: Field) -> Option<T> {
 /// `kvmmmu:kvm_mmu_set_spte`: KVM installed a mapping of a guest frame.
 #[tracepoint(category = "kvmmmu", name = "kvm_mmu_set_spte")]
 pub fn kvm_mmu_set_spte(ctx: TracePointContext) -> u32 {
-    if traced() {
+    if let Some(generation) = traced() {
         if let (Some(gfn), Some(spte)) = (
             read::<u64>(&ctx, SET_SPTE_GFN),
             read::<u64>(&ctx, SET_SPTE_SPTE),
@@ -107,7 +124,7 @@ pub fn kvm_mmu_set_spte(ctx: TracePointContext) -> u32 {
             } else {
                 0
             };
-            report(&ctx, gfn, Source::SetSpte, flags);
+            report(&ctx, generation, gfn, Source::SetSpte, flags);
         }
     }
     0
@@ -116,9 +133,9 @@ pub fn kvm_mmu_set_spte(ctx: TracePointContext) -> u32 {
 /// `kvm:kvm_page_fault`: on hardware-virtualized (TDP) hosts the address is a guest physical one.
 #[tracepoint(category = "kvm", name = "kvm_page_fault")]
 pub fn kvm_page_fault(ctx: TracePointContext) -> u32 {
-    if traced() {
+    if let Some(generation) = traced() {
         if let Some(gpa) = read::<u64>(&ctx, PAGE_FAULT_ADDRESS) {
-            report(&ctx, gpa >> 12, Source::PageFault, 0);
+            report(&ctx, generation, gpa >> 12, Source::PageFault, 0);
         }
     }
     0
@@ -127,9 +144,9 @@ pub fn kvm_page_fault(ctx: TracePointContext) -> u32 {
 /// `kvmmmu:fast_page_fault`: a fault fixed locklessly (TDP hosts: the address is physical).
 #[tracepoint(category = "kvmmmu", name = "fast_page_fault")]
 pub fn fast_page_fault(ctx: TracePointContext) -> u32 {
-    if traced() {
+    if let Some(generation) = traced() {
         if let Some(gpa) = read::<u64>(&ctx, FAST_PAGE_FAULT_GPA) {
-            report(&ctx, gpa >> 12, Source::FastPageFault, 0);
+            report(&ctx, generation, gpa >> 12, Source::FastPageFault, 0);
         }
     }
     0
@@ -138,13 +155,19 @@ pub fn fast_page_fault(ctx: TracePointContext) -> u32 {
 /// `kvm:kvm_dirty_ring_push`: a write, when the dirty ring is in use.
 #[tracepoint(category = "kvm", name = "kvm_dirty_ring_push")]
 pub fn kvm_dirty_ring_push(ctx: TracePointContext) -> u32 {
-    if traced() {
+    if let Some(generation) = traced() {
         if let (Some(slot), Some(offset)) = (
             read::<u32>(&ctx, DIRTY_RING_PUSH_SLOT),
             read::<u64>(&ctx, DIRTY_RING_PUSH_OFFSET),
         ) {
             if slot == RAM_SLOT {
-                report(&ctx, offset, Source::DirtyRingPush, touch_flags::WRITABLE);
+                report(
+                    &ctx,
+                    generation,
+                    offset,
+                    Source::DirtyRingPush,
+                    touch_flags::WRITABLE,
+                );
             }
         }
     }
@@ -156,13 +179,19 @@ pub fn kvm_dirty_ring_push(ctx: TracePointContext) -> u32 {
 /// table: that table's frame is part of the working set, though no mapping of it is installed.
 #[tracepoint(category = "kvmmmu", name = "kvm_mmu_paging_element")]
 pub fn kvm_mmu_paging_element(ctx: TracePointContext) -> u32 {
-    if traced() {
+    if let Some(generation) = traced() {
         if let (Some(pte), Some(level)) = (
             read::<u64>(&ctx, PAGING_ELEMENT_PTE),
             read::<u32>(&ctx, PAGING_ELEMENT_LEVEL),
         ) {
             if level >= 2 && pte & 1 != 0 && pte & PTE_LARGE == 0 {
-                report(&ctx, (pte & PTE_ADDRESS) >> 12, Source::PageWalk, 0);
+                report(
+                    &ctx,
+                    generation,
+                    (pte & PTE_ADDRESS) >> 12,
+                    Source::PageWalk,
+                    0,
+                );
             }
         }
     }
