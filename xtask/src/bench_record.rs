@@ -293,7 +293,7 @@ pub fn trace(json_out: Option<&Path>) -> Result<()> {
 
     // Event rate: pattern touches 32 frames per ~25 µs step, the densest access stream of the
     // workloads; stream touches whole memory sequentially.
-    println!("\n## Events the tracer sustains (default 1 MiB ring = 64 Ki events per interval)\n");
+    println!("\n## Events the tracer sustains (ring sized to guest RAM: one event per frame)\n");
     println!("| workload | interval | traced frames/interval | frames/s | intervals with drops |");
     println!("|---|---|---:|---:|---:|");
     let mut rows = Vec::new();
@@ -315,6 +315,8 @@ pub fn trace(json_out: Option<&Path>) -> Result<()> {
                 "1",
                 "--interval",
                 interval,
+                "--tracer",
+                "ebpf",
             ],
         )?;
         let ws = num(&s, &["recording", "mean_working_set"]);
