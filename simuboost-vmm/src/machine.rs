@@ -416,21 +416,33 @@ impl Machine {
     /// Appends the contents of frames `gfns` to `out`, 4 KiB each, in order.
     pub fn copy_frames(&self, gfns: impl Iterator<Item = u64>, out: &mut Vec<u8>) {
         let (base, size) = host_region(&self.memory);
-        for gfn in gfns {
-            let offset = gfn * simuboost_abi::PAGE_SIZE;
-            if offset >= size {
-                continue;
-            }
-            // SAFETY: [offset, offset + 4 KiB) lies inside the RAM mapping (checked above,
-            // RAM is a whole number of pages), and the guest is paused while the VMM runs,
-            // so nothing writes the frame during the copy.
-            let frame = unsafe {
+        let frames = size / simuboost_abi::PAGE_SIZE;
+        let mut copy_run = |first: u64, count: u64| {
+            // SAFETY: frames [first, first + count) lie inside the RAM mapping (callers pass
+            // only gfns below `frames`), and the guest is paused while the VMM runs, so nothing
+            // writes them during the copy.
+            let run = unsafe {
                 std::slice::from_raw_parts(
-                    base.add(offset as usize),
-                    simuboost_abi::PAGE_SIZE as usize,
+                    base.add((first * simuboost_abi::PAGE_SIZE) as usize),
+                    (count * simuboost_abi::PAGE_SIZE) as usize,
                 )
             };
-            out.extend_from_slice(frame);
+            out.extend_from_slice(run);
+        };
+        // One copy per run of consecutive frames: dirty sets are mostly runs.
+        let mut run: Option<(u64, u64)> = None;
+        for gfn in gfns.filter(|&g| g < frames) {
+            run = match run {
+                Some((first, count)) if first + count == gfn => Some((first, count + 1)),
+                Some((first, count)) => {
+                    copy_run(first, count);
+                    Some((gfn, 1))
+                }
+                None => Some((gfn, 1)),
+            };
+        }
+        if let Some((first, count)) = run {
+            copy_run(first, count);
         }
     }
 
