@@ -44,48 +44,36 @@ pub struct RecordConfig {
     pub progress: bool,
 }
 
-/// The working set of one interval, in first-touch order.
+/// The working set of one interval, in first-touch order: the traced frames, then frames the
+/// dirty log says were written without a traced mapping (none after re-arming, but the dirty log
+/// is the authority on writes), then the device's own accesses.
 fn access_log(
     traced: &[u64],
     guest_written: &DirtyBitmap,
     vmm_written: &DirtyBitmap,
 ) -> Vec<Access> {
-    let kind = |gfn: u64| {
-        if guest_written.contains(gfn) || vmm_written.contains(gfn) {
-            AccessKind::Write
-        } else {
-            AccessKind::Read
-        }
-    };
-    let mut seen: std::collections::HashSet<u64> = traced.iter().copied().collect();
-    let mut log: Vec<Access> = traced
+    let written = |gfn: u64| guest_written.contains(gfn) || vmm_written.contains(gfn);
+    let mut seen = std::collections::HashSet::new();
+    let mut log = Vec::with_capacity(traced.len());
+    let frames = traced
         .iter()
-        .map(|&gfn| (gfn, kind(gfn), AccessSource::Mmu))
-        .chain(
-            // Written through a mapping installed before the interval (none after re-arming,
-            // but the dirty log is the authority on writes), then the device's own accesses.
-            guest_written
-                .iter()
-                .filter(|g| seen.insert(*g))
-                .map(|g| (g, AccessKind::Write, AccessSource::Mmu))
-                .collect::<Vec<_>>(),
-        )
-        .chain(
-            vmm_written
-                .iter()
-                .filter(|g| seen.insert(*g))
-                .map(|g| (g, AccessKind::Write, AccessSource::Dma))
-                .collect::<Vec<_>>(),
-        )
-        .enumerate()
-        .map(|(order, (gfn, kind, source))| Access {
-            gfn,
-            kind,
-            source,
-            first_touch: order as u32,
-        })
-        .collect();
-    log.shrink_to_fit();
+        .map(|&gfn| (gfn, AccessSource::Mmu))
+        .chain(guest_written.iter().map(|gfn| (gfn, AccessSource::Mmu)))
+        .chain(vmm_written.iter().map(|gfn| (gfn, AccessSource::Dma)));
+    for (gfn, source) in frames {
+        if seen.insert(gfn) {
+            log.push(Access {
+                gfn,
+                kind: if written(gfn) {
+                    AccessKind::Write
+                } else {
+                    AccessKind::Read
+                },
+                source,
+                first_touch: log.len() as u32,
+            });
+        }
+    }
     log
 }
 
@@ -98,6 +86,9 @@ pub enum RecordError {
     /// The writer thread stopped.
     #[error("the checkpoint writer stopped unexpectedly")]
     WriterGone,
+    /// The tracer failed.
+    #[error("access tracing failed: {0}")]
+    Trace(#[from] crate::trace::TraceError),
     /// The machine failed while a checkpoint was taken.
     #[error("taking a checkpoint failed: {0}")]
     Machine(String),
@@ -326,18 +317,14 @@ impl Recorder {
             // Nothing has run yet, but start the dirty tracking from a clean slate.
             machine.take_dirty().map_err(machine_err)?;
             if let Some(tracer) = &mut self.tracer {
-                tracer
-                    .drain(&mut traced, &mut Default::default())
-                    .map_err(|e| RecordError::Machine(e.to_string()))?;
+                tracer.drain(&mut traced)?;
             }
             (frames, 0, 0, None)
         } else {
             machine.complete_pending_exit().map_err(machine_err)?;
             // The guest is paused: every event in the ring belongs to the interval just ended.
             if let Some(tracer) = &mut self.tracer {
-                drops = tracer
-                    .drain(&mut traced, &mut Default::default())
-                    .map_err(|e| RecordError::Machine(e.to_string()))?;
+                drops = tracer.drain(&mut traced)?;
             }
             let (guest, mut vmm) = machine.take_dirty().map_err(machine_err)?;
             let access = self

@@ -13,8 +13,8 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use simuboost_common::{
-    Counter, Field, Source, TouchEvent, TraceConfig, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP,
-    PROGRAMS, REPORTED_MAP, TOUCH_EVENT_SIZE,
+    Counter, Source, TraceConfig, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, PROGRAMS, REPORTED_MAP,
+    TOUCH_EVENT_SIZE,
 };
 
 /// The eBPF object, built from simuboost-ebpf by this crate's build script.
@@ -142,8 +142,7 @@ impl Tracer {
         for (program, category, event, fields) in PROGRAMS {
             let mut exists = true;
             for &(f_category, f_event, field, offset, size) in fields.iter() {
-                let field_spec: Field = (f_category, f_event, field, offset, size);
-                match field_layout(field_spec.0, field_spec.1, field_spec.2) {
+                match field_layout(f_category, f_event, field) {
                     None => exists = false,
                     Some(Some((o, s))) if o == offset && s == size => {}
                     Some(found) => {
@@ -247,26 +246,19 @@ impl Tracer {
     /// Moves every event in the ring into `frames` (first-touch order, without repeats), starts
     /// the next interval's generation (so every frame is reported once again), and returns how
     /// many events were lost since the last call. Call it while the guest is paused.
-    pub fn drain(
-        &mut self,
-        frames: &mut Vec<u64>,
-        seen: &mut HashSet<u64>,
-    ) -> Result<u64, TraceError> {
+    pub fn drain(&mut self, frames: &mut Vec<u64>) -> Result<u64, TraceError> {
+        // The programs report a frame once per interval; this only guards against the rare
+        // double report of a lost race on the generation array.
+        let mut seen = HashSet::new();
         while let Some(item) = self.events.next() {
-            if item.len() < TOUCH_EVENT_SIZE {
+            // A `TouchEvent`: gfn (u64) at 0, source (u32) at 8, flags (u32) at 12.
+            let (Some(gfn), Some(source)) = (item.get(0..8), item.get(8..12)) else {
                 continue;
-            }
-            let mut gfn = [0u8; 8];
-            gfn.copy_from_slice(&item[0..8]);
-            let mut source = [0u8; 4];
-            source.copy_from_slice(&item[8..12]);
-            let event = TouchEvent {
-                gfn: u64::from_ne_bytes(gfn),
-                source: u32::from_ne_bytes(source),
-                flags: 0,
             };
-            if Source::from_raw(event.source).is_some() && seen.insert(event.gfn) {
-                frames.push(event.gfn);
+            let gfn = u64::from_ne_bytes(gfn.try_into().unwrap_or_default());
+            let source = u32::from_ne_bytes(source.try_into().unwrap_or_default());
+            if Source::from_raw(source).is_some() && seen.insert(gfn) {
+                frames.push(gfn);
             }
         }
         if let Some(logger) = &mut self.logger {

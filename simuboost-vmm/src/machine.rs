@@ -371,11 +371,6 @@ impl Machine {
         self.guest_exits
     }
 
-    /// Whether someone asked the guest to stop.
-    pub fn stop_requested(&self) -> bool {
-        self.control.stop.load(Ordering::Relaxed)
-    }
-
     /// Retires the instruction of the last exit (see [`Vcpu::complete_pending_exit`]); call it
     /// before saving state at an exit.
     pub fn complete_pending_exit(&mut self) -> Result<(), MachineError> {
@@ -456,16 +451,6 @@ impl Machine {
         self.boot_config
             .mem_bytes
             .saturating_sub(simuboost_abi::arena_start(self.boot_config.free_start))
-    }
-
-    /// Guest RAM.
-    pub fn memory(&self) -> &GuestMemory {
-        &self.memory
-    }
-
-    /// The VM.
-    pub fn vm(&self) -> &Vm {
-        &self.vm
     }
 
     /// Runs the guest until it exits. `deadline`, if set, asks the guest to stop once that much

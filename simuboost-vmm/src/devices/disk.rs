@@ -202,11 +202,6 @@ impl Disk {
         self.header.map_or(0, |h| h.data_bytes)
     }
 
-    /// The image's header, if it has one.
-    pub fn header(&self) -> Option<DiskHeader> {
-        self.header
-    }
-
     /// The image's path.
     pub fn path(&self) -> &Path {
         &self.path

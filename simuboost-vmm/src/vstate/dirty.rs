@@ -147,11 +147,6 @@ impl DirtyBitmap {
     pub fn clear(&mut self) {
         self.words.fill(0);
     }
-
-    /// The raw words.
-    pub fn words(&self) -> &[u64] {
-        &self.words
-    }
 }
 
 /// Something that reports the frames the guest wrote since it was last asked.

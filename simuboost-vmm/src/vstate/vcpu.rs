@@ -325,11 +325,6 @@ impl Vcpu {
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
     }
-
-    /// Sets or clears `immediate_exit`, so that a pending kick makes the next `KVM_RUN` return.
-    pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(u8::from(on));
-    }
 }
 
 /// A register dump, printed when the guest crashes.

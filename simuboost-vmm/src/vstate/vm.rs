@@ -56,7 +56,6 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
-    mem_bytes: u64,
 }
 
 impl Vm {
@@ -90,7 +89,7 @@ impl Vm {
         // SAFETY: `host..host+mem_bytes` is a live mapping owned by `memory`, which the caller
         // keeps alive for as long as the VM exists (Machine owns both and drops the VM first).
         unsafe { fd.set_user_memory_region(region) }.map_err(ioctl("set memory region"))?;
-        Ok(Vm { kvm, fd, mem_bytes })
+        Ok(Vm { kvm, fd })
     }
 
     /// Creates vCPU 0, configured to enter the guest at `entry` in 64-bit mode.
@@ -99,11 +98,6 @@ impl Vm {
         let vcpu = Vcpu::new(fd);
         vcpu.configure(&self.kvm, entry)?;
         Ok(vcpu)
-    }
-
-    /// Size of guest RAM in bytes.
-    pub fn mem_bytes(&self) -> u64 {
-        self.mem_bytes
     }
 
     /// The VM file descriptor, for the subsystems that add to the VM (dirty log, tracing).
