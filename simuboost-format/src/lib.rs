@@ -8,11 +8,13 @@
 //! - [`RunWriter`] is used by the recorder (simuboost-daemon): one call per checkpoint does the
 //!   hashing, dedup, appends, tables, fsyncs and manifest update.
 //! - [`Run`] is used by replay and tests: it opens a run, reads states, events and intervals,
-//!   builds the page map as of any checkpoint and reconstructs memory.
+//!   builds the page map (slot and content hash of every page) as of any checkpoint and
+//!   reconstructs memory; [`PageStore`] reads pages and verifies them against those hashes.
 //!
 //! The guiding rules: readers trust only the manifest (never directory listings), a checkpoint
 //! becomes visible only after all its data is durable, and every read is validated so that a
-//! damaged run yields an error naming the file, never a panic or wrong memory.
+//! damaged run yields an error naming the file, never a panic or wrong memory (page contents
+//! are checked against their xxh3-128 hashes as they are read).
 //!
 //! ```no_run
 //! use simuboost_format::*;
@@ -27,13 +29,14 @@
 //! w.write_checkpoint(&state, CheckpointPages { gfns: &gfns, contents: &memory }, None, &[], None, None)?;
 //! w.finish(Some(0), "guest exit")?;
 //!
-//! // Replay: the newest version of every page as of checkpoint 0, read by slot.
+//! // Replay: the newest version of every page as of checkpoint 0, read by slot and checked
+//! // against its hash.
 //! let run = Run::open(dir)?;
 //! let map = run.page_map(0)?;
 //! let store = run.page_store()?;
 //! let mut page = vec![0u8; PAGE_SIZE];
-//! if let Some(slot) = map.get(0x100) {
-//!     store.read_page(slot, &mut page)?;
+//! if let Some((slot, hash)) = map.entry(0x100) {
+//!     store.read_page_verified(slot, hash, 0x100, &mut page)?;
 //! }
 //! # Ok(())
 //! # }
@@ -61,7 +64,9 @@ pub use writer::{RunWriter, DEFAULT_CONSOLIDATE_EVERY};
 
 /// Version of the format written by this crate. Readers reject any other version: the format
 /// changes by bumping this number, never silently.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2: consolidated page maps carry each page's hash, and readers verify page contents.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Guest page size; pages.bin slots are this large.
 pub const PAGE_SIZE: usize = 4096;

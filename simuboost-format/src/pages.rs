@@ -139,29 +139,123 @@ impl PageStore {
         assert_eq!(out.len(), slots.len() * PAGE_SIZE, "read_pages buffer size");
         let mut i = 0;
         while i < slots.len() {
-            let mut n = 1;
-            while i + n < slots.len() && slots[i + n] == slots[i].wrapping_add(n as u64) {
-                n += 1;
-            }
+            let n = run_len(&slots[i..]);
             self.read_run(slots[i], &mut out[i * PAGE_SIZE..(i + n) * PAGE_SIZE])?;
             i += n;
         }
         Ok(())
     }
+
+    /// [`PageStore::read_pages`], then checks each page against its expected hash: page i must
+    /// hash ([`page_hash`]) to `hashes[i]`. `gfns[i]` is the guest frame the page is read for,
+    /// only used to name it in the error. A mismatch is [`FormatError::Corrupt`] naming
+    /// pages.bin, the slot and the gfn.
+    ///
+    /// # Panics
+    /// If `slots`, `hashes` and `gfns` differ in length or `out.len() != slots.len() * PAGE_SIZE`.
+    pub fn read_pages_verified(
+        &self,
+        slots: &[u64],
+        hashes: &[u128],
+        gfns: &[u64],
+        out: &mut [u8],
+    ) -> Result<(), FormatError> {
+        assert!(
+            hashes.len() == slots.len() && gfns.len() == slots.len(),
+            "read_pages_verified: {} slots, {} hashes, {} gfns",
+            slots.len(),
+            hashes.len(),
+            gfns.len()
+        );
+        assert_eq!(
+            out.len(),
+            slots.len() * PAGE_SIZE,
+            "read_pages_verified buffer size"
+        );
+        let mut i = 0;
+        while i < slots.len() {
+            let n = run_len(&slots[i..]);
+            let run = &mut out[i * PAGE_SIZE..(i + n) * PAGE_SIZE];
+            self.read_run(slots[i], run)?;
+            // Hashed right after the read, while the run is still in cache.
+            for (k, page) in run.chunks_exact(PAGE_SIZE).enumerate() {
+                self.verify_page(slots[i + k], hashes[i + k], gfns[i + k], page)?;
+            }
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// [`PageStore::read_page`], then checks that the page hashes to `hash`; see
+    /// [`PageStore::read_pages_verified`].
+    ///
+    /// # Panics
+    /// If `out.len() != PAGE_SIZE`.
+    pub fn read_page_verified(
+        &self,
+        slot: u64,
+        hash: u128,
+        gfn: u64,
+        out: &mut [u8],
+    ) -> Result<(), FormatError> {
+        self.read_page(slot, out)?;
+        self.verify_page(slot, hash, gfn, out)
+    }
+
+    /// Checks that `page`, read from `slot` for `gfn` (e.g. through an mmap of
+    /// [`PageStore::file`]), hashes to `hash`, the hash the page tables give it.
+    #[inline]
+    pub fn verify_page(
+        &self,
+        slot: u64,
+        hash: u128,
+        gfn: u64,
+        page: &[u8],
+    ) -> Result<(), FormatError> {
+        let found = page_hash(page);
+        if found == hash {
+            Ok(())
+        } else {
+            Err(self.hash_mismatch(slot, gfn, found, hash))
+        }
+    }
+
+    #[cold]
+    fn hash_mismatch(&self, slot: u64, gfn: u64, found: u128, expected: u128) -> FormatError {
+        FormatError::corrupt(
+            &self.path,
+            format!(
+                "slot {slot} (gfn {gfn:#x}) has hash {found:032x}, the page tables say \
+                 {expected:032x}"
+            ),
+        )
+    }
+}
+
+/// Length of the run of consecutive slots at the start of `slots` (at least 1 if non-empty).
+fn run_len(slots: &[u64]) -> usize {
+    let mut n = 1;
+    while n < slots.len() && slots[n] == slots[0].wrapping_add(n as u64) {
+        n += 1;
+    }
+    n
 }
 
 /// Sentinel for "this page is zero" in the dense map.
 const ZERO: u64 = u64::MAX;
 
-/// gfn → slot of every non-zero page at one checkpoint.
+/// gfn → slot and content hash of every non-zero page at one checkpoint.
 ///
-/// Dense: one u64 per guest page (8 MiB for a 4 GiB guest), `u64::MAX` meaning zero. Lookups
-/// are a single index, overlays are a single store, and iteration in gfn order is a linear scan,
-/// which beats a sorted vector or a hash map for the sizes here (every guest page is a
-/// candidate key).
+/// Dense: per guest page one u64 slot (`u64::MAX` meaning zero) and, in a parallel vector, its
+/// u128 xxh3 hash (0 for a zero page, never read): 24 bytes per guest page, 96 MiB for a 4 GiB
+/// guest. Lookups are a single index, overlays are a single store, and iteration in gfn order
+/// is a linear scan, which beats a sorted vector or a hash map for the sizes here (every guest
+/// page is a candidate key). Two vectors rather than one of pairs because a `(u64, u128)` pads
+/// to 32 bytes, and `get`/`runs` only touch the slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageMap {
     slots: Vec<u64>,
+    hashes: Vec<u128>,
     len: usize,
 }
 
@@ -170,6 +264,7 @@ impl PageMap {
     pub fn new(mem_pages: u64) -> PageMap {
         PageMap {
             slots: vec![ZERO; mem_pages as usize],
+            hashes: vec![0; mem_pages as usize],
             len: 0,
         }
     }
@@ -179,6 +274,23 @@ impl PageMap {
     pub fn get(&self, gfn: u64) -> Option<u64> {
         match self.slots.get(usize::try_from(gfn).ok()?) {
             Some(&s) if s != ZERO => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The xxh3-128 hash of `gfn`'s contents (see [`page_hash`]), or `None` if the page is zero
+    /// (or beyond guest memory).
+    #[inline]
+    pub fn hash(&self, gfn: u64) -> Option<u128> {
+        self.entry(gfn).map(|(_, h)| h)
+    }
+
+    /// `(slot, hash)` of `gfn`, or `None` if the page is zero (or beyond guest memory).
+    #[inline]
+    pub fn entry(&self, gfn: u64) -> Option<(u64, u128)> {
+        let i = usize::try_from(gfn).ok()?;
+        match self.slots.get(i) {
+            Some(&s) if s != ZERO => Some((s, self.hashes[i])),
             _ => None,
         }
     }
@@ -207,6 +319,16 @@ impl PageMap {
             .map(|(g, &s)| (g as u64, s))
     }
 
+    /// `(gfn, slot, hash)` of every non-zero page, gfns ascending.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, u64, u128)> + '_ {
+        self.slots
+            .iter()
+            .zip(&self.hashes)
+            .enumerate()
+            .filter(|(_, (&s, _))| s != ZERO)
+            .map(|(g, (&s, &h))| (g as u64, s, h))
+    }
+
     /// Maximal runs where both gfn and slot advance by one: `(first gfn, first slot, pages)`.
     /// Each run can be restored with one `pread` straight into guest memory.
     pub fn runs(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
@@ -224,13 +346,22 @@ impl PageMap {
         })
     }
 
-    /// Sets `gfn` to `slot` (`None` = zero), returning the previous value. `gfn` must be below
-    /// [`PageMap::mem_pages`]; callers validate it first.
-    pub(crate) fn set(&mut self, gfn: u64, slot: Option<u64>) -> Option<u64> {
-        let entry = &mut self.slots[gfn as usize];
-        let old = (*entry != ZERO).then_some(*entry);
-        *entry = slot.unwrap_or(ZERO);
-        match (old.is_some(), slot.is_some()) {
+    /// Hashes of the `pages` pages from `gfn` on, e.g. of a run from [`PageMap::runs`] (the
+    /// entries of zero pages among them are 0). The range must be inside the map.
+    pub(crate) fn run_hashes(&self, gfn: u64, pages: u64) -> &[u128] {
+        &self.hashes[gfn as usize..(gfn + pages) as usize]
+    }
+
+    /// Sets `gfn` to `(slot, hash)` (`None` = zero), returning the previous entry. `gfn` must be
+    /// below [`PageMap::mem_pages`]; callers validate it first.
+    pub(crate) fn set(&mut self, gfn: u64, entry: Option<(u64, u128)>) -> Option<(u64, u128)> {
+        let i = gfn as usize;
+        let old = (self.slots[i] != ZERO).then(|| (self.slots[i], self.hashes[i]));
+        // A zero page's hash is reset too, so equal maps compare equal.
+        let (slot, hash) = entry.unwrap_or((ZERO, 0));
+        self.slots[i] = slot;
+        self.hashes[i] = hash;
+        match (old.is_some(), entry.is_some()) {
             (false, true) => self.len += 1,
             (true, false) => self.len -= 1,
             _ => {}
@@ -259,18 +390,39 @@ mod tests {
     fn page_map_runs_and_len() {
         let mut m = PageMap::new(16);
         for (g, s) in [(1, 10), (2, 11), (3, 12), (5, 13), (6, 2), (15, 3)] {
-            m.set(g, Some(s));
+            m.set(g, Some((s, u128::from(s) << 64 | 0xab)));
         }
         assert_eq!(m.len(), 6);
         assert_eq!(
             m.runs().collect::<Vec<_>>(),
             vec![(1, 10, 3), (5, 13, 1), (6, 2, 1), (15, 3, 1)]
         );
-        assert_eq!(m.set(2, None), Some(11));
+        assert_eq!(m.set(2, None), Some((11, 11 << 64 | 0xab)));
         assert_eq!(m.set(2, None), None);
         assert_eq!(m.len(), 5);
         assert_eq!(m.get(2), None);
+        assert_eq!(m.hash(2), None);
         assert_eq!(m.get(3), Some(12));
+        assert_eq!(m.hash(3), Some(12 << 64 | 0xab));
+        assert_eq!(m.entry(15), Some((3, 3 << 64 | 0xab)));
         assert_eq!(m.get(1 << 40), None);
+        assert_eq!(m.entry(1 << 40), None);
+        assert_eq!(
+            m.entries()
+                .map(|(g, s, h)| (g, s, h as u8))
+                .collect::<Vec<_>>(),
+            vec![
+                (1, 10, 0xab),
+                (3, 12, 0xab),
+                (5, 13, 0xab),
+                (6, 2, 0xab),
+                (15, 3, 0xab)
+            ]
+        );
+        // Clearing resets the hash: a map built the other way round is equal.
+        let mut other = m.clone();
+        other.set(4, Some((9, 1)));
+        other.set(4, None);
+        assert_eq!(other, m);
     }
 }

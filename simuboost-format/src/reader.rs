@@ -130,8 +130,7 @@ impl Run {
             &layout::checkpoint_table(&self.dir, checkpoint),
             checkpoint,
             self.limits(),
-            true,
-            |g, s, h| rows.push((g, s, h)),
+            |g, entry| rows.push((g, entry.map(|e| e.0), entry.map(|e| e.1))),
         )?;
         Ok(rows)
     }
@@ -142,10 +141,11 @@ impl Run {
         checkpoint - checkpoint % self.manifest.consolidate_every
     }
 
-    /// The page map as of `checkpoint`: gfn → slot of every non-zero page. Reads the
-    /// consolidated map at [`Run::consolidation_base`] and overlays the page tables of the
-    /// checkpoints after it, so the cost is bounded by `consolidate_every` files whatever
-    /// `checkpoint` is.
+    /// The page map as of `checkpoint`: gfn → slot and content hash of every non-zero page.
+    /// Reads the consolidated map at [`Run::consolidation_base`] and overlays the page tables of
+    /// the checkpoints after it, so the cost is bounded by `consolidate_every` files whatever
+    /// `checkpoint` is. Read pages with [`PageStore::read_pages_verified`] and the map's hashes
+    /// so a damaged pages.bin is reported rather than loaded.
     pub fn page_map(&self, checkpoint: u64) -> Result<PageMap, FormatError> {
         self.check_checkpoint(checkpoint)?;
         let limits = self.limits();
@@ -162,9 +162,8 @@ impl Run {
                 &layout::checkpoint_table(&self.dir, c),
                 c,
                 limits,
-                false,
-                |gfn, slot, _| {
-                    map.set(gfn, slot);
+                |gfn, entry| {
+                    map.set(gfn, entry);
                 },
             )?;
         }
@@ -178,7 +177,8 @@ impl Run {
 
     /// Reconstructs guest memory as of `checkpoint` into `out`, which must be `mem_bytes` long.
     /// `out` is zero-filled first; runs of pages that are consecutive in both gfn and slot are
-    /// read with one `pread` straight into place.
+    /// read with one `pread` straight into place, then every page is checked against its hash
+    /// in the page map (a mismatch is [`FormatError::Corrupt`] naming pages.bin).
     pub fn reconstruct_memory(&self, checkpoint: u64, out: &mut [u8]) -> Result<(), FormatError> {
         if out.len() as u64 != self.manifest.meta.mem_bytes {
             return Err(FormatError::invalid(format!(
@@ -192,7 +192,13 @@ impl Run {
         out.fill(0);
         for (gfn, slot, pages) in map.runs() {
             let start = gfn as usize * PAGE_SIZE;
-            store.read_run(slot, &mut out[start..start + pages as usize * PAGE_SIZE])?;
+            let run = &mut out[start..start + pages as usize * PAGE_SIZE];
+            store.read_run(slot, run)?;
+            let hashes = map.run_hashes(gfn, pages);
+            for (k, (page, &hash)) in run.chunks_exact(PAGE_SIZE).zip(hashes).enumerate() {
+                let k = k as u64;
+                store.verify_page(slot + k, hash, gfn + k, page)?;
+            }
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use arrow_array::{
     Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray, ListArray, RecordBatch,
     StringArray, StructArray, UInt32Array, UInt64Array,
 };
-use arrow_buffer::OffsetBuffer;
+use arrow_buffer::{Buffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -45,6 +45,9 @@ const READ_BATCH: usize = 64 * 1024;
 // ---------------------------------------------------------------------------------------------
 // Schemas
 
+/// Width of a `hash` column value: an xxh3-128, big-endian.
+const HASH_BYTES: i32 = 16;
+
 fn u64_field(name: &str) -> Field {
     Field::new(name, DataType::UInt64, false)
 }
@@ -56,16 +59,18 @@ pub(crate) fn checkpoint_schema() -> SchemaRef {
         u64_field("checkpoint"),
         u64_field("gfn"),
         Field::new("slot", DataType::UInt64, true),
-        Field::new("hash", DataType::FixedSizeBinary(16), true),
+        Field::new("hash", DataType::FixedSizeBinary(HASH_BYTES), true),
     ]))
 }
 
-/// `pagemaps/ckpt-N.parquet`: every non-zero page as of checkpoint N, sorted by gfn.
+/// `pagemaps/ckpt-N.parquet`: every non-zero page as of checkpoint N, sorted by gfn, with the
+/// hash of its contents (same encoding as the checkpoint tables' `hash`, but never null).
 pub(crate) fn pagemap_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         u64_field("checkpoint"),
         u64_field("gfn"),
         u64_field("slot"),
+        Field::new("hash", DataType::FixedSizeBinary(HASH_BYTES), false),
     ]))
 }
 
@@ -236,11 +241,11 @@ pub(crate) fn write_checkpoint_table(
     let schema = checkpoint_schema();
     let hashes = FixedSizeBinaryArray::try_from_sparse_iter_with_size(
         rows.iter().map(|r| r.hash.map(u128::to_be_bytes)),
-        16,
+        HASH_BYTES,
     );
     // try_from_sparse_iter_with_size cannot infer a length from an empty iterator.
     let hashes = if rows.is_empty() {
-        FixedSizeBinaryArray::new_null(16, 0)
+        FixedSizeBinaryArray::new_null(HASH_BYTES, 0)
     } else {
         hashes.map_err(|e| FormatError::arrow(path, e))?
     };
@@ -260,11 +265,23 @@ pub(crate) fn write_pagemap_table(
     map: &PageMap,
 ) -> Result<u64, FormatError> {
     let schema = pagemap_schema();
-    let (gfns, slots): (Vec<u64>, Vec<u64>) = map.iter().unzip();
+    let mut gfns = Vec::with_capacity(map.len());
+    let mut slots = Vec::with_capacity(map.len());
+    // The hash column's values buffer directly: no per-row allocation, and it works for an
+    // empty map, which the iterator constructors of FixedSizeBinaryArray cannot size.
+    let mut hashes = Vec::with_capacity(map.len() * HASH_BYTES as usize);
+    for (gfn, slot, hash) in map.entries() {
+        gfns.push(gfn);
+        slots.push(slot);
+        hashes.extend_from_slice(&hash.to_be_bytes());
+    }
+    let hashes = FixedSizeBinaryArray::try_new(HASH_BYTES, Buffer::from_vec(hashes), None)
+        .map_err(|e| FormatError::arrow(path, e))?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from(vec![checkpoint; gfns.len()])),
         Arc::new(UInt64Array::from(gfns)),
         Arc::new(UInt64Array::from(slots)),
+        Arc::new(hashes),
     ];
     let b = batch(path, schema.clone(), columns)?;
     write_table(path, schema, &[b], Kind::PageTable)
@@ -523,6 +540,26 @@ impl<'a> Cols<'a> {
         self.get::<BinaryArray>(name, "Binary")
     }
 
+    /// A `hash` column: FixedSizeBinary of exactly [`HASH_BYTES`], NULL-free unless `nullable`.
+    fn hashes(&self, name: &str, nullable: bool) -> Result<&'a FixedSizeBinaryArray, FormatError> {
+        const TYPE: &str = "FixedSizeBinary(16)";
+        let h = if nullable {
+            self.get::<FixedSizeBinaryArray>(name, TYPE)?
+        } else {
+            self.required::<FixedSizeBinaryArray>(name, TYPE)?
+        };
+        if h.value_length() != HASH_BYTES {
+            return Err(FormatError::corrupt(
+                self.path,
+                format!(
+                    "column `{name}` is {} bytes wide, expected {HASH_BYTES}",
+                    h.value_length()
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
     /// Checks that the `column` (`checkpoint` or `interval`) holds `expected` in every row.
     fn check_number(&self, column: &str, expected: u64) -> Result<(), FormatError> {
         if let Some(bad) = self.u64s(column)?.iter().find(|&&v| v != expected) {
@@ -568,21 +605,23 @@ impl PageLimits {
     }
 }
 
-/// Reads a checkpoint's page table, calling `f(gfn, slot, hash)` per row in file order. The
-/// hash column is only decoded when `with_hash` is set (overlays do not need it).
+/// Value `i` of a `hash` column checked by [`Cols::hashes`] (big-endian).
+fn hash_at(h: &FixedSizeBinaryArray, i: usize) -> u128 {
+    let mut b = [0u8; HASH_BYTES as usize];
+    b.copy_from_slice(h.value(i));
+    u128::from_be_bytes(b)
+}
+
+/// Reads a checkpoint's page table, calling `f(gfn, entry)` per row in file order, where `entry`
+/// is `Some((slot, hash))` for a non-zero page and `None` for a zero one. A row with a slot but
+/// no hash, or a hash but no slot, is corrupt: the writer sets both or neither.
 pub(crate) fn read_checkpoint_table(
     path: &Path,
     checkpoint: u64,
     limits: PageLimits,
-    with_hash: bool,
-    mut f: impl FnMut(u64, Option<u64>, Option<u128>),
+    mut f: impl FnMut(u64, Option<(u64, u128)>),
 ) -> Result<(), FormatError> {
-    let columns: &[&str] = if with_hash {
-        &["checkpoint", "gfn", "slot", "hash"]
-    } else {
-        &["checkpoint", "gfn", "slot"]
-    };
-    for batch in read_batches(path, Some(columns))? {
+    for batch in read_batches(path, Some(&["checkpoint", "gfn", "slot", "hash"]))? {
         let cols = Cols {
             batch: &batch,
             path,
@@ -590,33 +629,29 @@ pub(crate) fn read_checkpoint_table(
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;
         let slots = cols.opt_u64s("slot")?;
-        let hashes = if with_hash {
-            let h = cols.get::<FixedSizeBinaryArray>("hash", "FixedSizeBinary(16)")?;
-            if h.value_length() != 16 {
-                return Err(FormatError::corrupt(
-                    path,
-                    format!(
-                        "column `hash` is {} bytes wide, expected 16",
-                        h.value_length()
-                    ),
-                ));
-            }
-            Some(h)
-        } else {
-            None
-        };
+        let hashes = cols.hashes("hash", true)?;
         for (i, &gfn) in gfns.iter().enumerate() {
             let slot = slots.is_valid(i).then(|| slots.value(i));
             limits.check(path, gfn, slot)?;
-            let hash = match hashes {
-                Some(h) if h.is_valid(i) => {
-                    let mut b = [0u8; 16];
-                    b.copy_from_slice(h.value(i));
-                    Some(u128::from_be_bytes(b))
+            let entry = match (slot, hashes.is_valid(i)) {
+                (Some(slot), true) => Some((slot, hash_at(hashes, i))),
+                (None, false) => None,
+                (Some(slot), false) => {
+                    return Err(FormatError::corrupt(
+                        path,
+                        format!("gfn {gfn:#x} has slot {slot} but a NULL hash"),
+                    ))
                 }
-                _ => None,
+                (None, true) => {
+                    return Err(FormatError::corrupt(
+                        path,
+                        format!(
+                            "gfn {gfn:#x} has a hash but a NULL slot (a zero page has neither)"
+                        ),
+                    ))
+                }
             };
-            f(gfn, slot, hash);
+            f(gfn, entry);
         }
     }
     Ok(())
@@ -637,9 +672,10 @@ pub(crate) fn read_pagemap_table(
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;
         let slots = cols.u64s("slot")?;
-        for (&gfn, &slot) in gfns.iter().zip(slots) {
+        let hashes = cols.hashes("hash", false)?;
+        for (i, (&gfn, &slot)) in gfns.iter().zip(slots).enumerate() {
             limits.check(path, gfn, Some(slot))?;
-            if map.set(gfn, Some(slot)).is_some() {
+            if map.set(gfn, Some((slot, hash_at(hashes, i)))).is_some() {
                 return Err(FormatError::corrupt(
                     path,
                     format!("gfn {gfn:#x} appears twice"),
@@ -920,6 +956,124 @@ mod tests {
         let e = read_interval_table(&path, 4).unwrap_err();
         assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains("dropped 9 events"), "{e}");
+    }
+
+    const LIMITS: PageLimits = PageLimits {
+        mem_pages: 64,
+        page_slots: 100,
+    };
+
+    /// A consolidated page map comes back with the same slots and hashes, empty or not.
+    #[test]
+    fn pagemap_round_trip_includes_hashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ckpt-000004.parquet");
+        let mut map = PageMap::new(LIMITS.mem_pages);
+        for (gfn, slot) in [(0, 7), (1, 8), (5, 7), (63, 99)] {
+            // Distinct bytes at both ends, to catch a byte-order mistake.
+            let hash = u128::from_be_bytes(std::array::from_fn(|i| (gfn * 16 + i as u64) as u8));
+            map.set(gfn, Some((slot, hash)));
+        }
+        for m in [map, PageMap::new(LIMITS.mem_pages)] {
+            write_pagemap_table(&path, 4, &m).unwrap();
+            let mut back = PageMap::new(LIMITS.mem_pages);
+            read_pagemap_table(&path, 4, LIMITS, &mut back).unwrap();
+            assert_eq!(back, m);
+        }
+        // Big-endian in the file: the first byte of the value is the hash's top byte.
+        let mut map = PageMap::new(LIMITS.mem_pages);
+        map.set(3, Some((1, 0xaa << 120 | 0xbb)));
+        write_pagemap_table(&path, 4, &map).unwrap();
+        let b = &read_batches(&path, Some(&["hash"])).unwrap()[0];
+        let h = b.column(0).as_any().downcast_ref::<FixedSizeBinaryArray>();
+        let v = h.unwrap().value(0);
+        assert_eq!((v[0], v[15]), (0xaa, 0xbb));
+    }
+
+    fn write_pagemap_with_hash(path: &Path, hash: ArrayRef) {
+        let schema = Arc::new(Schema::new(vec![
+            u64_field("checkpoint"),
+            u64_field("gfn"),
+            u64_field("slot"),
+            Field::new("hash", hash.data_type().clone(), true),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(vec![0, 0])),
+            Arc::new(UInt64Array::from(vec![1, 2])),
+            Arc::new(UInt64Array::from(vec![3, 4])),
+            hash,
+        ];
+        let b = batch(path, schema.clone(), columns).unwrap();
+        write_table(path, schema, &[b], Kind::PageTable).unwrap();
+    }
+
+    /// A pagemap hash column of the wrong width, or with NULLs, is corrupt, naming the file.
+    #[test]
+    fn bad_pagemap_hashes_are_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ckpt-000000.parquet");
+        let cases: [(ArrayRef, &str); 3] = [
+            (
+                Arc::new(
+                    FixedSizeBinaryArray::try_from_iter([[1u8; 8], [2u8; 8]].into_iter()).unwrap(),
+                ),
+                "8 bytes wide, expected 16",
+            ),
+            (
+                Arc::new(
+                    FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+                        [Some([1u8; 16]), None].into_iter(),
+                        16,
+                    )
+                    .unwrap(),
+                ),
+                "1 NULLs",
+            ),
+            (
+                Arc::new(BinaryArray::from_iter_values([[1u8; 16], [2u8; 16]])),
+                "expected FixedSizeBinary(16)",
+            ),
+        ];
+        for (hash, msg) in cases {
+            write_pagemap_with_hash(&path, hash);
+            let mut map = PageMap::new(LIMITS.mem_pages);
+            let e = read_pagemap_table(&path, 0, LIMITS, &mut map).unwrap_err();
+            assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(msg), "{msg}: {e}");
+            assert!(e.to_string().contains("`hash`"), "{e}");
+            assert_eq!(e.path(), Some(path.as_path()));
+        }
+    }
+
+    /// In a checkpoint's page table a slot comes with a hash and NULL with NULL; anything else
+    /// is corrupt, naming the file and the gfn.
+    #[test]
+    fn checkpoint_rows_need_slot_and_hash_together() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ckpt-000002.parquet");
+        let row = |gfn, slot, hash| PageRow { gfn, slot, hash };
+        let good = [row(1, Some(3), Some(7u128 << 100)), row(2, None, None)];
+        write_checkpoint_table(&path, 2, &good).unwrap();
+        let mut got = Vec::new();
+        read_checkpoint_table(&path, 2, LIMITS, |g, e| got.push((g, e))).unwrap();
+        assert_eq!(got, vec![(1, Some((3, 7u128 << 100))), (2, None)]);
+
+        for (bad, msg) in [
+            (
+                row(0x2a, Some(3), None),
+                "gfn 0x2a has slot 3 but a NULL hash",
+            ),
+            (
+                row(0x2b, None, Some(1)),
+                "gfn 0x2b has a hash but a NULL slot",
+            ),
+        ] {
+            write_checkpoint_table(&path, 2, &[bad]).unwrap();
+            let e = read_checkpoint_table(&path, 2, LIMITS, |_, _| {}).unwrap_err();
+            assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(msg), "{msg}: {e}");
+            assert_eq!(e.path(), Some(path.as_path()));
+        }
     }
 
     /// Access logs that break the rules are reported, naming the file.

@@ -49,7 +49,8 @@ pub struct RunWriter {
     /// accidental collision negligible (about 2^-64 for 2^32 distinct pages), so contents are
     /// not compared on a hit.
     dedup: HashMap<u128, u64>,
-    /// The page map as of the last complete checkpoint; written out at consolidation points.
+    /// The page map (slots and hashes) as of the last complete checkpoint; written out at
+    /// consolidation points.
     map: PageMap,
     /// Exit count of the last complete checkpoint.
     last_exit: Option<u64>,
@@ -70,8 +71,8 @@ struct Input<'a> {
 #[derive(Default)]
 struct Undo {
     new_hashes: Vec<u128>,
-    /// `(gfn, previous slot)` for every page-map change, in order.
-    map: Vec<(u64, Option<u64>)>,
+    /// `(gfn, previous (slot, hash))` for every page-map change, in order.
+    map: Vec<(u64, Option<(u64, u128)>)>,
     /// Files renamed into place for the failed checkpoint.
     files: Vec<PathBuf>,
     /// Set once the manifest write has started: if it failed after its rename (in the directory
@@ -403,7 +404,8 @@ impl RunWriter {
 
         // 2. Page map (needed in memory for the next consolidation point).
         for row in &rows {
-            undo.map.push((row.gfn, self.map.set(row.gfn, row.slot)));
+            let entry = row.slot.zip(row.hash);
+            undo.map.push((row.gfn, self.map.set(row.gfn, entry)));
         }
 
         // 3. Tables. Each helper renames its file into place; directories are fsynced after.

@@ -44,6 +44,7 @@ out["access"] = q("SELECT interval, gfn, kind, source, first_touch FROM '<run>/a
 out["access_types"] = q("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '<run>/access/*.parquet') ORDER BY 1")
 out["access_dict"] = q("SELECT DISTINCT path_in_schema, encodings FROM parquet_metadata('<run>/access/interval-000001.parquet') ORDER BY 1")
 out["pagemaps"] = q("SELECT checkpoint, count(*) FROM '<run>/pagemaps/*.parquet' GROUP BY 1 ORDER BY 1")
+out["pagemap_hashes"] = q("SELECT checkpoint, gfn, slot, hex(hash) FROM '<run>/pagemaps/*.parquet' ORDER BY checkpoint, gfn")
 out["hashes"] = q("SELECT gfn, hex(hash) FROM '<run>/checkpoints/ckpt-000001.parquet' WHERE hash IS NOT NULL ORDER BY gfn")
 out["data"] = q("SELECT exit, data_gpa, data IS NULL, octet_length(data), arg2 FROM '<run>/events/*.parquet' ORDER BY exit")
 
@@ -51,6 +52,7 @@ table = pq.read_table(f"{run}/state/ckpt-000003.parquet")
 row = table.to_pylist()[0]
 out["state"] = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items()}
 out["state_types"] = {f.name: str(f.type) for f in table.schema}
+out["pagemap_types"] = [[f.name, str(f.type), f.nullable] for f in pq.read_schema(f"{run}/pagemaps/ckpt-000004.parquet")]
 
 out["doc"] = [q(sql) for sql in doc_queries]
 print(json.dumps(out))
@@ -263,6 +265,40 @@ fn duckdb_and_pyarrow_read_the_run() {
         .collect();
     assert_eq!(pagemaps, want);
 
+    // Consolidated maps carry each page's hash, big-endian, as the reader sees it.
+    let got: Vec<(u64, u64, u64, String)> = out["pagemap_hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                u(&r[0]),
+                u(&r[1]),
+                u(&r[2]),
+                r[3].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, u64, u64, String)> = [0, 4, 8]
+        .iter()
+        .flat_map(|&n| {
+            let map = run.page_map(n).unwrap();
+            map.entries()
+                .map(|(g, s, h)| (n, g, s, format!("{h:032X}")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        out["pagemap_types"],
+        serde_json::json!([
+            ["checkpoint", "uint64", false],
+            ["gfn", "uint64", false],
+            ["slot", "uint64", false],
+            ["hash", "fixed_size_binary[16]", false]
+        ])
+    );
+
     // Hashes: big-endian bytes = the u128 printed in hex.
     let hashes: Vec<(u64, String)> = out["hashes"]
         .as_array()
@@ -332,6 +368,17 @@ fn duckdb_and_pyarrow_read_the_run() {
             let got: Vec<(u64, u64)> = rows.iter().map(|r| (u(&r[0]), u(&r[1]))).collect();
             let want: Vec<(u64, u64)> = run.page_map(7).unwrap().iter().collect();
             assert_eq!(got, want, "SQL page map as of 7");
+        }
+        if q.contains("mismatched") {
+            let got: Vec<Vec<u64>> = rows
+                .iter()
+                .map(|r| r.as_array().unwrap().iter().map(u).collect())
+                .collect();
+            let want: Vec<Vec<u64>> = [0, 4, 8]
+                .iter()
+                .map(|&n| vec![n, run.page_map(n).unwrap().len() as u64, 0])
+                .collect();
+            assert_eq!(got, want, "pagemap hashes vs page tables");
         }
         if q.contains("read_json") {
             assert_eq!(rows.len() as u64, CHECKPOINTS - 1);
