@@ -275,7 +275,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     };
     if let Some(recorder) = recorder {
         let (status, reason) = match &result {
-            Ok(report) => (Some(report.exit_status), "guest exited"),
+            Ok(report) => (report.exit_status, "guest exited"),
             Err(MachineError::GuestCrash(_)) => (None, "guest crashed"),
             Err(_) => (None, "recording failed"),
         };
@@ -288,19 +288,22 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     }
     let outcome = match &result {
         Ok(report) => {
-            summary.exit_status = Some(report.exit_status);
+            summary.exit_status = report.exit_status;
             summary.guest_exits = report.guest_exits;
             summary.wall_seconds = report.wall.as_secs_f64();
             summary.disk_read_bytes = report.device.disk_read_bytes;
             summary.disk_write_bytes = report.device.disk_write_bytes;
-            if report.exit_status == 0 {
-                Outcome::Success
-            } else {
-                eprintln!(
-                    "simuboost-daemon: the guest exited with status {}",
-                    report.exit_status
-                );
-                Outcome::GuestFailed
+            // The live device never pauses the machine, so the guest always exited.
+            match report.exit_status {
+                Some(0) => Outcome::Success,
+                Some(status) => {
+                    eprintln!("simuboost-daemon: the guest exited with status {status}");
+                    Outcome::GuestFailed
+                }
+                None => {
+                    eprintln!("simuboost-daemon: the guest was paused before it exited");
+                    Outcome::GuestFailed
+                }
             }
         }
         Err(MachineError::GuestCrash(crash)) => {
@@ -324,7 +327,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         eprintln!(
             "simuboost-daemon: {} finished with status {} after {:.2} s, {} guest exits ({:.1} µs of guest time between exits); run directory {}",
             workload.name(),
-            report.exit_status,
+            report.exit_status.unwrap_or_default(),
             report.wall.as_secs_f64(),
             report.guest_exits,
             report.wall.as_secs_f64() * 1e6 / report.guest_exits.max(1) as f64,

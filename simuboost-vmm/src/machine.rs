@@ -16,6 +16,7 @@ use crate::devices::disk::{Disk, DiskError};
 use crate::devices::paravirt::{
     DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot, DeviceStats, ParavirtDevice,
 };
+use crate::devices::Device;
 use crate::vstate::dirty::{
     DirtyBitmap, DirtyError, DirtyLog, DirtyRing, DirtyTracker, DirtyTracking,
 };
@@ -141,6 +142,12 @@ pub enum MachineError {
     /// The guest crashed.
     #[error("{0}")]
     GuestCrash(Box<CrashReport>),
+    /// The run was aborted from another thread ([`RunControl::abort`]).
+    #[error("the run was aborted")]
+    Aborted,
+    /// The kick signal could not be set up.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickSignal(#[source] vmm_sys_util::errno::Error),
     /// The guest did not stop after being asked to.
     #[error("the guest did not stop within {0:?} of being asked to")]
     StopTimeout(Duration),
@@ -204,8 +211,9 @@ fn has_error_code(vector: u32) -> bool {
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunReport {
-    /// The guest's exit status.
-    pub exit_status: u64,
+    /// The guest's exit status; `None` if the device paused the machine first (a replay reached
+    /// the end of its interval).
+    pub exit_status: Option<u64>,
     /// Guest-initiated exits (doorbell writes) during the run.
     pub guest_exits: u64,
     /// Wall time of the run.
@@ -219,6 +227,51 @@ pub struct RunReport {
 pub struct RunControl {
     /// Set to ask the guest to stop at its next yield.
     pub stop: Arc<AtomicBool>,
+    /// Set by [`RunControl::abort`]: the run loop returns [`MachineError::Aborted`].
+    abort: Arc<AtomicBool>,
+    /// The thread inside [`Machine::run`] (a `pthread_t`), 0 when none.
+    vcpu_thread: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN` (its handler does nothing; the
+/// interrupted ioctl returns EINTR).
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn ignore_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+impl RunControl {
+    /// Makes the run loop return [`MachineError::Aborted`] as soon as possible, even if the
+    /// guest never exits by itself (a diverged replay can spin forever). Interrupts `KVM_RUN`
+    /// with a signal; call it again if the run has not ended, since a signal that arrives just
+    /// before the vCPU enters the guest is lost.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        let thread = self.vcpu_thread.load(Ordering::SeqCst);
+        if thread != 0 {
+            // SAFETY: `thread` is the pthread_t of the thread inside Machine::run, stored there
+            // and cleared before that function returns; the kick signal has a handler that
+            // does nothing (installed by Machine::run), so the signal only interrupts KVM_RUN.
+            unsafe {
+                libc::pthread_kill(thread as libc::pthread_t, kick_signal());
+            }
+        }
+    }
+
+    /// True once [`RunControl::abort`] was called.
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::SeqCst)
+    }
+}
+
+/// Clears the run control's record of the vCPU thread when the run loop returns.
+struct VcpuThreadGuard<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for VcpuThreadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
 }
 
 /// A booted machine, ready to run.
@@ -227,7 +280,7 @@ pub struct Machine {
     vcpu: Vcpu,
     vm: Vm,
     memory: GuestMemory,
-    device: ParavirtDevice,
+    device: Box<dyn Device>,
     control: RunControl,
     boot_config: BootConfig,
     guest_exits: u64,
@@ -306,7 +359,7 @@ impl Machine {
             vcpu,
             vm,
             memory,
-            device,
+            device: Box::new(device),
             control,
             boot_config,
             guest_exits: 0,
@@ -314,6 +367,49 @@ impl Machine {
             guest_dirty: DirtyBitmap::new(config.mem_bytes / simuboost_abi::PAGE_SIZE),
             page_tables: image.page_tables,
         })
+    }
+
+    /// A machine resuming from a checkpoint: `memory` holds (or will be given on demand) the
+    /// guest RAM as of the checkpoint, `state` is its vCPU state, `exits` its exit count, and
+    /// `device` answers the doorbell from then on (the replay device).
+    pub fn restore(
+        memory: GuestMemory,
+        state: &VcpuSnapshot,
+        exits: u64,
+        device: Box<dyn Device>,
+        control: RunControl,
+    ) -> Result<Machine, MachineError> {
+        let (_, mem_bytes) = host_region(&memory);
+        let vm = Vm::new(&memory, false)?;
+        let vcpu = vm.create_vcpu(0)?;
+        vcpu.restore_state(state)?;
+        Ok(Machine {
+            vcpu,
+            vm,
+            memory,
+            device,
+            control,
+            boot_config: BootConfig {
+                magic: BOOT_CONFIG_MAGIC,
+                workload: 0,
+                reserved: 0,
+                mem_bytes,
+                free_start: 0,
+                work_units: 0,
+                disk_blocks: 0,
+                disk_data_bytes: 0,
+                seed: 0,
+            },
+            guest_exits: exits,
+            dirty_tracker: None,
+            guest_dirty: DirtyBitmap::new(mem_bytes / simuboost_abi::PAGE_SIZE),
+            page_tables: None,
+        })
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
     }
 
     /// Clears the accessed and dirty bits of every leaf entry of the guest's 4 KiB page tables
@@ -462,11 +558,26 @@ impl Machine {
         observer: &mut dyn ExitObserver,
     ) -> Result<RunReport, MachineError> {
         let start = Instant::now();
+        static KICK_HANDLER: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+        KICK_HANDLER
+            .get_or_init(|| {
+                vmm_sys_util::signal::register_signal_handler(kick_signal(), ignore_kick)
+                    .map_err(|e| e.errno())
+            })
+            .map_err(|errno| MachineError::KickSignal(vmm_sys_util::errno::Error::new(errno)))?;
+        let control = self.control.clone();
+        // SAFETY: pthread_self has no preconditions.
+        let this_thread = unsafe { libc::pthread_self() } as u64;
+        control.vcpu_thread.store(this_thread, Ordering::SeqCst);
+        let _clear_thread = VcpuThreadGuard(&control.vcpu_thread);
         observer
             .before_start(self)
             .map_err(MachineError::Observer)?;
         let mut stop_seen_at: Option<Instant> = None;
         loop {
+            if control.aborted() {
+                return Err(MachineError::Aborted);
+            }
             if stop_seen_at.is_none() {
                 if deadline.is_some_and(|d| start.elapsed() >= d) {
                     self.control.stop.store(true, Ordering::Relaxed);
@@ -487,13 +598,21 @@ impl Machine {
                         DeviceAction::Continue => {
                             observer.after_exit(self).map_err(MachineError::Observer)?
                         }
+                        DeviceAction::Pause => {
+                            return Ok(RunReport {
+                                exit_status: None,
+                                guest_exits: self.guest_exits,
+                                wall: start.elapsed(),
+                                device: self.device.stats(),
+                            });
+                        }
                         DeviceAction::Exit(status) => {
                             self.device.flush_console()?;
                             observer
                                 .before_shutdown(self, status)
                                 .map_err(MachineError::Observer)?;
                             return Ok(RunReport {
-                                exit_status: status,
+                                exit_status: Some(status),
                                 guest_exits: self.guest_exits,
                                 wall: start.elapsed(),
                                 device: self.device.stats(),

@@ -19,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "libxml2-dev",
+    // libclang for bindgen: userfaultfd-sys generates its bindings when it is built.
+    "libclang-22-dev",
 ];
 const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow"];
 
@@ -89,9 +91,12 @@ pub fn run() -> Result<()> {
     let llvm_prefix = format!("/usr/lib/llvm-{LLVM_VERSION}");
     let llvm_config = format!("{llvm_prefix}/bin/llvm-config");
     let polly = format!("{llvm_prefix}/lib/libPolly.a");
+    let libclang = format!("{llvm_prefix}/lib/libclang.so");
     if step(
-        &format!("LLVM {LLVM_VERSION} development files (bpf-linker)"),
-        std::path::Path::new(&llvm_config).exists() && std::path::Path::new(&polly).exists(),
+        &format!("LLVM {LLVM_VERSION} development files (bpf-linker) and libclang (bindgen)"),
+        [&llvm_config, &polly, &libclang]
+            .iter()
+            .all(|path| std::path::Path::new(path).exists()),
     ) {
         run_command(Command::new("apt-get").args(["update", "-q"]))?;
         run_command(

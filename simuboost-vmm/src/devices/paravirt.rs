@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use simuboost_abi::{status, BootConfig, Op, Request, REQUEST_MAGIC, REQUEST_SIZE};
 
 use super::disk::{Disk, BLOCK_SIZE};
+use super::Device;
 use crate::vstate::dirty::DirtyBitmap;
 use crate::vstate::memory::GuestMemory;
 
@@ -30,6 +31,9 @@ pub enum DeviceAction {
     Continue,
     /// The guest asked to terminate with this status.
     Exit(u64),
+    /// Stop running here, with the guest paused at this exit (a replay reached the end of its
+    /// interval).
+    Pause,
 }
 
 /// Errors that stop the VM (as opposed to request errors, which the guest sees as a status).
@@ -49,6 +53,14 @@ pub enum DeviceError {
     /// The console sink failed.
     #[error("writing the guest console failed: {0}")]
     Console(#[source] std::io::Error),
+    /// A replayed guest made a request other than the recorded one.
+    #[error("exit {exit}: {what}")]
+    Divergence {
+        /// Guest-initiated exit number where it happened.
+        exit: u64,
+        /// What differs.
+        what: String,
+    },
 }
 
 /// One handled request, with every value the device gave the guest: what the recorder logs
@@ -338,6 +350,32 @@ impl ParavirtDevice {
         }
         self.stats.disk_write_bytes += len as u64;
         (status::OK, count)
+    }
+}
+
+impl Device for ParavirtDevice {
+    fn handle(
+        &mut self,
+        memory: &GuestMemory,
+        exit: u64,
+        gpa: u64,
+    ) -> Result<DeviceAction, DeviceError> {
+        ParavirtDevice::handle(self, memory, exit, gpa)
+    }
+    fn take_written(&mut self) -> DirtyBitmap {
+        ParavirtDevice::take_written(self)
+    }
+    fn take_events(&mut self) -> Vec<DeviceEvent> {
+        ParavirtDevice::take_events(self)
+    }
+    fn snapshot(&self) -> DeviceSnapshot {
+        ParavirtDevice::snapshot(self)
+    }
+    fn stats(&self) -> DeviceStats {
+        ParavirtDevice::stats(self)
+    }
+    fn flush_console(&mut self) -> Result<(), DeviceError> {
+        ParavirtDevice::flush_console(self)
     }
 }
 

@@ -36,14 +36,28 @@ pub enum MemoryError {
     },
 }
 
-/// Maps `bytes` of zeroed guest RAM at guest physical address 0.
+/// Maps `bytes` of zeroed guest RAM at guest physical address 0, backed by transparent huge
+/// pages where the host allows.
 pub fn create_guest_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
+    create_guest_memory_backed(bytes, true)
+}
+
+/// Maps `bytes` of zeroed guest RAM; `huge_pages` asks for transparent huge pages. A restore
+/// that fills memory page by page (userfaultfd) leaves it off: a huge page would make one
+/// touched frame resident as 512.
+pub fn create_guest_memory_backed(
+    bytes: u64,
+    huge_pages: bool,
+) -> Result<GuestMemory, MemoryError> {
     if !bytes.is_multiple_of(MEM_ALIGN) || !(MIN_MEM_BYTES..=layout::MAX_MEM_BYTES).contains(&bytes)
     {
         return Err(MemoryError::BadSize { bytes });
     }
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)])
         .map_err(|source| MemoryError::Map { bytes, source })?;
+    if !huge_pages {
+        return Ok(memory);
+    }
     let (host, size) = host_region(&memory);
     // Transparent huge pages: on this kind of host the first touch of a 4 KiB page costs ~10 µs
     // in the host plus a shadow-paging fault in KVM; 2 MiB pages pay that once per 512 frames.

@@ -1,0 +1,18 @@
+//! simuboost's replayer: restores one interval of a recorded run from its checkpoint, loading
+//! only the frames its working set uses (the rest on demand through userfaultfd), replays it
+//! exactly by feeding back the recorded events, and verifies the result against the next
+//! checkpoint.
+//!
+//! - [`restore`]: guest memory through userfaultfd: bulk installation, the miss handler.
+//! - [`replay`]: one interval, start to verified end; the [`replay::ReplayReport`].
+//! - [`verify`]: comparing the final state with the next checkpoint.
+//! - [`parallel`]: every interval, K at a time.
+//! - [`runs`]: finding the run to replay.
+
+pub mod parallel;
+pub mod replay;
+pub mod restore;
+pub mod runs;
+pub mod verify;
+
+pub use replay::{replay_interval, Mode, ReplayError, ReplayOptions, ReplayReport};

@@ -1,0 +1,49 @@
+//! Finding the run to replay.
+
+use std::path::{Path, PathBuf};
+
+/// Where the daemon puts runs when not told otherwise (`simuboost-daemon run --out`).
+pub const DEFAULT_RUNS_DIR: &str = "simuboost-runs";
+
+/// Errors finding a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    /// No run directory exists.
+    #[error(
+        "no recorded run found in {0} (record one with `simuboost-daemon run`, or name one with \
+         --run DIR)"
+    )]
+    NoRuns(PathBuf),
+    /// The directory cannot be listed.
+    #[error("cannot list {path}: {source}")]
+    List {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The newest run in `dir`: the subdirectory with a manifest whose name sorts last (the
+/// daemon names runs by their RFC 3339 start time).
+pub fn newest_run(dir: &Path) -> Result<PathBuf, RunsError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RunsError::NoRuns(dir.to_path_buf()))
+        }
+        Err(source) => {
+            return Err(RunsError::List {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("manifest.json").is_file())
+        .max()
+        .ok_or_else(|| RunsError::NoRuns(dir.to_path_buf()))
+}

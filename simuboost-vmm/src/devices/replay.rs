@@ -1,0 +1,188 @@
+//! The replay device: answers the guest's doorbell from the recorded event log instead of the
+//! outside world.
+//!
+//! A replayed interval starts from checkpoint N and must make exactly the requests the recording
+//! saw, at the same exit counts. Each request is checked against its event (opcode and
+//! arguments); a mismatch is a divergence, reported with the exit count. Otherwise the device
+//! writes back what the recording gave the guest: the data (random bytes, disk blocks, the boot
+//! configuration) and the status/result fields. Outputs (console, disk writes) are not
+//! performed: a replay has no side effects outside the VM.
+
+use std::collections::VecDeque;
+
+use vm_memory::{Bytes, GuestAddress};
+
+use simuboost_abi::{Op, Request};
+
+use super::paravirt::{
+    read_request, write_result, DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot, DeviceStats,
+};
+use super::Device;
+use crate::vstate::dirty::DirtyBitmap;
+use crate::vstate::memory::GuestMemory;
+
+/// Feeds one interval's recorded events back to the guest.
+pub struct ReplayDevice {
+    events: VecDeque<DeviceEvent>,
+    /// The exit at which the interval ends: the device pauses the machine there.
+    end_exit: u64,
+    mem_pages: u64,
+    written: DirtyBitmap,
+    stats: DeviceStats,
+    /// Device state at the start, advanced by the requests replayed.
+    state: DeviceSnapshot,
+}
+
+fn op_name(op: u32) -> String {
+    match Op::from_raw(op) {
+        Some(op) => format!("{op:?}"),
+        None => format!("invalid op {op}"),
+    }
+}
+
+fn describe(op: u32, args: &[u64; 3]) -> String {
+    format!(
+        "{}({:#x}, {:#x}, {:#x})",
+        op_name(op),
+        args[0],
+        args[1],
+        args[2]
+    )
+}
+
+impl ReplayDevice {
+    /// A device that replays `events` (those of one interval, exits ascending) and pauses the
+    /// machine after handling exit `end_exit`. `start` is the device state at the interval's
+    /// first checkpoint.
+    pub fn new(
+        events: Vec<DeviceEvent>,
+        end_exit: u64,
+        mem_bytes: u64,
+        start: DeviceSnapshot,
+    ) -> ReplayDevice {
+        let mem_pages = mem_bytes / simuboost_abi::PAGE_SIZE;
+        ReplayDevice {
+            events: events.into(),
+            end_exit,
+            mem_pages,
+            written: DirtyBitmap::new(mem_pages),
+            stats: DeviceStats::default(),
+            state: start,
+        }
+    }
+
+    /// Events not replayed yet.
+    pub fn remaining(&self) -> usize {
+        self.events.len()
+    }
+
+    fn deliver(
+        &mut self,
+        memory: &GuestMemory,
+        exit: u64,
+        gpa: u64,
+        data: &[u8],
+    ) -> Result<(), DeviceError> {
+        memory
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| DeviceError::Divergence {
+                exit,
+                what: format!(
+                    "the recorded data of this request ({} bytes at {gpa:#x}) does not fit in \
+                     guest memory",
+                    data.len()
+                ),
+            })?;
+        self.written.set_range(gpa, data.len() as u64);
+        Ok(())
+    }
+
+    fn check(&self, exit: u64, request: &Request, event: &DeviceEvent) -> Result<(), DeviceError> {
+        if event.exit != exit {
+            return Err(DeviceError::Divergence {
+                exit,
+                what: format!(
+                    "the guest rang the doorbell, but the recording's next request is at exit {}",
+                    event.exit
+                ),
+            });
+        }
+        if request.op != event.op || request.args != event.args {
+            return Err(DeviceError::Divergence {
+                exit,
+                what: format!(
+                    "the guest requested {}, the recording has {}",
+                    describe(request.op, &request.args),
+                    describe(event.op, &event.args)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Device for ReplayDevice {
+    fn handle(
+        &mut self,
+        memory: &GuestMemory,
+        exit: u64,
+        gpa: u64,
+    ) -> Result<DeviceAction, DeviceError> {
+        let request = read_request(memory, gpa)?;
+        let Some(event) = self.events.pop_front() else {
+            return Err(DeviceError::Divergence {
+                exit,
+                what: format!(
+                    "the guest requested {} after the interval's last recorded exit",
+                    describe(request.op, &request.args)
+                ),
+            });
+        };
+        self.check(exit, &request, &event)?;
+        self.stats.requests += 1;
+        self.state.requests += 1;
+        if Op::from_raw(event.op) == Some(Op::Exit) {
+            return Ok(DeviceAction::Exit(event.args[0]));
+        }
+        match Op::from_raw(event.op) {
+            Some(Op::Yield) => self.stats.yields += 1,
+            Some(Op::BlockRead) if event.status == simuboost_abi::status::OK => {
+                let bytes = event.data.as_ref().map_or(0, |d| d.len() as u64);
+                self.stats.disk_read_bytes += bytes;
+                self.state.disk_read_bytes += bytes;
+            }
+            _ => {}
+        }
+        if let (Some(data_gpa), Some(data)) = (event.data_gpa, event.data.as_deref()) {
+            self.deliver(memory, exit, data_gpa, data)?;
+        }
+        write_result(memory, gpa, event.status, event.ret)?;
+        self.written
+            .set_range(gpa + simuboost_abi::REQUEST_RESULT_OFFSET, 16);
+        if exit >= self.end_exit {
+            Ok(DeviceAction::Pause)
+        } else {
+            Ok(DeviceAction::Continue)
+        }
+    }
+
+    fn take_written(&mut self) -> DirtyBitmap {
+        std::mem::replace(&mut self.written, DirtyBitmap::new(self.mem_pages))
+    }
+
+    fn take_events(&mut self) -> Vec<DeviceEvent> {
+        Vec::new()
+    }
+
+    fn snapshot(&self) -> DeviceSnapshot {
+        self.state.clone()
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    fn flush_console(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}
