@@ -69,10 +69,14 @@ fn load_err(e: impl std::fmt::Display) -> TraceError {
     TraceError::Load(e.to_string())
 }
 
+/// Bytes the BPF ring buffer adds to every record (`BPF_RINGBUF_HDR_SZ`).
+const RINGBUF_RECORD_HEADER: u64 = 8;
+
 /// A ring that holds one event per frame of `mem_bytes` of guest RAM: since the programs report
-/// a frame at most once per interval, it cannot overflow between two drains.
+/// a frame at most once per interval, it cannot overflow between two drains. Each record is
+/// the event plus the ring's 8-byte header.
 pub fn ring_bytes_for(mem_bytes: u64) -> u32 {
-    let bytes = (mem_bytes / 4096) * TOUCH_EVENT_SIZE as u64;
+    let bytes = (mem_bytes / 4096) * (TOUCH_EVENT_SIZE as u64 + RINGBUF_RECORD_HEADER);
     bytes.clamp(4096, 1 << 30).next_power_of_two() as u32
 }
 
