@@ -151,6 +151,8 @@ fn demo() -> Result<()> {
                 "512M",
                 "--duration",
                 "5s",
+                "--interval",
+                "1s",
                 "--console-log",
                 "/dev/null",
             ])
@@ -168,7 +170,15 @@ fn demo() -> Result<()> {
     run_command(Command::new("python3").args([
         "-c",
         &format!("import duckdb; duckdb.sql({query:?}).show()"),
-    ]))
+    ]))?;
+    // Replay one interval from its checkpoint, loading only its working set (sparse) and then
+    // every page (full), and show the two side by side; both verify against the next checkpoint.
+    run_command(
+        Command::new(binary("simuboost-replay", true))
+            .arg("--run")
+            .arg(&out)
+            .args(["--interval", "2", "--mode", "sparse,full"]),
+    )
 }
 
 fn test(filter: Option<&str>) -> Result<()> {
