@@ -43,9 +43,9 @@ struct Args {
     /// interval once per mode and print them side by side.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "sparse")]
     mode: Vec<Mode>,
-    /// With --all: replays running at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
-    jobs: u64,
+    /// With --all: replays running at once [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    jobs: Option<u64>,
     /// Give up on an interval that has not ended after this long (default: one minute plus
     /// 20 times its recorded length), e.g. `30s`.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -60,6 +60,24 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.jobs.is_some() && !args.all {
+        use clap::CommandFactory;
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--jobs applies to --all (one interval is one replay)",
+            )
+            .exit();
+    }
+    if args.all && args.mode.len() > 1 {
+        use clap::CommandFactory;
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--all replays in one mode; give one --mode",
+            )
+            .exit();
+    }
     let level = match args.verbose {
         0 => "warn",
         1 => "info",
@@ -87,12 +105,6 @@ fn run(args: &Args) -> anyhow::Result<u8> {
         None => newest_run(std::path::Path::new(DEFAULT_RUNS_DIR))?,
     };
     let run = Run::open(&dir)?;
-    if args.all && args.mode.len() > 1 {
-        anyhow::bail!("--all replays in one mode; give one --mode");
-    }
-    if !args.all && args.jobs > 1 {
-        anyhow::bail!("--jobs needs --all");
-    }
     match args.interval {
         Some(interval) => replay_one(args, &run, interval),
         None => replay_every(args, &run),
@@ -214,7 +226,7 @@ fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
         run,
         0..count,
         options(args, mode),
-        args.jobs as usize,
+        args.jobs.unwrap_or(1) as usize,
         |outcome: &IntervalOutcome| {
             let ok = matches!(&outcome.result, Ok(r) if r.verified);
             if !ok {
@@ -252,7 +264,7 @@ fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
         );
     }
     if !args.json {
-        print_summary(run, &outcomes, wall, args.jobs);
+        print_summary(run, &outcomes, wall, args.jobs.unwrap_or(1));
     }
     Ok(if failures == 0 {
         EXIT_OK

@@ -1,0 +1,476 @@
+//! End-to-end tests of replay on a real KVM VM with real userfaultfd: every interval of every
+//! workload replays and verifies in all three modes, sparse mode needs no on-demand page for
+//! `pattern`, an altered event is caught at its exit, a damaged page file is reported, and bad
+//! input gets a clear error without touching the run.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use simuboost_format::Run;
+use simuboost_tests::{binary, daemon, kvm_available, Finished};
+
+const SMALL_MEM: &str = "64M";
+
+/// Records `workload` into `dir` for a short run with 200 ms intervals (plus `extra` flags).
+fn record(dir: &Path, workload: &str, extra: &[&str]) {
+    Finished::of(
+        daemon()
+            .args(["run", "--workload", workload, "--mem", SMALL_MEM])
+            .args(extra)
+            .arg("--out")
+            .arg(dir)
+            .arg("--console-log")
+            .arg(dir.with_extension("console")),
+    )
+    .expect_code(0);
+}
+
+fn replay(run: &Path, args: &[&str]) -> Finished {
+    Finished::of(
+        Command::new(binary("simuboost-replay"))
+            .arg("--run")
+            .arg(run)
+            .args(args),
+    )
+}
+
+/// The JSON objects a `--json` replay printed, one per line.
+fn reports(out: &Finished) -> Vec<serde_json::Value> {
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn u64_of(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("report lacks numeric `{field}`: {v}"))
+}
+
+/// Replays every interval of the run in `mode` and checks that each verified; returns the
+/// reports by interval.
+fn replay_all_verified(run: &Path, mode: &str) -> BTreeMap<u64, serde_json::Value> {
+    let intervals = Run::open(run).expect("run opens").interval_count();
+    assert!(
+        intervals >= 2,
+        "{}: too few intervals ({intervals})",
+        run.display()
+    );
+    let out = replay(run, &["--all", "--jobs", "2", "--mode", mode, "--json"]);
+    out.expect_code(0);
+    let by_interval: BTreeMap<u64, serde_json::Value> = reports(&out)
+        .into_iter()
+        .map(|r| (u64_of(&r, "interval"), r))
+        .collect();
+    assert_eq!(
+        by_interval.keys().copied().collect::<Vec<_>>(),
+        (0..intervals).collect::<Vec<_>>(),
+        "{mode}: every interval reported once"
+    );
+    for (i, r) in &by_interval {
+        assert_eq!(r["verified"], true, "{mode} interval {i}: {r}");
+        assert!(r["divergence"].is_null(), "{mode} interval {i}: {r}");
+        assert_eq!(r["mode"], mode);
+        assert!(u64_of(r, "pages_checked") > 0, "{mode} interval {i}: {r}");
+        assert!(u64_of(r, "footprint_bytes") > 0, "{mode} interval {i}: {r}");
+    }
+    by_interval
+}
+
+fn all_modes_verify(workload: &str, extra: &[&str]) {
+    let test = format!("{workload}_replays_in_all_modes");
+    if !kvm_available(&test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run = tmp.path().join("run");
+    record(&run, workload, extra);
+    let sparse = replay_all_verified(&run, "sparse");
+    let full = replay_all_verified(&run, "full");
+    let lazy = replay_all_verified(&run, "lazy");
+    for (i, f) in &full {
+        // Full mode installs every page up front; lazy mode nothing.
+        assert_eq!(u64_of(f, "misses"), 0, "full interval {i}: {f}");
+        assert_eq!(u64_of(&lazy[i], "pages_loaded"), 0, "lazy interval {i}");
+        assert!(u64_of(&lazy[i], "misses") > 0, "lazy interval {i}");
+        // Sparse loads the working set, never more than the dense restore.
+        let s = &sparse[i];
+        assert!(u64_of(s, "pages_loaded") >= u64_of(s, "working_set_pages"));
+        assert!(
+            u64_of(s, "bytes_loaded") <= u64_of(f, "bytes_loaded"),
+            "interval {i}"
+        );
+    }
+}
+
+#[test]
+fn idle_replays_in_all_modes() {
+    all_modes_verify("idle", &["--duration", "1s", "--interval", "200ms"]);
+}
+
+#[test]
+fn stream_replays_in_all_modes() {
+    all_modes_verify("stream", &["--duration", "1500ms", "--interval", "300ms"]);
+}
+
+#[test]
+fn compress_replays_in_all_modes() {
+    all_modes_verify("compress", &["--duration", "1500ms", "--interval", "300ms"]);
+}
+
+#[test]
+fn kvstore_replays_in_all_modes() {
+    all_modes_verify("kvstore", &["--duration", "1500ms", "--interval", "300ms"]);
+}
+
+#[test]
+fn sort_replays_in_all_modes() {
+    all_modes_verify("sort", &["--duration", "1500ms", "--interval", "300ms"]);
+}
+
+#[test]
+fn build_replays_in_all_modes() {
+    all_modes_verify("build", &["--duration", "1500ms", "--interval", "300ms"]);
+}
+
+#[test]
+fn pattern_replays_in_all_modes() {
+    all_modes_verify("pattern", &["--work", "1500", "--interval", "30ms"]);
+}
+
+/// The working set of `pattern` is exact, so sparse mode serves no page on demand — in every
+/// interval, including the first (boot) and the last, which ends with the guest's exit and
+/// verifies against the final state.
+#[test]
+fn pattern_sparse_replay_has_no_misses() {
+    if !kvm_available("pattern_sparse_replay_has_no_misses") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run = tmp.path().join("run");
+    record(
+        &run,
+        "pattern",
+        &["--work", "3000", "--seed", "9", "--interval", "20ms"],
+    );
+    let manifest = Run::open(&run).expect("run opens");
+    assert_eq!(manifest.manifest().exit_status, Some(0), "the guest exited");
+    let sparse = replay_all_verified(&run, "sparse");
+    for (i, r) in &sparse {
+        assert_eq!(u64_of(r, "misses"), 0, "interval {i}: {r}");
+        assert!(u64_of(r, "working_set_pages") > 0, "interval {i}: {r}");
+    }
+    let last = sparse.keys().last().copied().expect("intervals");
+    let final_interval = manifest.interval(last).expect("last interval");
+    assert_eq!(
+        u64_of(&sparse[&last], "end_exit"),
+        final_interval.end_exit,
+        "the last interval ends at the guest's exit"
+    );
+}
+
+/// Copies a run directory (the tests damage copies, never the original).
+fn copy_run(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(status.success(), "cp -a failed");
+}
+
+/// Rewrites one cell of an events table with pyarrow, keeping its schema.
+fn alter_event(run: &Path, interval: u64, row: usize, column: &str, value: u64) {
+    let path = run
+        .join("events")
+        .join(format!("interval-{interval:06}.parquet"));
+    let script = format!(
+        r#"
+import pyarrow as pa, pyarrow.parquet as pq
+t = pq.read_table({path:?})
+col = t.column({column:?}).to_pylist()
+col[{row}] = {value}
+i = t.schema.get_field_index({column:?})
+t = t.set_column(i, t.schema.field(i), pa.array(col, type=t.schema.field(i).type))
+pq.write_table(t, {path:?})
+"#,
+        path = path.display().to_string()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pyarrow rewrite failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An interval of `run` with at least `min_events` events, not the first; returns it and its
+/// events.
+fn interval_with_events(run: &Path, min_events: usize) -> (u64, Vec<simuboost_format::Event>) {
+    let r = Run::open(run).expect("run opens");
+    (1..r.interval_count())
+        .map(|i| (i, r.events(i).expect("events")))
+        .find(|(_, e)| e.len() >= min_events)
+        .expect("an interval with enough events")
+}
+
+/// A recorded request whose arguments were changed is reported at exactly its exit; a changed
+/// value given to the guest makes the replay diverge at or after that exit.
+#[test]
+fn altered_events_are_divergences_at_their_exit() {
+    if !kvm_available("altered_events_are_divergences_at_their_exit") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run = tmp.path().join("run");
+    record(
+        &run,
+        "kvstore",
+        &["--duration", "1500ms", "--interval", "300ms"],
+    );
+    let (interval, events) = interval_with_events(&run, 5);
+    let row = events.len() / 2;
+    let exit = events[row].exit;
+
+    // The guest will ask for what it asked for; the log now says otherwise.
+    let altered = tmp.path().join("altered-args");
+    copy_run(&run, &altered);
+    alter_event(
+        &altered,
+        interval,
+        row,
+        "arg0",
+        events[row].args[0] ^ 0x1000,
+    );
+    let out = replay(&altered, &["--interval", &interval.to_string(), "--json"]);
+    out.expect_code(3);
+    let report = &reports(&out)[0];
+    assert_eq!(report["verified"], false);
+    assert_eq!(report["divergence"]["kind"], "request", "{report}");
+    assert_eq!(u64_of(&report["divergence"], "exit"), exit, "{report}");
+    assert!(
+        out.stdout.contains("the recording has"),
+        "the divergence names both requests: {}",
+        out.stdout
+    );
+
+    // The guest gets another answer than it got while recording: the replay must not verify.
+    let altered = tmp.path().join("altered-value");
+    copy_run(&run, &altered);
+    // A yield answered 1 tells the guest to stop early: its next request differs.
+    let yield_row = (0..events.len() - 1)
+        .rev()
+        .find(|&i| events[i].op == simuboost_abi::Op::Yield as u32)
+        .expect("a yield in the interval");
+    let exit = events[yield_row].exit;
+    alter_event(
+        &altered,
+        interval,
+        yield_row,
+        "ret",
+        events[yield_row].ret ^ 1,
+    );
+    let out = replay(&altered, &["--interval", &interval.to_string(), "--json"]);
+    out.expect_code(3);
+    let report = &reports(&out)[0];
+    assert_eq!(report["verified"], false, "{report}");
+    assert!(
+        u64_of(&report["divergence"], "exit") >= exit,
+        "detected at or after the altered exit {exit}: {report}"
+    );
+
+    // The original still verifies.
+    replay(&run, &["--interval", &interval.to_string()]).expect_code(0);
+}
+
+/// A flipped byte in pages.bin is an error naming the file and slot, in sparse mode (bulk
+/// load) and lazy mode (the page is served on demand while the vCPU waits); a truncated
+/// pages.bin is one too. Never a panic, never "verified".
+#[test]
+fn damaged_page_file_is_reported() {
+    if !kvm_available("damaged_page_file_is_reported") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run = tmp.path().join("run");
+    record(
+        &run,
+        "pattern",
+        &["--work", "1500", "--seed", "3", "--interval", "30ms"],
+    );
+    let opened = Run::open(&run).expect("run opens");
+    let interval = opened.interval_count() / 2;
+    let map = opened.page_map(interval).expect("page map");
+    let access = opened
+        .access(interval)
+        .expect("access log")
+        .expect("traced run");
+    let (gfn, slot) = access
+        .iter()
+        .find_map(|a| map.get(a.gfn).map(|slot| (a.gfn, slot)))
+        .expect("a non-zero page in the working set");
+
+    let damaged = tmp.path().join("flipped");
+    copy_run(&run, &damaged);
+    let pages = damaged.join("pages.bin");
+    let mut bytes = fs::read(&pages).expect("pages.bin");
+    bytes[(slot as usize) * 4096 + 100] ^= 0xff;
+    fs::write(&pages, &bytes).expect("write pages.bin");
+    for mode in ["sparse", "lazy", "full"] {
+        let out = replay(
+            &damaged,
+            &["--interval", &interval.to_string(), "--mode", mode],
+        );
+        out.expect_code(1);
+        for needle in [
+            "pages.bin",
+            "corrupt",
+            &format!("slot {slot}"),
+            &format!("{gfn:#x}"),
+        ] {
+            assert!(
+                out.stderr.contains(needle),
+                "{mode}: the error mentions {needle:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("panicked"), "{mode}: {}", out.stderr);
+    }
+
+    let truncated = tmp.path().join("truncated");
+    copy_run(&run, &truncated);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(truncated.join("pages.bin"))
+        .expect("open pages.bin");
+    file.set_len(slot * 4096).expect("truncate");
+    let out = replay(&truncated, &["--interval", &interval.to_string()]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("pages.bin") && out.stderr.contains("truncated"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Every file of a directory tree with its length and modification time.
+fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).expect("read_dir") {
+            let entry = entry.expect("dir entry");
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.insert(entry.path(), (meta.len(), meta.modified().expect("mtime")));
+            }
+        }
+    }
+    out
+}
+
+/// Bad input gets a clear message and a non-zero exit; replays never write into the run.
+#[test]
+fn bad_input_is_refused_clearly() {
+    if !kvm_available("bad_input_is_refused_clearly") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run = tmp.path().join("run");
+    record(
+        &run,
+        "pattern",
+        &["--work", "600", "--interval", "30ms", "--tracer", "none"],
+    );
+    let intervals = Run::open(&run).expect("run opens").interval_count();
+    let before = snapshot_tree(&run);
+
+    let expect_error = |out: Finished, needles: &[&str]| {
+        out.expect_code(1);
+        for needle in needles {
+            assert!(
+                out.stderr.contains(needle),
+                "the error mentions {needle:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    };
+    // No working set (recorded without the tracer): sparse is refused, full works.
+    expect_error(
+        replay(&run, &["--interval", "1"]),
+        &["no access log", "--mode full"],
+    );
+    replay(&run, &["--interval", "1", "--mode", "full"]).expect_code(0);
+    // Out of range: the message gives the valid range.
+    expect_error(
+        replay(
+            &run,
+            &["--interval", &intervals.to_string(), "--mode", "full"],
+        ),
+        &["out of range", &format!("0..={}", intervals - 1)],
+    );
+    // Missing run.
+    expect_error(
+        replay(&tmp.path().join("nothing-here"), &["--interval", "0"]),
+        &["nothing-here", "not a simuboost run"],
+    );
+    // Usage errors exit 2.
+    replay(&run, &["--interval", "0", "--jobs", "2"]).expect_code(2);
+    replay(&run, &["--interval", "x"]).expect_code(2);
+    replay(&run, &[]).expect_code(2);
+    assert_eq!(
+        before,
+        snapshot_tree(&run),
+        "replays wrote into the run directory"
+    );
+
+    // A run still being recorded: the next interval is "not complete yet".
+    let open = tmp.path().join("unfinished");
+    copy_run(&run, &open);
+    let manifest_path = open.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&manifest_path).expect("manifest")).expect("JSON");
+    manifest["finished"] = serde_json::Value::Bool(false);
+    fs::write(&manifest_path, manifest.to_string()).expect("write manifest");
+    expect_error(
+        replay(
+            &open,
+            &["--interval", &intervals.to_string(), "--mode", "full"],
+        ),
+        &["not complete yet"],
+    );
+    // Another format version.
+    manifest["format_version"] = serde_json::json!(99);
+    fs::write(&manifest_path, manifest.to_string()).expect("write manifest");
+    expect_error(
+        replay(&open, &["--interval", "0", "--mode", "full"]),
+        &["format_version 99", "not supported"],
+    );
+    // A truncated state file names the file.
+    let state = run.join("state").join("ckpt-000001.parquet");
+    let damaged = tmp.path().join("bad-state");
+    copy_run(&run, &damaged);
+    let damaged_state = damaged.join("state").join("ckpt-000001.parquet");
+    let len = fs::metadata(&state).expect("state").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged_state)
+        .expect("open state")
+        .set_len(len / 2)
+        .expect("truncate");
+    expect_error(
+        replay(&damaged, &["--interval", "1", "--mode", "full"]),
+        &["ckpt-000001.parquet"],
+    );
+}
