@@ -227,6 +227,7 @@ pub fn replay_interval(
     let vcpu = VcpuSnapshot::from_saved(&state.vcpu).map_err(|e| bad_state(e.to_string()))?;
     let device: DeviceSnapshot = serde_json::from_str(&state.device_json)
         .map_err(|e| bad_state(format!("device state: {e}")))?;
+    let read_state = began.elapsed();
     let working_set: Option<Vec<u64>> = match options.mode {
         Mode::Sparse => {
             let access = run
@@ -247,7 +248,9 @@ pub fn replay_interval(
         }
         Mode::Full | Mode::Lazy => None,
     };
+    let read_access = began.elapsed();
     let source = Arc::new(PageSource::new(run.page_map(interval)?, run.page_store()?));
+    let read_map = began.elapsed();
 
     let memory = create_guest_memory_backed(mem_bytes, false).map_err(MachineError::from)?;
     let uffd = UffdMemory::register(&memory)?;
@@ -281,6 +284,16 @@ pub fn replay_interval(
         control.clone(),
     )?;
     let restore_time = began.elapsed();
+    tracing::debug!(
+        interval,
+        mode = options.mode.name(),
+        state_and_events_ms = ms(read_state),
+        access_log_ms = ms(read_access - read_state),
+        page_map_ms = ms(read_map - read_access),
+        load_ms = ms(load_time),
+        total_ms = ms(restore_time),
+        "restored"
+    );
 
     // The watchdog: aborts the run when the page server failed or the timeout passed, and
     // keeps kicking until the run has ended (a kick can be lost just before KVM_RUN).

@@ -723,3 +723,26 @@ pub fn resident_bytes(memory: &GuestMemory) -> std::io::Result<u64> {
     }
     Ok(total_kib * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_consecutive_frames() {
+        let v = [1, 2, 3, 7, 9, 10];
+        assert_eq!(runs(&v).collect::<Vec<_>>(), vec![(0, 3), (3, 1), (4, 2)]);
+        assert_eq!(runs(&[]).count(), 0);
+    }
+
+    #[test]
+    fn installed_frames_iterate_ascending() {
+        let set = InstalledFrames::new(200);
+        for gfn in [199, 0, 64, 63, 65] {
+            set.insert(gfn);
+        }
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 63, 64, 65, 199]);
+        assert_eq!(set.count(), 5);
+        assert!(set.contains(64) && !set.contains(66));
+    }
+}

@@ -281,3 +281,19 @@ fn page_table_frames(
     }
     Ok(tables)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_hash_ignores_only_accessed_and_dirty_bits() {
+        let mut table = [0u8; PAGE_SIZE];
+        table[..8].copy_from_slice(&0x1234_5007u64.to_le_bytes());
+        let clean = masked_hash(&table);
+        table[..8].copy_from_slice(&(0x1234_5007u64 | ACCESSED_DIRTY).to_le_bytes());
+        assert_eq!(masked_hash(&table), clean);
+        table[..8].copy_from_slice(&0x1234_6007u64.to_le_bytes());
+        assert_ne!(masked_hash(&table), clean);
+    }
+}

@@ -186,3 +186,133 @@ impl Device for ReplayDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::memory::create_guest_memory;
+    use simuboost_abi::{status, REQUEST_MAGIC};
+
+    const REQUEST_GPA: u64 = 0x20_0000;
+
+    fn put_request(memory: &GuestMemory, op: Op, args: [u64; 3]) {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&REQUEST_MAGIC.to_le_bytes());
+        raw.extend_from_slice(&(op as u32).to_le_bytes());
+        for a in args {
+            raw.extend_from_slice(&a.to_le_bytes());
+        }
+        raw.extend_from_slice(&[0u8; 16]);
+        memory
+            .write_slice(&raw, GuestAddress(REQUEST_GPA))
+            .expect("request fits");
+    }
+
+    fn event(
+        exit: u64,
+        op: Op,
+        args: [u64; 3],
+        ret: u64,
+        data: Option<(u64, Vec<u8>)>,
+    ) -> DeviceEvent {
+        DeviceEvent {
+            exit,
+            op: op as u32,
+            args,
+            status: status::OK,
+            ret,
+            data_gpa: data.as_ref().map(|d| d.0),
+            data: data.map(|d| d.1),
+        }
+    }
+
+    fn device(events: Vec<DeviceEvent>, end_exit: u64) -> ReplayDevice {
+        ReplayDevice::new(events, end_exit, 16 << 20, DeviceSnapshot::default())
+    }
+
+    #[test]
+    fn feeds_back_recorded_values_and_pauses_at_the_end() {
+        let memory = create_guest_memory(16 << 20).expect("memory");
+        let data_gpa = 0x30_0000;
+        let mut dev = device(
+            vec![
+                event(11, Op::ClockRead, [0; 3], 12345, None),
+                event(
+                    12,
+                    Op::RandomRead,
+                    [data_gpa, 4, 0],
+                    4,
+                    Some((data_gpa, vec![1, 2, 3, 4])),
+                ),
+            ],
+            12,
+        );
+        put_request(&memory, Op::ClockRead, [0; 3]);
+        assert_eq!(
+            dev.handle(&memory, 11, REQUEST_GPA).unwrap(),
+            DeviceAction::Continue
+        );
+        let request = read_request(&memory, REQUEST_GPA).unwrap();
+        assert_eq!((request.status, request.ret), (status::OK, 12345));
+
+        put_request(&memory, Op::RandomRead, [data_gpa, 4, 0]);
+        assert_eq!(
+            dev.handle(&memory, 12, REQUEST_GPA).unwrap(),
+            DeviceAction::Pause
+        );
+        let mut data = [0u8; 4];
+        memory
+            .read_slice(&mut data, GuestAddress(data_gpa))
+            .unwrap();
+        assert_eq!(data, [1, 2, 3, 4]);
+        let written = dev.take_written();
+        assert!(written.contains(data_gpa / simuboost_abi::PAGE_SIZE));
+        assert!(written.contains(REQUEST_GPA / simuboost_abi::PAGE_SIZE));
+        assert_eq!(dev.remaining(), 0);
+        assert_eq!(dev.snapshot().requests, 2);
+    }
+
+    #[test]
+    fn another_request_is_a_divergence_at_its_exit() {
+        let memory = create_guest_memory(16 << 20).expect("memory");
+        let mut dev = device(vec![event(7, Op::Yield, [0; 3], 0, None)], 9);
+        put_request(&memory, Op::ClockRead, [0; 3]);
+        match dev.handle(&memory, 7, REQUEST_GPA) {
+            Err(DeviceError::Divergence { exit, what }) => {
+                assert_eq!(exit, 7);
+                assert!(
+                    what.contains("ClockRead") && what.contains("Yield"),
+                    "{what}"
+                );
+            }
+            other => panic!("expected a divergence, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_past_the_log_or_at_another_exit_is_a_divergence() {
+        let memory = create_guest_memory(16 << 20).expect("memory");
+        put_request(&memory, Op::Yield, [0; 3]);
+        let mut dev = device(vec![event(5, Op::Yield, [0; 3], 0, None)], 5);
+        assert!(matches!(
+            dev.handle(&memory, 4, REQUEST_GPA),
+            Err(DeviceError::Divergence { exit: 4, .. })
+        ));
+        let mut dev = device(Vec::new(), 5);
+        assert!(matches!(
+            dev.handle(&memory, 5, REQUEST_GPA),
+            Err(DeviceError::Divergence { exit: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn exit_request_ends_the_run_with_its_status() {
+        let memory = create_guest_memory(16 << 20).expect("memory");
+        put_request(&memory, Op::Exit, [3, 0, 0]);
+        let mut dev = device(vec![event(2, Op::Exit, [3, 0, 0], 0, None)], 2);
+        assert_eq!(
+            dev.handle(&memory, 2, REQUEST_GPA).unwrap(),
+            DeviceAction::Exit(3)
+        );
+    }
+}
