@@ -21,6 +21,9 @@ pub enum Benchmark {
     Record,
     /// Access tracing: runtime and downtime with the eBPF tracer vs without, events per second.
     Trace,
+    /// Sparse replay: sparse vs full vs lazy restore (footprint, restore time), restore
+    /// throughput vs memcpy, restore time early vs late in a long run, parallel replay speedup.
+    Replay,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
@@ -28,6 +31,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::GuestSpeed => guest_speed(json),
         Benchmark::Record => crate::bench_record::run(json),
         Benchmark::Trace => crate::bench_record::trace(json),
+        Benchmark::Replay => crate::bench_replay::run(json),
     }
 }
 

@@ -72,7 +72,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// memcpy of `bytes` between two already-populated buffers, GB/s (best of 5).
-fn memcpy_gbps(bytes: usize) -> f64 {
+pub(crate) fn memcpy_gbps(bytes: usize) -> f64 {
     let src = vec![0x5au8; bytes];
     let mut dst = vec![0u8; bytes];
     (0..5)

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_record;
+mod bench_replay;
 mod setup;
 
 use std::path::{Path, PathBuf};
