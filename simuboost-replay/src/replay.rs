@@ -116,6 +116,9 @@ pub struct ReplayReport {
     /// Time to restore: reading the state, events and page map, loading pages, and setting up
     /// the VM and vCPU, milliseconds.
     pub restore_ms: f64,
+    /// Of which, reading the run's tables: vCPU and device state, events, access log and the
+    /// page map as of N.
+    pub read_ms: f64,
     /// Of which, installing pages (reading pages.bin and copying into guest memory).
     pub load_ms: f64,
     /// Frames served on demand during the replay.
@@ -407,6 +410,7 @@ pub fn replay_interval(
         bytes_loaded: load.bytes,
         working_set_pages: working_set.as_ref().map_or(0, |w| w.len() as u64),
         restore_ms: ms(restore_time),
+        read_ms: ms(read_map),
         load_ms: ms(load_time),
         misses: misses.misses,
         zero_misses: misses.zero_misses,
