@@ -6,7 +6,7 @@
 //! - [`restore`]: guest memory through userfaultfd: bulk installation, the miss handler.
 //! - [`replay`]: one interval, start to verified end; the [`replay::ReplayReport`].
 //! - [`verify`]: comparing the final state with the next checkpoint.
-//! - [`parallel`]: every interval, K at a time.
+//! - [`parallel`]: every interval, K replay processes at a time.
 //! - [`runs`]: finding the run to replay.
 
 pub mod parallel;

@@ -9,7 +9,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use simuboost_format::Run;
-use simuboost_replay::parallel::{replay_all, IntervalOutcome};
+use simuboost_replay::parallel::{replay_all, IntervalOutcome, Workers};
 use simuboost_replay::replay::check_interval;
 use simuboost_replay::runs::{newest_run, DEFAULT_RUNS_DIR};
 use simuboost_replay::{replay_interval, Mode, ReplayOptions, ReplayReport};
@@ -222,11 +222,16 @@ fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
         bar
     });
     let mut failures = 0u64;
+    let workers = Workers {
+        exe: std::env::current_exe().context("cannot find this executable to start replays")?,
+        jobs: args.jobs.unwrap_or(1) as usize,
+        mode,
+        timeout: args.timeout,
+    };
     let (outcomes, wall) = replay_all(
-        run,
+        run.dir(),
         0..count,
-        options(args, mode),
-        args.jobs.unwrap_or(1) as usize,
+        &workers,
         |outcome: &IntervalOutcome| {
             let ok = matches!(&outcome.result, Ok(r) if r.verified);
             if !ok {
@@ -240,7 +245,7 @@ fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
                     },
                     Err(e) => println!(
                         "{}",
-                        serde_json::json!({"interval": outcome.interval, "error": format!("{e:#}")})
+                        serde_json::json!({"interval": outcome.interval, "error": e})
                     ),
                 }
             }
@@ -298,7 +303,7 @@ fn print_summary(run: &Run, outcomes: &[IntervalOutcome], wall: Duration, jobs: 
                     mib(r.bytes_loaded)
                 );
             }
-            Err(e) => println!("{:>8}  ERROR: {e:#}", o.interval),
+            Err(e) => println!("{:>8}  ERROR: {e}", o.interval),
         }
     }
     let verified = outcomes

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use simuboost_format::{FormatError, Run};
 use simuboost_vmm::devices::paravirt::{DeviceEvent, DeviceSnapshot};
@@ -19,7 +19,7 @@ use crate::restore::{resident_bytes, PageSource, RestoreError, UffdMemory};
 use crate::verify::{self, Divergence};
 
 /// Which frames are loaded before the replay starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The interval's working set (from its access log), at its newest version as of N.
@@ -99,7 +99,7 @@ pub enum ReplayError {
 }
 
 /// The result of replaying one interval.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplayReport {
     /// The interval.
     pub interval: u64,

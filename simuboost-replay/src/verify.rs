@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use simuboost_format::{page_hash, FormatError, VcpuState, PAGE_SIZE};
 use simuboost_vmm::machine::Machine;
@@ -28,13 +28,13 @@ const ACCESSED_DIRTY: u64 = (1 << 5) | (1 << 6);
 const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 /// Where and how a replay left the recording.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Divergence {
     /// Guest-initiated exit count where it was detected.
     pub exit: u64,
     /// `request` (the guest asked for something else), `crash`, `timeout`, `register`,
     /// `memory`.
-    pub kind: &'static str,
+    pub kind: String,
     /// The register that differs, for `register`.
     pub register: Option<String>,
     /// The first (lowest) frame that differs, for `memory`.
@@ -49,7 +49,7 @@ impl Divergence {
     fn new(exit: u64, kind: &'static str, description: String) -> Divergence {
         Divergence {
             exit,
-            kind,
+            kind: kind.to_string(),
             register: None,
             gfn: None,
             differing_pages: None,
