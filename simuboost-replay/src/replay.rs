@@ -208,7 +208,6 @@ pub fn replay_interval(
     let mem_bytes = run.manifest().meta.mem_bytes;
     let record = run.interval(interval)?;
     let state = run.state(interval)?;
-    let next_state = run.state(interval + 1)?;
     let events: Vec<DeviceEvent> = run
         .events(interval)?
         .into_iter()
@@ -386,6 +385,7 @@ pub fn replay_interval(
     let mut pages_checked = 0;
     if divergence.is_none() {
         let final_state = machine.save_state()?;
+        let next_state = run.state(interval + 1)?;
         let expected_pages = run.checkpoint_pages(interval + 1)?;
         let result = verify::verify(
             &machine,

@@ -551,7 +551,9 @@ impl Staging {
 
     fn get(&mut self, pages: usize) -> &mut [u8] {
         if self.buffer.len() < pages * PAGE_SIZE {
-            self.buffer = Staging::allocate(pages.max(CHUNK_PAGES));
+            // Exactly what is asked (at most a chunk): a small working set should not pay for
+            // populating a whole chunk.
+            self.buffer = Staging::allocate(pages);
         }
         &mut self.buffer[..pages * PAGE_SIZE]
     }
