@@ -289,6 +289,22 @@ fn altered_events_are_divergences_at_their_exit() {
 
     // The original still verifies.
     replay(&run, &["--interval", &interval.to_string()]).expect_code(0);
+
+    // A replay that does not reach its end in time is stopped (the vCPU is kicked out of
+    // KVM_RUN) and reported as a timeout, not left hanging.
+    let out = replay(
+        &run,
+        &[
+            "--interval",
+            &interval.to_string(),
+            "--timeout",
+            "1ms",
+            "--json",
+        ],
+    );
+    out.expect_code(3);
+    let report = &reports(&out)[0];
+    assert_eq!(report["divergence"]["kind"], "timeout", "{report}");
 }
 
 /// A flipped byte in pages.bin is an error naming the file and slot, in sparse mode (bulk
