@@ -249,7 +249,7 @@ impl UffdMemory {
         (self.base + (gfn * PAGE) as usize) as *mut libc::c_void
     }
 
-    /// Installs `count` frames from `gfn` with the contents at `src`.
+    /// Installs the frames from `gfn` on with the contents `src` (whole pages).
     fn copy(&self, src: &[u8], gfn: u64, wake: bool) -> Result<(), RestoreError> {
         install_copy(&self.uffd, src, self.host(gfn), gfn, wake)
     }
@@ -259,7 +259,8 @@ impl UffdMemory {
     }
 
     /// Installs frames `gfns` (ascending, below guest memory size) with their contents from
-    /// `source`, in bulk: one verified read per run of consecutive slots, one copy per run of
+    /// `source`, in bulk: every page is read (from the mmapped pages.bin, else one `pread` per
+    /// run of consecutive slots) and checked against its hash, then one copy per run of
     /// consecutive frames. Frames already installed are skipped.
     pub fn install(&self, source: &PageSource, gfns: &[u64]) -> Result<LoadStats, RestoreError> {
         let mut stats = LoadStats::default();
@@ -321,7 +322,6 @@ impl UffdMemory {
                     .store
                     .read_pages_verified(&slots, &hashes, &frames, buffer)?;
             }
-
             for (first, count) in runs(&frames) {
                 let offset = first * PAGE_SIZE;
                 self.copy(
