@@ -21,7 +21,6 @@ use simuboost_format::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, Event, FormatError,
     IntervalRecord, RunMeta, RunWriter,
 };
-use simuboost_vmm::devices::paravirt::DeviceEvent;
 use simuboost_vmm::machine::{ExitObserver, Machine, ObserverError};
 use simuboost_vmm::vstate::dirty::DirtyBitmap;
 
@@ -363,7 +362,7 @@ impl Recorder {
         let events: Vec<Event> = machine
             .take_events()
             .into_iter()
-            .map(|e| to_format_event(self.interval, e))
+            .map(|e| e.into_saved(self.interval))
             .collect();
         let dump = self.config.verify_dumps.then(|| {
             let mut all = Vec::with_capacity(self.mem_bytes as usize);
@@ -513,19 +512,6 @@ fn prepare_staging(buffer: &mut Vec<u8>, bytes: usize) {
                 );
             }
         }
-    }
-}
-
-fn to_format_event(interval: u64, e: DeviceEvent) -> Event {
-    Event {
-        interval,
-        exit: e.exit,
-        op: e.op,
-        args: e.args,
-        status: e.status,
-        ret: e.ret,
-        data_gpa: e.data_gpa,
-        data: e.data,
     }
 }
 

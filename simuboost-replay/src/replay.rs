@@ -211,15 +211,7 @@ pub fn replay_interval(
     let events: Vec<DeviceEvent> = run
         .events(interval)?
         .into_iter()
-        .map(|e| DeviceEvent {
-            exit: e.exit,
-            op: e.op,
-            args: e.args,
-            status: e.status,
-            ret: e.ret,
-            data_gpa: e.data_gpa,
-            data: e.data,
-        })
+        .map(DeviceEvent::from_saved)
         .collect();
     let state_path = simuboost_format::layout::state_table(run.dir(), interval);
     let bad_state = |what: String| ReplayError::BadState {

@@ -83,6 +83,35 @@ pub struct DeviceEvent {
     pub data: Option<Vec<u8>>,
 }
 
+impl DeviceEvent {
+    /// The event as the run format stores it, as part of `interval`.
+    pub fn into_saved(self, interval: u64) -> simuboost_format::Event {
+        simuboost_format::Event {
+            interval,
+            exit: self.exit,
+            op: self.op,
+            args: self.args,
+            status: self.status,
+            ret: self.ret,
+            data_gpa: self.data_gpa,
+            data: self.data,
+        }
+    }
+
+    /// An event read back from a run (for replay).
+    pub fn from_saved(saved: simuboost_format::Event) -> DeviceEvent {
+        DeviceEvent {
+            exit: saved.exit,
+            op: saved.op,
+            args: saved.args,
+            status: saved.status,
+            ret: saved.ret,
+            data_gpa: saved.data_gpa,
+            data: saved.data,
+        }
+    }
+}
+
 /// The device's own state at a checkpoint (the guest-visible part is in guest memory).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct DeviceSnapshot {
