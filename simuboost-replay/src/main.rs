@@ -61,22 +61,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.jobs.is_some() && !args.all {
-        use clap::CommandFactory;
-        Args::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--jobs applies to --all (one interval is one replay)",
-            )
-            .exit();
+        usage_error("--jobs applies to --all (one interval is one replay)");
     }
     if args.all && args.mode.len() > 1 {
-        use clap::CommandFactory;
-        Args::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--all replays in one mode; give one --mode",
-            )
-            .exit();
+        usage_error("--all replays in one mode; give one --mode");
     }
     let level = match args.verbose {
         0 => "warn",
@@ -97,6 +85,14 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Exits with clap's usage-error message and status (2).
+fn usage_error(message: &str) -> ! {
+    use clap::CommandFactory;
+    Args::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
 fn run(args: &Args) -> anyhow::Result<u8> {
