@@ -187,28 +187,6 @@ impl ParavirtDevice {
         self.events.get_or_insert_with(Vec::new);
     }
 
-    /// The events since the last call (empty when not recording).
-    pub fn take_events(&mut self) -> Vec<DeviceEvent> {
-        self.events.as_mut().map(std::mem::take).unwrap_or_default()
-    }
-
-    /// The frames the device wrote since the last call.
-    pub fn take_written(&mut self) -> DirtyBitmap {
-        let frames = self.boot_config.mem_bytes / simuboost_abi::PAGE_SIZE;
-        std::mem::replace(&mut self.written, DirtyBitmap::new(frames))
-    }
-
-    /// The device's state.
-    pub fn snapshot(&self) -> DeviceSnapshot {
-        DeviceSnapshot {
-            rng_word_pos: self.rng.get_word_pos(),
-            requests: self.stats.requests,
-            clock_ns: self.clock_origin.elapsed().as_nanos() as u64,
-            disk_read_bytes: self.stats.disk_read_bytes,
-            disk_write_bytes: self.stats.disk_write_bytes,
-        }
-    }
-
     /// Writes `bytes` into guest memory at `gpa`, remembering the frames and (for the event
     /// log) the data.
     fn deliver(&mut self, memory: &GuestMemory, gpa: u64, bytes: Vec<u8>) -> bool {
@@ -220,51 +198,6 @@ impl ParavirtDevice {
             self.pending_data = Some((gpa, bytes));
         }
         true
-    }
-
-    /// Counters so far.
-    pub fn stats(&self) -> DeviceStats {
-        self.stats
-    }
-
-    /// Flushes the console sink.
-    pub fn flush_console(&mut self) -> Result<(), DeviceError> {
-        self.console.flush().map_err(DeviceError::Console)
-    }
-
-    /// Handles doorbell write number `exit` (counted from boot), naming the request at `gpa`.
-    pub fn handle(
-        &mut self,
-        memory: &GuestMemory,
-        exit: u64,
-        gpa: u64,
-    ) -> Result<DeviceAction, DeviceError> {
-        let request = read_request(memory, gpa)?;
-        self.stats.requests += 1;
-        let [a0, a1, a2] = request.args;
-        self.pending_data = None;
-        let (status, ret) = match Op::from_raw(request.op) {
-            None => (status::INVALID, 0),
-            Some(Op::Exit) => {
-                self.log_event(exit, &request, status::OK, 0);
-                return Ok(DeviceAction::Exit(a0));
-            }
-            Some(Op::ConsoleWrite) => self.console_write(memory, a0, a1)?,
-            Some(Op::ClockRead) => (status::OK, self.clock_origin.elapsed().as_nanos() as u64),
-            Some(Op::RandomRead) => self.random_read(memory, a0, a1),
-            Some(Op::BlockRead) => self.block_read(memory, a0, a1, a2),
-            Some(Op::BlockWrite) => self.block_write(memory, a0, a1, a2),
-            Some(Op::Yield) => {
-                self.stats.yields += 1;
-                (status::OK, u64::from(self.stop.load(Ordering::Relaxed)))
-            }
-            Some(Op::BootConfig) => self.boot_config(memory, a0, a1),
-        };
-        write_result(memory, gpa, status, ret)?;
-        self.written
-            .set_range(gpa + simuboost_abi::REQUEST_RESULT_OFFSET, 16);
-        self.log_event(exit, &request, status, ret);
-        Ok(DeviceAction::Continue)
     }
 
     fn log_event(&mut self, exit: u64, request: &Request, status: u32, ret: u64) {
@@ -383,28 +316,71 @@ impl ParavirtDevice {
 }
 
 impl Device for ParavirtDevice {
+    /// Handles doorbell write number `exit` (counted from boot), naming the request at `gpa`.
     fn handle(
         &mut self,
         memory: &GuestMemory,
         exit: u64,
         gpa: u64,
     ) -> Result<DeviceAction, DeviceError> {
-        ParavirtDevice::handle(self, memory, exit, gpa)
+        let request = read_request(memory, gpa)?;
+        self.stats.requests += 1;
+        let [a0, a1, a2] = request.args;
+        self.pending_data = None;
+        let (status, ret) = match Op::from_raw(request.op) {
+            None => (status::INVALID, 0),
+            Some(Op::Exit) => {
+                self.log_event(exit, &request, status::OK, 0);
+                return Ok(DeviceAction::Exit(a0));
+            }
+            Some(Op::ConsoleWrite) => self.console_write(memory, a0, a1)?,
+            Some(Op::ClockRead) => (status::OK, self.clock_origin.elapsed().as_nanos() as u64),
+            Some(Op::RandomRead) => self.random_read(memory, a0, a1),
+            Some(Op::BlockRead) => self.block_read(memory, a0, a1, a2),
+            Some(Op::BlockWrite) => self.block_write(memory, a0, a1, a2),
+            Some(Op::Yield) => {
+                self.stats.yields += 1;
+                (status::OK, u64::from(self.stop.load(Ordering::Relaxed)))
+            }
+            Some(Op::BootConfig) => self.boot_config(memory, a0, a1),
+        };
+        write_result(memory, gpa, status, ret)?;
+        self.written
+            .set_range(gpa + simuboost_abi::REQUEST_RESULT_OFFSET, 16);
+        self.log_event(exit, &request, status, ret);
+        Ok(DeviceAction::Continue)
     }
+
+    /// The frames the device wrote since the last call.
     fn take_written(&mut self) -> DirtyBitmap {
-        ParavirtDevice::take_written(self)
+        let frames = self.boot_config.mem_bytes / simuboost_abi::PAGE_SIZE;
+        std::mem::replace(&mut self.written, DirtyBitmap::new(frames))
     }
+
+    /// The events since the last call (empty when not recording).
     fn take_events(&mut self) -> Vec<DeviceEvent> {
-        ParavirtDevice::take_events(self)
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }
+
+    /// The device's state.
     fn snapshot(&self) -> DeviceSnapshot {
-        ParavirtDevice::snapshot(self)
+        DeviceSnapshot {
+            rng_word_pos: self.rng.get_word_pos(),
+            requests: self.stats.requests,
+            clock_ns: self.clock_origin.elapsed().as_nanos() as u64,
+            disk_read_bytes: self.stats.disk_read_bytes,
+            disk_write_bytes: self.stats.disk_write_bytes,
+        }
     }
+
+    /// Counters so far.
     fn stats(&self) -> DeviceStats {
-        ParavirtDevice::stats(self)
+        self.stats
     }
+
+    /// Flushes the console sink.
     fn flush_console(&mut self) -> Result<(), DeviceError> {
-        ParavirtDevice::flush_console(self)
+        self.console.flush().map_err(DeviceError::Console)
     }
 }
 
