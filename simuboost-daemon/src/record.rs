@@ -23,6 +23,7 @@ use simuboost_format::{
 };
 use simuboost_vmm::machine::{ExitObserver, Machine, ObserverError};
 use simuboost_vmm::vstate::dirty::DirtyBitmap;
+use simuboost_vmm::vstate::memory::huge_page_buffer;
 
 use crate::trace::Tracer;
 
@@ -496,22 +497,7 @@ impl Recorder {
 fn prepare_staging(buffer: &mut Vec<u8>, bytes: usize) {
     buffer.clear();
     if buffer.capacity() < bytes {
-        *buffer = Vec::with_capacity(bytes.next_power_of_two());
-        let skip = buffer
-            .as_ptr()
-            .align_offset(simuboost_abi::PAGE_SIZE as usize);
-        let len = buffer.capacity().saturating_sub(skip) & !(simuboost_abi::PAGE_SIZE as usize - 1);
-        if len > 0 {
-            // SAFETY: advice on the buffer's own, not yet touched allocation (page-aligned
-            // part); it changes no contents.
-            unsafe {
-                libc::madvise(
-                    buffer.as_mut_ptr().add(skip).cast(),
-                    len,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
+        *buffer = huge_page_buffer(bytes.next_power_of_two());
     }
 }
 

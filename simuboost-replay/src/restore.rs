@@ -20,7 +20,7 @@ use userfaultfd::{Event, EventBuffer, IoctlFlags, Uffd, UffdBuilder};
 use vmm_sys_util::eventfd::EventFd;
 
 use simuboost_format::{FormatError, PageMap, PageStore, PAGE_SIZE};
-use simuboost_vmm::vstate::memory::{host_region, GuestMemory};
+use simuboost_vmm::vstate::memory::{host_region, huge_page_buffer, GuestMemory};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -530,22 +530,8 @@ struct Staging {
 
 impl Staging {
     fn allocate(pages: usize) -> Vec<u8> {
-        let bytes = pages * PAGE_SIZE;
-        let mut buffer: Vec<u8> = Vec::with_capacity(bytes);
-        let skip = buffer.as_ptr().align_offset(PAGE_SIZE);
-        let len = bytes.saturating_sub(skip) & !(PAGE_SIZE - 1);
-        if len > 0 {
-            // SAFETY: advice on the buffer's own, not yet touched allocation (its page-aligned
-            // part); it changes no contents.
-            unsafe {
-                libc::madvise(
-                    buffer.as_mut_ptr().add(skip).cast(),
-                    len,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-        buffer.resize(bytes, 0);
+        let mut buffer = huge_page_buffer(pages * PAGE_SIZE);
+        buffer.resize(pages * PAGE_SIZE, 0);
         buffer
     }
 
