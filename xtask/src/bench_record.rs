@@ -11,21 +11,15 @@ use serde_json::{json, Value};
 
 use crate::{binary, root};
 
-/// One daemon run; returns its `--json` summary.
-fn daemon_run(dir: &Path, args: &[&str]) -> Result<Value> {
+/// Records `simuboost-daemon run ARGS --json` into `dir` (replacing it) and returns the
+/// daemon's summary; the run directory stays for the caller.
+pub(crate) fn record_run(dir: &Path, args: &[&str]) -> Result<Value> {
     if dir.exists() {
-        fs::remove_dir_all(dir)?;
+        fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
-    // Checkpointing alone unless the caller asks for the tracer (see `trace`).
-    let tracer: &[&str] = if args.contains(&"--tracer") {
-        &[]
-    } else {
-        &["--tracer", "none"]
-    };
     let out = Command::new(binary("simuboost-daemon", true))
         .arg("run")
         .args(args)
-        .args(tracer)
         .args(["--json", "--console-log", "/dev/null"])
         .arg("--out")
         .arg(dir)
@@ -33,12 +27,32 @@ fn daemon_run(dir: &Path, args: &[&str]) -> Result<Value> {
         .context("cannot run simuboost-daemon")?;
     if !out.status.success() {
         bail!(
-            "simuboost-daemon {} failed: {}",
+            "simuboost-daemon run {} failed ({}): {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
+            out.status,
+            tail(&out.stderr)
         );
     }
-    let summary = serde_json::from_slice(&out.stdout).context("the daemon's output is not JSON")?;
+    serde_json::from_slice(&out.stdout).context("the daemon's --json output is not JSON")
+}
+
+/// The last lines of a child's standard error, for error messages.
+pub(crate) fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// One daemon run; returns its `--json` summary and removes the run directory.
+fn daemon_run(dir: &Path, args: &[&str]) -> Result<Value> {
+    // Checkpointing alone unless the caller asks for the tracer (see `trace`).
+    let tracer: &[&str] = if args.contains(&"--tracer") {
+        &[]
+    } else {
+        &["--tracer", "none"]
+    };
+    let args: Vec<&str> = args.iter().chain(tracer).copied().collect();
+    let summary = record_run(dir, &args)?;
     // Keep the disk tidy: the figures are in the summary.
     fs::remove_dir_all(dir)?;
     Ok(summary)

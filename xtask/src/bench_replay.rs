@@ -19,7 +19,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::bench_record::memcpy_gbps;
+use crate::bench_record::{memcpy_gbps, record_run, tail};
 use crate::{binary, root};
 
 const PAGE: u64 = 4096;
@@ -78,28 +78,10 @@ fn scratch() -> Result<PathBuf> {
 
 /// Records a run into `dir` (replacing it) with the eBPF tracer on, and keeps it.
 fn record(dir: &Path, args: &[&str]) -> Result<Recording> {
-    if dir.exists() {
-        fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
-    }
     eprintln!("bench replay: recording {}", args.join(" "));
-    let out = Command::new(binary("simuboost-daemon", true))
-        .arg("run")
-        .args(args)
-        .args(["--seed", SEED, "--json", "--console-log", "/dev/null"])
-        .arg("--out")
-        .arg(dir)
-        .output()
-        .context("cannot run simuboost-daemon")?;
-    if !out.status.success() {
-        bail!(
-            "simuboost-daemon run {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            tail(&out.stderr)
-        );
-    }
-    let summary: Value =
-        serde_json::from_slice(&out.stdout).context("the daemon's --json output is not JSON")?;
+    let mut args = args.to_vec();
+    args.extend(["--seed", SEED]);
+    let summary = record_run(dir, &args)?;
     let manifest_path = dir.join("manifest.json");
     let manifest: Value = serde_json::from_slice(
         &fs::read(&manifest_path)
@@ -132,13 +114,6 @@ fn record(dir: &Path, args: &[&str]) -> Result<Recording> {
         checkpoints,
         summary,
     })
-}
-
-/// The last lines of a child's standard error, for error messages.
-fn tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 fn num(v: &Value, key: &str) -> f64 {
