@@ -16,8 +16,31 @@
 //! execution. Interval boundaries fall only on such points.
 #![no_std]
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// Size of a guest page (and of a frame, and of a disk block).
 pub const PAGE_SIZE: u64 = 4096;
+
+/// x86-64 page-table entry bits the VMM builds, masks or reads.
+pub mod pte {
+    /// The entry maps something.
+    pub const PRESENT: u64 = 1 << 0;
+    /// Writes allowed.
+    pub const WRITABLE: u64 = 1 << 1;
+    /// Ring 3 allowed.
+    pub const USER: u64 = 1 << 2;
+    /// Set by the CPU (or KVM's shadow MMU) when the entry is used for a translation.
+    pub const ACCESSED: u64 = 1 << 5;
+    /// Set by the CPU when the page is written through a leaf entry.
+    pub const DIRTY: u64 = 1 << 6;
+    /// A leaf at the PDPT or PD level (1 GiB or 2 MiB page).
+    pub const HUGE: u64 = 1 << 7;
+    /// Both bits the hardware sets on its own: the guest never reads them, so checkpoints and
+    /// replays compare page tables with them masked.
+    pub const ACCESSED_DIRTY: u64 = ACCESSED | DIRTY;
+    /// The physical address an entry points at (bits 12..52).
+    pub const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
+}
 
 /// The doorbell of the paravirtual device: a guest physical address with no RAM behind it, just
 /// above the largest RAM the layout supports, mapped into the guest's address space. The guest
@@ -91,7 +114,7 @@ pub mod status {
 
 /// A request to the paravirtual device, in guest memory, 8-byte aligned.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Request {
     /// Must be [`REQUEST_MAGIC`].
     pub magic: u32,
@@ -108,9 +131,26 @@ pub struct Request {
 }
 
 /// Byte offset of `Request::status` (the VMM writes `status`, `reserved` and `ret` together).
-pub const REQUEST_RESULT_OFFSET: u64 = 32;
+pub const REQUEST_RESULT_OFFSET: u64 = core::mem::offset_of!(Request, status) as u64;
 /// Size of a [`Request`] in bytes.
-pub const REQUEST_SIZE: u64 = 48;
+pub const REQUEST_SIZE: u64 = core::mem::size_of::<Request>() as u64;
+
+/// What the VMM writes back into a [`Request`] at [`REQUEST_RESULT_OFFSET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct RequestResult {
+    /// One of [`status`].
+    pub status: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The operation's result value.
+    pub ret: u64,
+}
+
+// The guest and the VMM both rely on these; a field change must be deliberate.
+const _: () = assert!(REQUEST_SIZE == 48 && REQUEST_RESULT_OFFSET == 32);
+const _: () =
+    assert!(core::mem::size_of::<RequestResult>() as u64 == REQUEST_SIZE - REQUEST_RESULT_OFFSET);
 
 /// Workloads the guest can run; the VMM selects one in the [`BootConfig`].
 #[repr(u32)]
@@ -173,7 +213,7 @@ pub const BOOT_CONFIG_MAGIC: u64 = 0x4746_4342_554d_4953; // "SIMUBCFG"
 
 /// What the guest learns at boot, through [`Op::BootConfig`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BootConfig {
     /// [`BOOT_CONFIG_MAGIC`].
     pub magic: u64,
@@ -194,6 +234,8 @@ pub struct BootConfig {
     /// Seed of every pseudo-random choice the workload makes.
     pub seed: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<BootConfig>() == 64);
 
 /// Guest physical memory layout at boot. The VMM builds these structures before the first
 /// instruction; everything below [`IMAGE_BASE`] belongs to it.

@@ -1,6 +1,8 @@
-//! `simuboost-daemon`: runs a workload in a KVM VM (and, in later stages, records it).
+//! `simuboost-daemon`: runs a workload in a KVM VM and records it: incremental checkpoints, the
+//! event log and per-interval working sets, written as a run directory (docs/FORMAT.md).
 
 mod cli;
+mod guest_image;
 mod record;
 mod run;
 mod trace;

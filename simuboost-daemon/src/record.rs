@@ -15,17 +15,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 
 use simuboost_format::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, Event, FormatError,
     IntervalRecord, RunMeta, RunWriter,
 };
-use simuboost_vmm::machine::{ExitObserver, Machine, ObserverError};
+use simuboost_vmm::machine::{ExitObserver, Machine, MachineError, ObserverError};
+use simuboost_vmm::persist::{save_events, Persist};
 use simuboost_vmm::vstate::dirty::DirtyBitmap;
 use simuboost_vmm::vstate::memory::huge_page_buffer;
 
 use crate::trace::Tracer;
+pub use simuboost_report::daemon::RecordSummary;
 
 /// Staging buffers in flight: one being filled while the writer stores the other.
 const STAGING_BUFFERS: usize = 2;
@@ -91,7 +92,10 @@ pub enum RecordError {
     Trace(#[from] crate::trace::TraceError),
     /// The machine failed while a checkpoint was taken.
     #[error("taking a checkpoint failed: {0}")]
-    Machine(String),
+    Machine(#[from] MachineError),
+    /// The writer thread could not be started.
+    #[error("cannot start the checkpoint writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
 }
 
 /// One checkpoint on its way to the writer.
@@ -117,39 +121,6 @@ enum WriterMsg {
 struct Written {
     checkpoint: u64,
     stats: simuboost_format::CheckpointStats,
-}
-
-/// Totals for the run summary.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RecordSummary {
-    /// Complete checkpoints.
-    pub checkpoints: u64,
-    /// Intervals recorded (checkpoints - 1).
-    pub intervals: u64,
-    /// Bytes written to the run directory for checkpoints.
-    pub bytes_written: u64,
-    /// Mean VM downtime per checkpoint, milliseconds.
-    pub mean_downtime_ms: f64,
-    /// Longest VM downtime of a checkpoint, milliseconds.
-    pub max_downtime_ms: f64,
-    /// Total time the VM waited for the writer (part of the downtime), milliseconds.
-    pub backpressure_ms: f64,
-    /// Mean dirty frames per interval (guest and VMM writes).
-    pub mean_dirty_pages: f64,
-    /// Frames captured in all checkpoints (checkpoint 0 included).
-    pub captured_pages: u64,
-    /// Of those, pages stored (new contents).
-    pub stored_pages: u64,
-    /// Of those, zero pages (not stored).
-    pub zero_pages: u64,
-    /// Of those, pages whose contents were already stored (deduplicated).
-    pub dedup_pages: u64,
-    /// Throughput of the dirty-page copies during downtime, GB/s.
-    pub copy_gbps: f64,
-    /// Intervals whose access log lost events.
-    pub incomplete_intervals: u64,
-    /// Mean frames in an interval's access log (0 without tracer).
-    pub mean_working_set: f64,
 }
 
 /// The recorder: an [`ExitObserver`] that takes the checkpoints.
@@ -235,7 +206,7 @@ impl Recorder {
                     }
                 }
             })
-            .map_err(|e| RecordError::Machine(format!("cannot start the writer thread: {e}")))?;
+            .map_err(RecordError::WriterThread)?;
         let progress = config.progress.then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -305,8 +276,6 @@ impl Recorder {
     fn checkpoint(&mut self, machine: &mut Machine, initial: bool) -> Result<(), RecordError> {
         let began = Instant::now();
         self.drain_written(false)?;
-        let machine_err =
-            |e: simuboost_vmm::machine::MachineError| RecordError::Machine(e.to_string());
         let mut traced = Vec::new();
         let mut drops = 0;
         let (frames, guest_pages, vmm_pages, access) = if initial {
@@ -315,18 +284,18 @@ impl Recorder {
                 frames.set(gfn);
             }
             // Nothing has run yet, but start the dirty tracking from a clean slate.
-            machine.take_dirty().map_err(machine_err)?;
+            machine.take_dirty()?;
             if let Some(tracer) = &mut self.tracer {
                 tracer.drain(&mut traced)?;
             }
             (frames, 0, 0, None)
         } else {
-            machine.complete_pending_exit().map_err(machine_err)?;
+            machine.complete_pending_exit()?;
             // The guest is paused: every event in the ring belongs to the interval just ended.
             if let Some(tracer) = &mut self.tracer {
                 drops = tracer.drain(&mut traced)?;
             }
-            let (guest, mut vmm) = machine.take_dirty().map_err(machine_err)?;
+            let (guest, mut vmm) = machine.take_dirty()?;
             let access = self
                 .tracer
                 .as_ref()
@@ -337,7 +306,7 @@ impl Recorder {
                 // of this checkpoint) and drop KVM's mappings, so that every frame the next
                 // interval touches faults, and is traced, again.
                 vmm.or(&machine.clean_page_table_bits());
-                machine.invalidate_mappings().map_err(machine_err)?;
+                machine.invalidate_mappings()?;
             }
             let counts = (guest.count(), vmm.count());
             let mut frames = guest;
@@ -358,13 +327,9 @@ impl Recorder {
         );
         machine.copy_frames(gfns.iter().copied(), &mut contents);
         let copied = began.elapsed();
-        let snapshot = machine.save_state().map_err(machine_err)?;
+        let snapshot = machine.save_state()?;
         let checkpoint = if initial { 0 } else { self.interval + 1 };
-        let events: Vec<Event> = machine
-            .take_events()
-            .into_iter()
-            .map(|e| e.into_saved(self.interval))
-            .collect();
+        let events: Vec<Event> = save_events(self.interval, machine.take_events());
         let dump = self.config.verify_dumps.then(|| {
             let mut all = Vec::with_capacity(self.mem_bytes as usize);
             machine.copy_frames(0..self.mem_bytes / simuboost_abi::PAGE_SIZE, &mut all);
@@ -398,11 +363,7 @@ impl Recorder {
         });
         let state = CheckpointState {
             checkpoint,
-            exit: snapshot.exits,
-            vcpu: snapshot.vcpu.to_saved(),
-            device_json: serde_json::to_string(&snapshot.device).map_err(|e| {
-                RecordError::Machine(format!("cannot encode the device state: {e}"))
-            })?,
+            ..snapshot.save()
         };
         let dirty_bytes = gfns.len() as u64 * simuboost_abi::PAGE_SIZE;
         let traced_len = interval.as_ref().map_or(0, |i| i.traced_frames);

@@ -7,24 +7,21 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 
+use crate::guest_image::GUEST_ELF;
 use simuboost_abi::WorkloadId;
 use simuboost_vmm::devices::disk::Disk;
-use simuboost_vmm::guest_image::GUEST_ELF;
 use simuboost_vmm::machine::{min_mem_bytes, Machine, MachineConfig, MachineError, RunControl};
 
 use crate::cli::{DirtyTrackingArg, MkdiskArgs, RunArgs, TracerArg};
-use crate::record::{RecordConfig, RecordSummary, Recorder};
+use crate::record::{RecordConfig, Recorder};
+use crate::trace::Tracer;
+use simuboost_report::daemon::RunSummary;
 use simuboost_vmm::vstate::dirty::DirtyTracking;
 
-/// Exit status for errors of the daemon itself (bad input, KVM unavailable, ...). Usage errors
-/// exit with 2 (clap).
-pub const EXIT_ERROR: u8 = 1;
-/// Exit status when the guest crashed.
-pub const EXIT_GUEST_CRASH: u8 = 3;
-/// Exit status when the guest exited with a non-zero status.
-pub const EXIT_GUEST_FAILED: u8 = 4;
+pub use simuboost_report::daemon::exit::{
+    ERROR as EXIT_ERROR, GUEST_CRASH as EXIT_GUEST_CRASH, GUEST_FAILED as EXIT_GUEST_FAILED,
+};
 
 /// How long the guest has to exit after being asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -96,22 +93,120 @@ fn default_data_bytes(mem_bytes: u64) -> u64 {
     (mem_bytes / 4).clamp(4 << 20, 256 << 20)
 }
 
-#[derive(Serialize)]
-struct RunSummary<'a> {
-    workload: &'a str,
-    mem_bytes: u64,
-    arena_bytes: u64,
-    disk_data_bytes: u64,
-    work_units: Option<u64>,
+/// Adds the command-line fix to the machine errors that have one (the library does not know
+/// the daemon's flags).
+fn with_cli_hint(e: MachineError) -> anyhow::Error {
+    let hint = match &e {
+        MachineError::MemoryTooSmall { needed_mib, .. } => {
+            format!("use --mem {needed_mib}M or more")
+        }
+        MachineError::NoDataSet { workload, .. } => format!(
+            "create a data set with `simuboost-daemon mkdisk --workload {workload} PATH` or leave \
+             out --disk"
+        ),
+        _ => return e.into(),
+    };
+    anyhow::anyhow!("{e}; {hint}")
+}
+
+fn load_guest_image(args: &RunArgs) -> Result<Vec<u8>> {
+    match &args.guest {
+        None => Ok(GUEST_ELF.to_vec()),
+        Some(path) => {
+            fs::read(path).with_context(|| format!("cannot read guest image {}", path.display()))
+        }
+    }
+}
+
+/// The eBPF tracer, when the run records with one.
+fn start_tracer(args: &RunArgs) -> Result<Option<Tracer>> {
+    if args.no_record || !matches!(args.tracer, TracerArg::Ebpf) {
+        return Ok(None);
+    }
+    let ring_bytes = match args.trace_ring_bytes {
+        Some(bytes) if !bytes.is_power_of_two() || bytes < 4096 => {
+            bail!("--trace-ring-bytes must be a power of two of at least 4096")
+        }
+        Some(bytes) => bytes,
+        None => crate::trace::ring_bytes_for(args.mem),
+    };
+    let tracer = Tracer::start(args.mem, ring_bytes)?;
+    if !args.json {
+        eprintln!(
+            "simuboost-daemon: tracing frame accesses with {}",
+            tracer.active().join(", ")
+        );
+    }
+    Ok(Some(tracer))
+}
+
+/// Creates the run directory (it must be new) and, unless `--no-record`, the recorder that
+/// writes into it.
+fn start_recorder(
+    args: &RunArgs,
+    run_dir: &Path,
+    meta: simuboost_format::RunMeta,
+    tracer: Option<Tracer>,
+) -> Result<Option<Recorder>> {
+    if args.no_record {
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+        return Ok(None);
+    }
+    Ok(Some(Recorder::start(
+        run_dir,
+        meta,
+        RecordConfig {
+            interval: args.interval,
+            interval_exits: args.interval_exits,
+            verify_dumps: args.verify_dumps,
+            progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        },
+        tracer,
+    )?))
+}
+
+/// The disk: `--disk`, or a data set generated into the run directory for the workloads that
+/// read one.
+fn prepare_disk(
+    args: &RunArgs,
+    workload: WorkloadId,
+    run_dir: &Path,
     seed: u64,
-    exit_status: Option<u64>,
-    crashed: bool,
-    guest_exits: u64,
-    wall_seconds: f64,
-    disk_read_bytes: u64,
-    disk_write_bytes: u64,
-    run_dir: &'a Path,
-    recording: Option<RecordSummary>,
+) -> Result<Option<PathBuf>> {
+    Ok(match &args.disk {
+        Some(path) => Some(path.clone()),
+        None if simuboost_workloads::needs_disk(workload) => {
+            let path = run_dir.join("disk.img");
+            let data = default_data_bytes(args.mem);
+            tracing::info!(path = %path.display(), data, "generating the data set");
+            Disk::create_dataset(&path, workload, data, data * 3, seed)?;
+            Some(path)
+        }
+        None => None,
+    })
+}
+
+fn open_console(args: &RunArgs) -> Result<Box<dyn Write + Send>> {
+    Ok(match (&args.console_log, args.json) {
+        (Some(path), _) => Box::new(io::BufWriter::new(
+            File::create(path)
+                .with_context(|| format!("cannot create console log {}", path.display()))?,
+        )),
+        (None, true) => Box::new(io::stderr()),
+        (None, false) => Box::new(io::stdout()),
+    })
+}
+
+/// SIGINT/SIGTERM ask the guest to stop at its next yield; a second one ends the daemon.
+fn install_signal_handlers(control: &RunControl) -> Result<()> {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, control.stop.clone())
+            .context("cannot install signal handlers")?;
+        signal_hook::flag::register(signal, control.stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+    Ok(())
 }
 
 pub fn run(args: &RunArgs) -> Result<Outcome> {
@@ -125,99 +220,31 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             );
         }
     }
-    let guest_image = match &args.guest {
-        None => GUEST_ELF.to_vec(),
-        Some(path) => {
-            fs::read(path).with_context(|| format!("cannot read guest image {}", path.display()))?
-        }
-    };
+    let guest_image = load_guest_image(args)?;
     let run_dir = args.out.clone().unwrap_or_else(default_run_dir);
     let seed = args.seed.unwrap_or_else(rand::random);
     let dirty_tracking = match args.dirty_tracking {
         DirtyTrackingArg::Log => DirtyTracking::Log,
         DirtyTrackingArg::Ring => DirtyTracking::Ring,
     };
-    let tracer = match args.tracer {
-        TracerArg::Ebpf if !args.no_record => {
-            let ring_bytes = match args.trace_ring_bytes {
-                Some(bytes) if !bytes.is_power_of_two() || bytes < 4096 => {
-                    bail!("--trace-ring-bytes must be a power of two of at least 4096")
-                }
-                Some(bytes) => bytes,
-                None => crate::trace::ring_bytes_for(args.mem),
-            };
-            let tracer = crate::trace::Tracer::start(args.mem, ring_bytes)?;
-            if !args.json {
-                eprintln!(
-                    "simuboost-daemon: tracing frame accesses with {}",
-                    tracer.active().join(", ")
-                );
-            }
-            Some(tracer)
-        }
-        _ => None,
+    let tracer = start_tracer(args)?;
+    let meta = simuboost_format::RunMeta {
+        workload: workload.name().to_string(),
+        mem_bytes: args.mem,
+        seed,
+        interval_ns: args.interval.as_nanos() as u64,
+        dirty_tracking: dirty_tracking.name().to_string(),
+        tracer: if tracer.is_some() { "ebpf" } else { "none" }.to_string(),
+        created_unix_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        guest_image_xxh3: format!("{:032x}", simuboost_format::page_hash(&guest_image)),
+        disk_image: args.disk.as_ref().map(|p| p.display().to_string()),
     };
-    // The recorder creates the run directory (it must be new), so it starts first.
-    let recorder = if args.no_record {
-        fs::create_dir_all(&run_dir)
-            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-        None
-    } else {
-        Some(Recorder::start(
-            &run_dir,
-            simuboost_format::RunMeta {
-                workload: workload.name().to_string(),
-                mem_bytes: args.mem,
-                seed,
-                interval_ns: args.interval.as_nanos() as u64,
-                dirty_tracking: dirty_tracking.name().to_string(),
-                tracer: if tracer.is_some() { "ebpf" } else { "none" }.to_string(),
-                created_unix_ms: SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                guest_image_xxh3: format!("{:032x}", simuboost_format::page_hash(&guest_image)),
-                disk_image: args.disk.as_ref().map(|p| p.display().to_string()),
-            },
-            RecordConfig {
-                interval: args.interval,
-                interval_exits: args.interval_exits,
-                verify_dumps: args.verify_dumps,
-                progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            },
-            tracer,
-        )?)
-    };
-
-    let disk = match &args.disk {
-        Some(path) => Some(path.clone()),
-        None if simuboost_workloads::needs_disk(workload) => {
-            let path = run_dir.join("disk.img");
-            let data = default_data_bytes(args.mem);
-            tracing::info!(path = %path.display(), data, "generating the data set");
-            Disk::create_dataset(&path, workload, data, data * 3, seed)?;
-            Some(path)
-        }
-        None => None,
-    };
-
-    let console: Box<dyn Write + Send> = match (&args.console_log, args.json) {
-        (Some(path), _) => Box::new(io::BufWriter::new(
-            File::create(path)
-                .with_context(|| format!("cannot create console log {}", path.display()))?,
-        )),
-        (None, true) => Box::new(io::stderr()),
-        (None, false) => Box::new(io::stdout()),
-    };
-
+    let recorder = start_recorder(args, &run_dir, meta, tracer)?;
+    let disk = prepare_disk(args, workload, &run_dir, seed)?;
     let control = RunControl::default();
-    // SIGINT/SIGTERM ask the guest to stop at its next yield; a second one ends the daemon.
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, control.stop.clone())
-            .context("cannot install signal handlers")?;
-        signal_hook::flag::register(signal, control.stop.clone())
-            .context("cannot install signal handlers")?;
-    }
-
+    install_signal_handlers(&control)?;
     let mut machine = Machine::new(
         MachineConfig {
             workload,
@@ -226,32 +253,27 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             seed,
             disk,
             guest_image,
-            console,
+            console: open_console(args)?,
             dirty_tracking: recorder.is_some().then_some(dirty_tracking),
             record_events: recorder.is_some(),
         },
         control,
-    )?;
+    )
+    .map_err(with_cli_hint)?;
     let deadline = if args.work.is_some() {
         None
     } else {
         Some(args.duration)
     };
     let mut summary = RunSummary {
-        workload: workload.name(),
+        workload: workload.name().to_string(),
         mem_bytes: args.mem,
         arena_bytes: machine.arena_bytes(),
         disk_data_bytes: machine.boot_config().disk_data_bytes,
         work_units: args.work,
         seed,
-        exit_status: None,
-        crashed: false,
-        guest_exits: 0,
-        wall_seconds: 0.0,
-        disk_read_bytes: 0,
-        disk_write_bytes: 0,
-        run_dir: &run_dir,
-        recording: None,
+        run_dir: run_dir.clone(),
+        ..RunSummary::default()
     };
     tracing::info!(
         workload = workload.name(),
@@ -323,37 +345,43 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         .with_context(|| format!("cannot write {}", run_dir.join("summary.json").display()))?;
     if args.json {
         println!("{json}");
-    } else if let Ok(report) = &result {
-        eprintln!(
-            "simuboost-daemon: {} finished with status {} after {:.2} s, {} guest exits ({:.1} µs of guest time between exits); run directory {}",
-            workload.name(),
-            report.exit_status.unwrap_or_default(),
-            report.wall.as_secs_f64(),
-            report.guest_exits,
-            report.wall.as_secs_f64() * 1e6 / report.guest_exits.max(1) as f64,
-            run_dir.display()
-        );
-        if let Some(r) = &summary.recording {
-            eprintln!(
-                "simuboost-daemon: recorded {} intervals ({} checkpoints): {:.0} dirty pages and {} \
-                 per interval, downtime {:.1} ms mean / {:.1} ms max, {:.1} MiB written \
-                 ({:.0}% of captured pages were zero or duplicates)",
-                r.intervals,
-                r.checkpoints,
-                r.mean_dirty_pages,
-                if r.mean_working_set > 0.0 {
-                    format!("a working set of {:.0} frames", r.mean_working_set)
-                } else {
-                    "no access log".to_string()
-                },
-                r.mean_downtime_ms,
-                r.max_downtime_ms,
-                r.bytes_written as f64 / (1 << 20) as f64,
-                (r.zero_pages + r.dedup_pages) as f64 * 100.0 / r.captured_pages.max(1) as f64
-            );
-        }
+    } else if result.is_ok() {
+        print_summary(&summary);
     }
     Ok(outcome)
+}
+
+/// The summary for people, on stderr.
+fn print_summary(summary: &RunSummary) {
+    eprintln!(
+        "simuboost-daemon: {} finished with status {} after {:.2} s, {} guest exits ({:.1} µs \
+         of guest time between exits); run directory {}",
+        summary.workload,
+        summary.exit_status.unwrap_or_default(),
+        summary.wall_seconds,
+        summary.guest_exits,
+        summary.wall_seconds * 1e6 / summary.guest_exits.max(1) as f64,
+        summary.run_dir.display()
+    );
+    if let Some(r) = &summary.recording {
+        eprintln!(
+            "simuboost-daemon: recorded {} intervals ({} checkpoints): {:.0} dirty pages and {} \
+             per interval, downtime {:.1} ms mean / {:.1} ms max, {:.1} MiB written \
+             ({:.0}% of captured pages were zero or duplicates)",
+            r.intervals,
+            r.checkpoints,
+            r.mean_dirty_pages,
+            if r.mean_working_set > 0.0 {
+                format!("a working set of {:.0} frames", r.mean_working_set)
+            } else {
+                "no access log".to_string()
+            },
+            r.mean_downtime_ms,
+            r.max_downtime_ms,
+            r.bytes_written as f64 / (1 << 20) as f64,
+            (r.zero_pages + r.dedup_pages) as f64 * 100.0 / r.captured_pages.max(1) as f64
+        );
+    }
 }
 
 pub fn mkdisk(args: &MkdiskArgs) -> Result<()> {

@@ -14,12 +14,9 @@ use simuboost_replay::replay::check_interval;
 use simuboost_replay::runs::{newest_run, DEFAULT_RUNS_DIR};
 use simuboost_replay::{replay_interval, Mode, ReplayOptions, ReplayReport};
 
-/// Exit status when every replay verified.
-const EXIT_OK: u8 = 0;
-/// Exit status when the replay could not run (bad input, I/O, KVM).
-const EXIT_ERROR: u8 = 1;
-/// Exit status when a replay ran but did not match the recording.
-const EXIT_DIVERGED: u8 = 3;
+use simuboost_report::replay::exit::{
+    DIVERGED as EXIT_DIVERGED, ERROR as EXIT_ERROR, OK as EXIT_OK,
+};
 
 /// Replay intervals of a recorded run from their checkpoints, and verify each against the next
 /// checkpoint.

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use simuboost_report::replay::exit;
+
 use crate::replay::{Mode, ReplayReport};
 
 /// The outcome of one interval.
@@ -103,8 +105,10 @@ fn replay_in_child(
     let report = stdout
         .lines()
         .find_map(|line| serde_json::from_str::<ReplayReport>(line).ok());
+    // Verified and diverged replays both report; any other status is a replay that could not run.
+    let reported = |code: i32| code == i32::from(exit::OK) || code == i32::from(exit::DIVERGED);
     match (out.status.code(), report) {
-        (Some(0 | 3), Some(report)) => Ok(report),
+        (Some(code), Some(report)) if reported(code) => Ok(report),
         (code, _) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let message = stderr

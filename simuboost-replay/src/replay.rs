@@ -6,40 +6,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use simuboost_format::{FormatError, Run};
-use simuboost_vmm::devices::paravirt::{DeviceEvent, DeviceSnapshot};
+use simuboost_abi::{pte, PAGE_SIZE};
+use simuboost_format::{FormatError, IntervalRecord, Run};
 use simuboost_vmm::devices::replay::ReplayDevice;
-use simuboost_vmm::machine::{Machine, MachineError, NoObserver, RunControl};
+use simuboost_vmm::devices::{DeviceError, DeviceEvent};
+use simuboost_vmm::machine::{
+    Machine, MachineError, MachineSnapshot, NoObserver, RunControl, RunReport,
+};
+use simuboost_vmm::persist::{restore_events, Persist, PersistError};
 use simuboost_vmm::vstate::memory::create_guest_memory_backed;
 use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
 
-use crate::restore::{resident_bytes, PageSource, RestoreError, UffdMemory};
-use crate::verify::{self, Divergence};
+use crate::restore::{resident_bytes, LoadStats, PageSource, RestoreError, UffdMemory};
+pub use simuboost_report::replay::{Divergence, Mode, ReplayReport};
 
-/// Which frames are loaded before the replay starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The interval's working set (from its access log), at its newest version as of N.
-    Sparse,
-    /// Every non-zero page of the state at N (the dense baseline).
-    Full,
-    /// Nothing: every page is a miss (the on-demand baseline of snapshot systems).
-    Lazy,
-}
-
-impl Mode {
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Sparse => "sparse",
-            Mode::Full => "full",
-            Mode::Lazy => "lazy",
-        }
-    }
-}
+use crate::verify;
 
 /// How to replay.
 #[derive(Clone, Copy, Debug)]
@@ -86,65 +67,22 @@ pub enum ReplayError {
     #[error(transparent)]
     Restore(#[from] RestoreError),
     /// KVM failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Machine(#[from] MachineError),
     /// The recorded state does not decode.
-    #[error("{path}: corrupt: {what}")]
+    #[error("{}: corrupt: {source}", path.display())]
     BadState {
         /// The state file.
         path: std::path::PathBuf,
         /// What is wrong.
-        what: String,
+        source: PersistError,
     },
-}
-
-/// The result of replaying one interval.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ReplayReport {
-    /// The interval.
-    pub interval: u64,
-    /// The mode.
-    pub mode: Mode,
-    /// Frames installed before the replay started.
-    pub pages_loaded: u64,
-    /// Of those, zero pages (mapped, nothing read).
-    pub zero_pages_loaded: u64,
-    /// Bytes read from the run and copied into guest memory before the replay started.
-    pub bytes_loaded: u64,
-    /// Frames in the interval's working set (0 without an access log).
-    pub working_set_pages: u64,
-    /// Time to restore: reading the state, events and page map, loading pages, and setting up
-    /// the VM and vCPU, milliseconds.
-    pub restore_ms: f64,
-    /// Of which, reading the run's tables: vCPU and device state, events, access log and the
-    /// page map as of N.
-    pub read_ms: f64,
-    /// Of which, installing pages (reading pages.bin and copying into guest memory).
-    pub load_ms: f64,
-    /// Frames served on demand during the replay.
-    pub misses: u64,
-    /// Of those, zero pages.
-    pub zero_misses: u64,
-    /// Peak resident guest memory, bytes.
-    pub footprint_bytes: u64,
-    /// Time from resuming the vCPU to the end boundary, milliseconds.
-    pub replay_ms: f64,
-    /// Time to verify, milliseconds.
-    pub verify_ms: f64,
-    /// Recorded length of the interval (wall clock while recording), milliseconds.
-    pub recorded_ms: f64,
-    /// Guest-initiated exits replayed.
-    pub exits: u64,
-    /// Exit count at the interval's start and end.
-    pub start_exit: u64,
-    /// Exit count at the interval's end boundary.
-    pub end_exit: u64,
-    /// Pages compared with the next checkpoint.
-    pub pages_checked: u64,
-    /// True when the final state equals checkpoint N+1.
-    pub verified: bool,
-    /// The first divergence, if any.
-    pub divergence: Option<Divergence>,
+    /// The watchdog thread could not be started.
+    #[error("cannot start the replay's watchdog thread: {0}")]
+    Watchdog(#[source] std::io::Error),
+    /// The replay's resident memory could not be measured.
+    #[error("cannot measure the replay's memory footprint (/proc/self/smaps): {0}")]
+    Footprint(#[source] std::io::Error),
 }
 
 /// Checks that `interval` can be replayed and says why not.
@@ -170,8 +108,6 @@ pub fn check_interval(run: &Run, interval: u64) -> Result<(), ReplayError> {
     })
 }
 
-const PAGE_BYTES: u64 = simuboost_format::PAGE_SIZE as u64;
-
 /// The frames the vCPU's system registers point at: the root of the page tables and the
 /// descriptor tables (GDT, IDT, TSS). The tracer cannot see these accesses: KVM starts every
 /// walk at CR3 but reports only the entries it reads, which name the next level; descriptor
@@ -179,7 +115,7 @@ const PAGE_BYTES: u64 = simuboost_format::PAGE_SIZE as u64;
 /// MMU. They are part of the working set of every interval.
 fn system_frames(vcpu: &VcpuSnapshot, mem_bytes: u64) -> Vec<u64> {
     let s = &vcpu.sregs;
-    let mut frames = vec![(s.cr3 & 0x000f_ffff_ffff_f000) / PAGE_BYTES];
+    let mut frames = vec![(s.cr3 & pte::ADDRESS_MASK) / PAGE_SIZE];
     for (base, limit) in [
         (s.gdt.base, u64::from(s.gdt.limit)),
         (s.idt.base, u64::from(s.idt.limit)),
@@ -187,7 +123,7 @@ fn system_frames(vcpu: &VcpuSnapshot, mem_bytes: u64) -> Vec<u64> {
     ] {
         let end = base.saturating_add(limit).min(mem_bytes.saturating_sub(1));
         if base < mem_bytes {
-            frames.extend(base / PAGE_BYTES..=end / PAGE_BYTES);
+            frames.extend(base / PAGE_SIZE..=end / PAGE_SIZE);
         }
     }
     frames
@@ -197,108 +133,101 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Replays interval `interval` of `run`.
-pub fn replay_interval(
-    run: &Run,
-    interval: u64,
-    options: ReplayOptions,
-) -> Result<ReplayReport, ReplayError> {
-    check_interval(run, interval)?;
-    let began = Instant::now();
-    let mem_bytes = run.manifest().meta.mem_bytes;
-    let record = run.interval(interval)?;
-    let state = run.state(interval)?;
-    let events: Vec<DeviceEvent> = run
-        .events(interval)?
-        .into_iter()
-        .map(DeviceEvent::from_saved)
-        .collect();
-    let state_path = simuboost_format::layout::state_table(run.dir(), interval);
-    let bad_state = |what: String| ReplayError::BadState {
-        path: state_path.clone(),
-        what,
-    };
-    let vcpu = VcpuSnapshot::from_saved(&state.vcpu).map_err(|e| bad_state(e.to_string()))?;
-    let device: DeviceSnapshot = serde_json::from_str(&state.device_json)
-        .map_err(|e| bad_state(format!("device state: {e}")))?;
-    let read_state = began.elapsed();
-    let working_set: Option<Vec<u64>> = match options.mode {
-        Mode::Sparse => {
-            let access = run
-                .access(interval)?
-                .ok_or(ReplayError::NoWorkingSet(interval))?;
-            if !record.complete {
-                tracing::warn!(
-                    interval,
-                    "the interval's access log is incomplete (the tracer lost events): pages it \
-                     missed are loaded on demand"
-                );
-            }
-            let mut gfns: Vec<u64> = access.iter().map(|a| a.gfn).collect();
-            gfns.extend(system_frames(&vcpu, mem_bytes));
-            gfns.sort_unstable();
-            gfns.dedup();
-            Some(gfns)
-        }
-        Mode::Full | Mode::Lazy => None,
-    };
-    let read_access = began.elapsed();
-    let source = Arc::new(PageSource::new(run.page_map(interval)?, run.page_store()?));
-    let read_map = began.elapsed();
+/// What a replay reads from the run before it touches guest memory.
+struct IntervalInputs {
+    record: IntervalRecord,
+    machine: MachineSnapshot,
+    events: Vec<DeviceEvent>,
+    /// The frames sparse mode loads (access log plus the frames the vCPU state points at).
+    working_set: Option<Vec<u64>>,
+    source: Arc<PageSource>,
+}
 
-    let memory = create_guest_memory_backed(mem_bytes, false).map_err(MachineError::from)?;
-    let uffd = UffdMemory::register(&memory)?;
-    let load_began = Instant::now();
-    let load = match options.mode {
-        Mode::Sparse => uffd.install(&source, working_set.as_deref().unwrap_or_default())?,
+impl IntervalInputs {
+    fn read(run: &Run, interval: u64, mode: Mode) -> Result<IntervalInputs, ReplayError> {
+        let mem_bytes = run.manifest().meta.mem_bytes;
+        let record = run.interval(interval)?;
+        let state = run.state(interval)?;
+        let machine =
+            MachineSnapshot::restore((), &state).map_err(|source| ReplayError::BadState {
+                path: simuboost_format::layout::state_table(run.dir(), interval),
+                source,
+            })?;
+        let events = restore_events(run.events(interval)?);
+        let working_set = match mode {
+            Mode::Sparse => {
+                let access = run
+                    .access(interval)?
+                    .ok_or(ReplayError::NoWorkingSet(interval))?;
+                if !record.complete {
+                    tracing::warn!(
+                        interval,
+                        "the interval's access log is incomplete (the tracer lost events): pages \
+                         it missed are loaded on demand"
+                    );
+                }
+                let mut gfns: Vec<u64> = access.iter().map(|a| a.gfn).collect();
+                gfns.extend(system_frames(&machine.vcpu, mem_bytes));
+                gfns.sort_unstable();
+                gfns.dedup();
+                Some(gfns)
+            }
+            Mode::Full | Mode::Lazy => None,
+        };
+        let source = Arc::new(PageSource::new(run.page_map(interval)?, run.page_store()?));
+        Ok(IntervalInputs {
+            record,
+            machine,
+            events,
+            working_set,
+            source,
+        })
+    }
+
+    /// The recorded length of the interval.
+    fn recorded(&self) -> Duration {
+        Duration::from_nanos(self.record.end_ns.saturating_sub(self.record.start_ns))
+    }
+}
+
+/// Guest memory registered with userfaultfd and loaded as the mode says.
+fn load_memory(
+    memory: &UffdMemory,
+    inputs: &IntervalInputs,
+    mode: Mode,
+) -> Result<LoadStats, ReplayError> {
+    Ok(match mode {
+        Mode::Sparse => memory.install(
+            &inputs.source,
+            inputs.working_set.as_deref().unwrap_or_default(),
+        )?,
         Mode::Full => {
-            let nonzero: Vec<u64> = source.map.iter().map(|(gfn, _)| gfn).collect();
-            let mut load = uffd.install(&source, &nonzero)?;
-            let zeros = uffd.install_zero_rest()?;
+            let nonzero: Vec<u64> = inputs.source.map.iter().map(|(gfn, _)| gfn).collect();
+            let mut load = memory.install(&inputs.source, &nonzero)?;
+            let zeros = memory.install_zero_rest()?;
             load.pages += zeros;
             load.zero_pages += zeros;
             load
         }
-        Mode::Lazy => Default::default(),
-    };
-    let load_time = load_began.elapsed();
-    let failed = Arc::new(AtomicBool::new(false));
-    let server = uffd.serve(source.clone(), failed.clone())?;
-    let control = RunControl::default();
-    let mut machine = Machine::restore(
-        memory,
-        &vcpu,
-        state.exit,
-        Box::new(ReplayDevice::new(
-            events,
-            record.end_exit,
-            mem_bytes,
-            device,
-        )),
-        control.clone(),
-    )?;
-    let restore_time = began.elapsed();
-    tracing::debug!(
-        interval,
-        mode = options.mode.name(),
-        state_and_events_ms = ms(read_state),
-        access_log_ms = ms(read_access - read_state),
-        page_map_ms = ms(read_map - read_access),
-        load_ms = ms(load_time),
-        total_ms = ms(restore_time),
-        "restored"
-    );
+        Mode::Lazy => LoadStats::default(),
+    })
+}
 
-    // The watchdog: aborts the run when the page server failed or the timeout passed, and
-    // keeps kicking until the run has ended (a kick can be lost just before KVM_RUN).
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let watchdog = {
-        let control = control.clone();
-        let failed = failed.clone();
-        let recorded = Duration::from_nanos(record.end_ns.saturating_sub(record.start_ns));
-        let timeout = options
-            .timeout
-            .unwrap_or(Duration::from_secs(60) + recorded * 20);
+/// Aborts a run when the page server failed or the timeout passed, and keeps kicking until the
+/// run has ended (a kick can be lost just before `KVM_RUN`).
+struct Watchdog {
+    thread: std::thread::JoinHandle<()>,
+    done: mpsc::Sender<()>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(
+        control: RunControl,
+        failed: Arc<AtomicBool>,
+        timeout: Duration,
+    ) -> Result<Watchdog, ReplayError> {
+        let (done, done_rx) = mpsc::channel::<()>();
         let timed_out = Arc::new(AtomicBool::new(false));
         let flag = timed_out.clone();
         let thread = std::thread::Builder::new()
@@ -319,10 +248,107 @@ pub fn replay_interval(
                     }
                 }
             })
-            .map_err(|e| RestoreError::Handler(format!("cannot start the watchdog: {e}")))?;
-        (thread, timed_out, timeout)
-    };
+            .map_err(ReplayError::Watchdog)?;
+        Ok(Watchdog {
+            thread,
+            done,
+            timed_out,
+        })
+    }
 
+    /// Stops the watchdog; true if the timeout had passed.
+    fn stop(self) -> bool {
+        // The watchdog may already have returned (a closed channel ends it the same way).
+        let _ = self.done.send(());
+        let _ = self.thread.join();
+        self.timed_out.load(Ordering::SeqCst)
+    }
+}
+
+/// Turns how the run ended into a divergence (or none), or an error that prevents a verdict.
+fn run_divergence(
+    outcome: Result<RunReport, MachineError>,
+    final_exits: u64,
+    end_exit: u64,
+    timed_out: Option<Duration>,
+) -> Result<Option<Divergence>, ReplayError> {
+    Ok(match outcome {
+        Ok(report) => match report.exit_status {
+            Some(status) if final_exits != end_exit => Some(Divergence::request(
+                final_exits,
+                format!(
+                    "the guest exited (status {status}) at exit {final_exits}, the interval ends \
+                     at exit {end_exit}"
+                ),
+            )),
+            _ => None,
+        },
+        Err(MachineError::Device(DeviceError::Divergence { exit, what })) => {
+            Some(Divergence::request(exit, what))
+        }
+        Err(MachineError::GuestCrash(crash)) => Some(Divergence::crash(
+            crash.exits,
+            crash.to_string().trim_end().to_string(),
+        )),
+        Err(MachineError::Aborted) if timed_out.is_some() => Some(Divergence::timeout(
+            final_exits,
+            format!(
+                "the interval did not end within {:.1} s (last exit {final_exits}, the interval \
+                 ends at exit {end_exit})",
+                timed_out.unwrap_or_default().as_secs_f64(),
+            ),
+        )),
+        Err(e) => return Err(e.into()),
+    })
+}
+
+/// Replays interval `interval` of `run`.
+pub fn replay_interval(
+    run: &Run,
+    interval: u64,
+    options: ReplayOptions,
+) -> Result<ReplayReport, ReplayError> {
+    check_interval(run, interval)?;
+    let began = Instant::now();
+    let mem_bytes = run.manifest().meta.mem_bytes;
+    let inputs = IntervalInputs::read(run, interval, options.mode)?;
+    let read_time = began.elapsed();
+
+    let memory = create_guest_memory_backed(mem_bytes, false).map_err(MachineError::from)?;
+    let uffd = UffdMemory::register(&memory)?;
+    let load_began = Instant::now();
+    let load = load_memory(&uffd, &inputs, options.mode)?;
+    let load_time = load_began.elapsed();
+    let failed = Arc::new(AtomicBool::new(false));
+    let server = uffd.serve(inputs.source.clone(), failed.clone())?;
+    let control = RunControl::default();
+    let record = &inputs.record;
+    let mut machine = Machine::restore(
+        memory,
+        &inputs.machine.vcpu,
+        inputs.machine.exits,
+        Box::new(ReplayDevice::new(
+            inputs.events.clone(),
+            record.end_exit,
+            mem_bytes,
+            inputs.machine.device.clone(),
+        )),
+        control.clone(),
+    )?;
+    let restore_time = began.elapsed();
+    tracing::debug!(
+        interval,
+        mode = options.mode.name(),
+        read_ms = ms(read_time),
+        load_ms = ms(load_time),
+        total_ms = ms(restore_time),
+        "restored"
+    );
+
+    let timeout = options
+        .timeout
+        .unwrap_or(Duration::from_secs(60) + inputs.recorded() * 20);
+    let watchdog = Watchdog::start(control, failed, timeout)?;
     let run_began = Instant::now();
     let outcome = machine.run(None, Duration::from_secs(1), &mut NoObserver);
     let completed = match &outcome {
@@ -330,11 +356,9 @@ pub fn replay_interval(
         Err(_) => Ok(()),
     };
     let replay_time = run_began.elapsed();
-    let _ = done_tx.send(());
-    let _ = watchdog.0.join();
-    let timed_out = watchdog.1.load(Ordering::SeqCst);
+    let timed_out = watchdog.stop();
     let final_exits = machine.guest_exits();
-    let footprint = resident_bytes(machine.memory()).unwrap_or(0);
+    let footprint = resident_bytes(machine.memory()).map_err(ReplayError::Footprint)?;
     let server_error = server.take_error();
     let misses = server.finish()?;
     if let Some(e) = server_error {
@@ -343,53 +367,30 @@ pub fn replay_interval(
     completed?;
 
     let verify_began = Instant::now();
-    let mut divergence = match outcome {
-        Ok(report) => match report.exit_status {
-            Some(status) if final_exits != record.end_exit => Some(Divergence::request(
-                final_exits,
-                format!(
-                    "the guest exited (status {status}) at exit {final_exits}, the interval ends \
-                     at exit {}",
-                    record.end_exit
-                ),
-            )),
-            _ => None,
-        },
-        Err(MachineError::Device(simuboost_vmm::devices::paravirt::DeviceError::Divergence {
-            exit,
-            what,
-        })) => Some(Divergence::request(exit, what)),
-        Err(MachineError::GuestCrash(crash)) => Some(Divergence::crash(
-            crash.exits,
-            crash.to_string().trim_end().to_string(),
-        )),
-        Err(MachineError::Aborted) if timed_out => Some(Divergence::timeout(
-            final_exits,
-            format!(
-                "the interval did not end within {:.1} s (last exit {final_exits}, the interval \
-                 ends at exit {})",
-                watchdog.2.as_secs_f64(),
-                record.end_exit
-            ),
-        )),
-        Err(e) => return Err(e.into()),
-    };
+    let mut divergence = run_divergence(
+        outcome,
+        final_exits,
+        record.end_exit,
+        timed_out.then_some(timeout),
+    )?;
     let mut pages_checked = 0;
     if divergence.is_none() {
         let final_state = machine.save_state()?;
         let next_state = run.state(interval + 1)?;
-        let expected_pages = run.checkpoint_pages(interval + 1)?;
-        let result = verify::verify(
-            &machine,
-            &final_state.vcpu,
-            &next_state.vcpu,
-            &source,
-            uffd.installed(),
-            &expected_pages,
-            record.end_exit,
-        )?;
-        pages_checked = result.pages_checked;
-        divergence = result.divergence;
+        divergence = verify::verify_vcpu(&final_state.vcpu, &next_state.vcpu, record.end_exit);
+        if divergence.is_none() {
+            let expected_pages = run.checkpoint_pages(interval + 1)?;
+            let result = verify::verify_memory(
+                machine.memory(),
+                final_state.vcpu.sregs.cr3,
+                &inputs.source,
+                uffd.installed(),
+                &expected_pages,
+                record.end_exit,
+            )?;
+            pages_checked = result.pages_checked;
+            divergence = result.divergence;
+        }
     }
     let verify_time = verify_began.elapsed();
     drop(machine);
@@ -400,16 +401,16 @@ pub fn replay_interval(
         pages_loaded: load.pages,
         zero_pages_loaded: load.zero_pages,
         bytes_loaded: load.bytes,
-        working_set_pages: working_set.as_ref().map_or(0, |w| w.len() as u64),
+        working_set_pages: inputs.working_set.as_ref().map_or(0, |w| w.len() as u64),
         restore_ms: ms(restore_time),
-        read_ms: ms(read_map),
+        read_ms: ms(read_time),
         load_ms: ms(load_time),
         misses: misses.misses,
         zero_misses: misses.zero_misses,
         footprint_bytes: footprint,
         replay_ms: ms(replay_time),
         verify_ms: ms(verify_time),
-        recorded_ms: (record.end_ns.saturating_sub(record.start_ns)) as f64 / 1e6,
+        recorded_ms: ms(inputs.recorded()),
         exits: final_exits.saturating_sub(record.start_exit),
         start_exit: record.start_exit,
         end_exit: record.end_exit,

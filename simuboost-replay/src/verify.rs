@@ -14,70 +14,17 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-use simuboost_format::{page_hash, FormatError, VcpuState, PAGE_SIZE};
-use simuboost_vmm::machine::Machine;
-use simuboost_vmm::vstate::memory::host_region;
+use simuboost_abi::pte::{ACCESSED_DIRTY, ADDRESS_MASK};
+use simuboost_format::{page_hash, FormatError, GeneralRegs, VcpuState, PAGE_SIZE};
+use simuboost_vmm::persist::Persist;
+use simuboost_vmm::vstate::memory::{host_region, GuestMemory};
 use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
+
+pub use simuboost_report::replay::Divergence;
 
 use crate::restore::{InstalledFrames, PageSource};
 
 const PAGE: u64 = PAGE_SIZE as u64;
-const ACCESSED_DIRTY: u64 = (1 << 5) | (1 << 6);
-const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
-
-/// Where and how a replay left the recording.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Divergence {
-    /// Guest-initiated exit count where it was detected.
-    pub exit: u64,
-    /// `request` (the guest asked for something else), `crash`, `timeout`, `register`,
-    /// `memory`.
-    pub kind: String,
-    /// The register that differs, for `register`.
-    pub register: Option<String>,
-    /// The first (lowest) frame that differs, for `memory`.
-    pub gfn: Option<u64>,
-    /// How many pages differ, for `memory`.
-    pub differing_pages: Option<u64>,
-    /// One line for people.
-    pub description: String,
-}
-
-impl Divergence {
-    fn new(exit: u64, kind: &'static str, description: String) -> Divergence {
-        Divergence {
-            exit,
-            kind: kind.to_string(),
-            register: None,
-            gfn: None,
-            differing_pages: None,
-            description,
-        }
-    }
-
-    /// The guest made another request than the recorded one.
-    pub fn request(exit: u64, description: String) -> Divergence {
-        Divergence::new(exit, "request", description)
-    }
-
-    /// The guest crashed.
-    pub fn crash(exit: u64, description: String) -> Divergence {
-        Divergence::new(exit, "crash", description)
-    }
-
-    /// The interval did not end in time.
-    pub fn timeout(exit: u64, description: String) -> Divergence {
-        Divergence::new(exit, "timeout", description)
-    }
-}
-
-impl std::fmt::Display for Divergence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}: {}", self.exit, self.description)
-    }
-}
 
 /// What verification found.
 pub struct Verification {
@@ -87,32 +34,17 @@ pub struct Verification {
     pub divergence: Option<Divergence>,
 }
 
-/// Compares the replay's final state with checkpoint N+1. `expected_pages` is checkpoint N+1's
-/// page table (`(gfn, slot, hash)`, hash `None` for zero); every other page is as in `source`
-/// (the state at N).
-pub fn verify(
-    machine: &Machine,
+/// Compares the replayed vCPU's registers with checkpoint N+1's: the general registers (each
+/// named on a mismatch), then the system registers, XSAVE area and XCRs as KVM saved them.
+/// MSRs are not compared: they include the TSC.
+pub fn verify_vcpu(
     replayed: &VcpuSnapshot,
     expected: &VcpuState,
-    source: &PageSource,
-    installed: &InstalledFrames,
-    expected_pages: &[(u64, Option<u64>, Option<u128>)],
     end_exit: u64,
-) -> Result<Verification, FormatError> {
-    let saved = replayed.to_saved();
-    if let Some((name, replay, recording)) = saved.regs.diff(&expected.regs) {
-        let mut d = Divergence::new(
-            end_exit,
-            "register",
-            format!(
-                "register {name} is {replay:#x} after the replay, {recording:#x} in the recording"
-            ),
-        );
-        d.register = Some(name.to_string());
-        return Ok(Verification {
-            pages_checked: 0,
-            divergence: Some(d),
-        });
+) -> Option<Divergence> {
+    let saved = replayed.save();
+    if let Some(d) = verify_general_regs(&saved.regs, &expected.regs, end_exit) {
+        return Some(d);
     }
     for (name, replay, recording) in [
         ("system registers (sregs)", &saved.sregs, &expected.sregs),
@@ -130,17 +62,44 @@ pub fn verify(
                 format!("the {name} differ from the recording"),
             );
             d.register = Some(name.to_string());
-            return Ok(Verification {
-                pages_checked: 0,
-                divergence: Some(d),
-            });
+            return Some(d);
         }
     }
+    None
+}
 
-    let memory = machine.memory();
+/// Compares general registers, naming the first that differs.
+pub fn verify_general_regs(
+    replayed: &GeneralRegs,
+    expected: &GeneralRegs,
+    end_exit: u64,
+) -> Option<Divergence> {
+    let (name, replay, recording) = replayed.diff(expected)?;
+    let mut d = Divergence::new(
+        end_exit,
+        "register",
+        format!("register {name} is {replay:#x} after the replay, {recording:#x} in the recording"),
+    );
+    d.register = Some(name.to_string());
+    Some(d)
+}
+
+/// Compares guest memory after the replay with checkpoint N+1: every frame that was resident
+/// in the replay or written in the recorded interval. `expected_pages` is checkpoint N+1's page
+/// table (`(gfn, slot, hash)`, hash `None` for zero); every other page is as in `source` (the
+/// state at N). Page-table frames (walked from `cr3`) are compared with their accessed/dirty
+/// bits masked.
+pub fn verify_memory(
+    memory: &GuestMemory,
+    cr3: u64,
+    source: &PageSource,
+    installed: &InstalledFrames,
+    expected_pages: &[(u64, Option<u64>, Option<u128>)],
+    end_exit: u64,
+) -> Result<Verification, FormatError> {
     let (base, size) = host_region(memory);
     let frames = size / PAGE;
-    let tables = page_table_frames(replayed.sregs.cr3, source, frames)?;
+    let tables = page_table_frames(cr3, source, frames)?;
     let zero_hash = page_hash(&[0u8; PAGE_SIZE]);
     let at_next: HashMap<u64, (Option<u64>, Option<u128>)> = expected_pages
         .iter()

@@ -11,15 +11,12 @@ use simuboost_abi::{
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::TSS_LIMIT;
 
-/// Page-table entry bits.
-const PTE_PRESENT: u64 = 1 << 0;
-const PTE_WRITABLE: u64 = 1 << 1;
-const PTE_USER: u64 = 1 << 2;
-/// Pre-set accessed/dirty bits: the CPU then never writes the tables, which keeps page-table
-/// frames out of every interval's dirty set.
-const PTE_ACCESSED: u64 = 1 << 5;
-const PTE_DIRTY: u64 = 1 << 6;
-const PTE_HUGE: u64 = 1 << 7;
+// Pre-set accessed/dirty bits (where used): the CPU then never writes the tables, which keeps
+// page-table frames out of every interval's dirty set.
+use simuboost_abi::pte::{
+    ACCESSED as PTE_ACCESSED, DIRTY as PTE_DIRTY, HUGE as PTE_HUGE, PRESENT as PTE_PRESENT,
+    USER as PTE_USER, WRITABLE as PTE_WRITABLE,
+};
 const TABLE_FLAGS: u64 = PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_ACCESSED;
 const HUGE_PAGE: u64 = 2 << 20;
 

@@ -5,10 +5,12 @@
 //! - [`boot`]: loading the guest image and building its 64-bit boot structures.
 //! - [`devices`]: the paravirtual device and the disk behind it.
 //! - [`machine`]: a whole machine and its run loop.
-//! - [`guest_image`]: the guest image built from `simuboost-guest` and embedded here.
+//! - [`persist`] (feature `format`): save/restore of vCPU and device state as the run format
+//!   stores them.
 
 pub mod boot;
 pub mod devices;
-pub mod guest_image;
 pub mod machine;
+#[cfg(feature = "format")]
+pub mod persist;
 pub mod vstate;

@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use simuboost_abi::{BootConfig, WorkloadId, BOOT_CONFIG_MAGIC, DOORBELL_GPA, PORT_EXCEPTION};
+use simuboost_abi::{pte, BootConfig, WorkloadId, BOOT_CONFIG_MAGIC, DOORBELL_GPA, PORT_EXCEPTION};
 
 use crate::boot::{self, BootError};
 use crate::devices::disk::{Disk, DiskError};
-use crate::devices::paravirt::{
-    DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot, DeviceStats, ParavirtDevice,
-};
-use crate::devices::Device;
+use crate::devices::paravirt::ParavirtDevice;
+use crate::devices::{Device, DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot, DeviceStats};
 use crate::vstate::dirty::{
     DirtyBitmap, DirtyError, DirtyLog, DirtyRing, DirtyTracker, DirtyTracking,
 };
@@ -107,7 +105,7 @@ pub enum MachineError {
     #[error(transparent)]
     Dirty(#[from] DirtyError),
     /// The observer (the recorder) failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Observer(ObserverError),
     /// Invalidating KVM's mappings failed.
     #[error("cannot re-arm access tracking (mprotect of guest memory): {0}")]
@@ -116,10 +114,7 @@ pub enum MachineError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// Not enough RAM for the workload.
-    #[error(
-        "{workload} needs at least {needed_mib} MiB of guest memory, {given_mib} MiB given \
-         (use --mem {needed_mib}M or more)"
-    )]
+    #[error("{workload} needs at least {needed_mib} MiB of guest memory, {given_mib} MiB given")]
     MemoryTooSmall {
         /// Workload name.
         workload: &'static str,
@@ -129,10 +124,7 @@ pub enum MachineError {
         given_mib: u64,
     },
     /// The workload needs a data set on its disk.
-    #[error(
-        "{workload} reads its input from the disk, and {reason}; create a data set with \
-         `simuboost-daemon mkdisk --workload {workload} PATH` or leave out --disk"
-    )]
+    #[error("{workload} reads its input from the disk, and {reason}")]
     NoDataSet {
         /// Workload name.
         workload: &'static str,
@@ -428,7 +420,6 @@ impl Machine {
         let Some(tables) = self.page_tables else {
             return changed;
         };
-        const ACCESSED_DIRTY: u64 = (1 << 5) | (1 << 6);
         let (base, _) = host_region(&self.memory);
         for gfn in 0..frames {
             let offset = tables + gfn * 8;
@@ -438,8 +429,8 @@ impl Machine {
             let entry =
                 unsafe { &*(base.add(offset as usize) as *const std::sync::atomic::AtomicU64) };
             let pte = entry.load(Ordering::Relaxed);
-            if pte & ACCESSED_DIRTY != 0 {
-                entry.store(pte & !ACCESSED_DIRTY, Ordering::Relaxed);
+            if pte & pte::ACCESSED_DIRTY != 0 {
+                entry.store(pte & !pte::ACCESSED_DIRTY, Ordering::Relaxed);
                 changed.set(offset / simuboost_abi::PAGE_SIZE);
             }
         }

@@ -1,31 +1,96 @@
-//! Helpers for simuboost's end-to-end tests: locating the binaries, skipping without KVM,
-//! running the daemon and reading what it printed.
+//! Helpers for simuboost's end-to-end tests: locating the binaries, skipping without KVM or
+//! root, recording with the daemon, replaying, and reading what both printed (as the binaries'
+//! own types from simuboost-report).
 //!
 //! The binaries are built by `cargo xtask test` (or `cargo build --bins`) before the tests run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Environment variable that turns a missing /dev/kvm from a visible skip into a failure
-/// (CI sets it: CI machines have KVM).
+use simuboost_report::daemon::RunSummary;
+use simuboost_report::replay::ReplayReport;
+
+/// Environment variable that turns a missing /dev/kvm or missing root from a visible skip into
+/// a failure (CI sets it: CI machines have KVM and run as root).
 pub const REQUIRE_KVM_ENV: &str = "SIMUBOOST_REQUIRE_KVM";
 
-/// Whether this test can run: true with a usable /dev/kvm. Without one, prints a visible
-/// `SKIPPED` line and returns false, or panics when [`REQUIRE_KVM_ENV`] is set.
-pub fn kvm_available(test: &str) -> bool {
+/// The running test's name: libtest names each test's thread after the test.
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string()
+}
+
+/// Skips (a visible `SKIPPED` line, false) or, when [`REQUIRE_KVM_ENV`] is set, fails the
+/// running test for lack of `what`.
+fn skip(what: &str) -> bool {
+    let test = test_name();
+    if std::env::var_os(REQUIRE_KVM_ENV).is_some_and(|v| v != "0") {
+        panic!("{test}: {what}, and {REQUIRE_KVM_ENV} is set");
+    }
+    eprintln!("SKIPPED {test}: {what}");
+    false
+}
+
+/// Whether this test can run: true with a usable /dev/kvm; otherwise see [`skip`].
+pub fn kvm_available() -> bool {
     let usable = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    if usable {
-        return true;
-    }
-    if std::env::var_os(REQUIRE_KVM_ENV).is_some_and(|v| v != "0") {
-        panic!("{test}: /dev/kvm is missing or not accessible, and {REQUIRE_KVM_ENV} is set");
-    }
-    eprintln!("SKIPPED {test}: /dev/kvm is missing or not accessible");
-    false
+    usable || skip("/dev/kvm is missing or not accessible")
+}
+
+/// Whether this test can run: true with a usable /dev/kvm and root, which the eBPF tracer
+/// (the daemon's default), userfaultfd for KVM's own faults and mounts need.
+pub fn kvm_and_root_available() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    kvm_available() && (root || skip("not root (the tracer, userfaultfd and mounts need it)"))
+}
+
+/// Records with `simuboost-daemon run ARGS` into `dir`, the guest console into `dir.console`.
+pub fn record(dir: &Path, args: &[&str]) -> Finished {
+    Finished::of(
+        daemon()
+            .arg("run")
+            .args(args)
+            .arg("--out")
+            .arg(dir)
+            .arg("--console-log")
+            .arg(dir.with_extension("console")),
+    )
+}
+
+/// The daemon's summary of the run in `dir` (`summary.json`).
+pub fn summary(dir: &Path) -> RunSummary {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not the daemon's summary: {e}", path.display()))
+}
+
+/// Runs `simuboost-replay --run RUN ARGS`.
+pub fn replay(run: &Path, args: &[&str]) -> Finished {
+    Finished::of(
+        Command::new(binary("simuboost-replay"))
+            .arg("--run")
+            .arg(run)
+            .args(args),
+    )
+}
+
+/// The reports a `--json` replay printed, one per line.
+pub fn replay_reports(out: &Finished) -> Vec<ReplayReport> {
+    out.stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a replay report ({e}): {l}"))
+        })
+        .collect()
 }
 
 /// Directory of the workspace's built binaries (debug profile, or `SIMUBOOST_BIN_DIR`).

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use simuboost_tests::{binary, daemon, kvm_available, Finished};
+use simuboost_tests::{binary, daemon, kvm_and_root_available, summary, Finished};
 
 /// Guest memory for the workload tests: small, so that they are quick.
 const SMALL_MEM: &str = "64M";
@@ -26,7 +26,7 @@ fn run_workload(workload: &str, work: u64, seed: u64, out: &Path) -> Finished {
 
 /// Boots `workload` for `work` units and checks the exit status and the result line.
 fn check_workload(workload: &str, work: u64) {
-    if !kvm_available(workload) {
+    if !kvm_and_root_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -43,14 +43,11 @@ fn check_workload(workload: &str, work: u64) {
         .unwrap_or_else(|| panic!("no result line in the console:\n{}", run.stdout));
     assert_eq!(units, work, "{workload} did a different amount of work");
     assert!(checksum.starts_with("0x"), "odd checksum {checksum}");
-    let summary: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(dir.path().join("summary.json")).expect("summary.json written"),
-    )
-    .expect("summary.json is JSON");
-    assert_eq!(summary["exit_status"], 0);
+    let summary = summary(dir.path());
+    assert_eq!(summary.exit_status, Some(0));
     assert!(
-        summary["guest_exits"].as_u64().unwrap_or(0) >= work,
-        "every unit of work yields at least once: {summary}"
+        summary.guest_exits >= work,
+        "every unit of work yields at least once: {summary:?}"
     );
 }
 
@@ -91,7 +88,7 @@ fn pattern_runs_in_kvm() {
 
 #[test]
 fn same_seed_gives_same_checksum_and_another_seed_another() {
-    if !kvm_available("same_seed_gives_same_checksum_and_another_seed_another") {
+    if !kvm_and_root_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -107,7 +104,7 @@ fn same_seed_gives_same_checksum_and_another_seed_another() {
 
 #[test]
 fn duration_stops_the_guest() {
-    if !kvm_available("duration_stops_the_guest") {
+    if !kvm_and_root_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -141,7 +138,7 @@ fn duration_stops_the_guest() {
 
 #[test]
 fn sigint_stops_the_guest_cleanly() {
-    if !kvm_available("sigint_stops_the_guest_cleanly") {
+    if !kvm_and_root_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -214,7 +211,7 @@ fn unknown_workload_lists_the_valid_ones() {
 
 #[test]
 fn memory_too_small_for_the_workload() {
-    if !kvm_available("memory_too_small_for_the_workload") {
+    if !kvm_and_root_available() {
         return;
     }
     expect_error(&["--workload", "kvstore", "--mem", "2M"], "needs at least");
@@ -277,7 +274,7 @@ fn missing_guest_image() {
 
 #[test]
 fn mkdisk_data_set_feeds_compress() {
-    if !kvm_available("mkdisk_data_set_feeds_compress") {
+    if !kvm_and_root_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -320,7 +317,7 @@ fn guest_image() -> Vec<u8> {
 
 #[test]
 fn guest_crash_reports_the_exception_and_registers() {
-    if !kvm_available("guest_crash_reports_the_exception_and_registers") {
+    if !kvm_and_root_available() {
         return;
     }
     // Patch `ud2` over the first instruction of the guest's ring-3 entry point.

@@ -10,34 +10,22 @@ use std::time::Duration;
 
 use simuboost_abi::{Op, PAGE_SIZE};
 use simuboost_format::Run;
-use simuboost_tests::{daemon, kvm_available, Finished};
+use simuboost_tests::{daemon, kvm_and_root_available, summary, Finished};
 use simuboost_workloads::pattern;
 
 const SMALL_MEM: &str = "64M";
 
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(dir.join("summary.json")).expect("summary.json"))
-        .expect("summary.json is JSON")
-}
-
+/// Records into `dir` in a small VM.
 fn record(dir: &Path, args: &[&str]) -> Finished {
-    Finished::of(
-        daemon()
-            .arg("run")
-            .args(["--mem", SMALL_MEM])
-            .args(args)
-            .arg("--out")
-            .arg(dir)
-            .arg("--console-log")
-            .arg(dir.with_extension("console")),
-    )
+    let args: Vec<&str> = ["--mem", SMALL_MEM].iter().chain(args).copied().collect();
+    simuboost_tests::record(dir, &args)
 }
 
 /// Every checkpoint of `pattern` holds exactly the arena pages the steps of its interval wrote,
 /// and outside the arena only frames of the guest image, stack and heap.
 #[test]
 fn pattern_checkpoints_hold_exactly_the_written_pages() {
-    if !kvm_available("pattern_checkpoints_hold_exactly_the_written_pages") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -58,8 +46,7 @@ fn pattern_checkpoints_hold_exactly_the_written_pages() {
     )
     .expect_code(0);
     let s = summary(&dir);
-    let mem = s["mem_bytes"].as_u64().expect("mem_bytes");
-    let arena_bytes = s["arena_bytes"].as_u64().expect("arena_bytes");
+    let (mem, arena_bytes) = (s.mem_bytes, s.arena_bytes);
     let arena_start = mem - arena_bytes;
     let arena_gfn = arena_start / PAGE_SIZE;
     let (skip, arena_pages) = pattern::aligned_pages(arena_start as usize, arena_bytes as usize);
@@ -112,7 +99,7 @@ fn pattern_checkpoints_hold_exactly_the_written_pages() {
 /// For every workload: the memory rebuilt from checkpoints 0..N equals the dump the daemon took
 /// at boundary N.
 fn check_reconstruction(workload: &str, work: &str) {
-    if !kvm_available(workload) {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -204,7 +191,7 @@ fn assert_loadable(dir: &Path, with_dumps: bool) -> u64 {
 
 #[test]
 fn kill_9_never_loses_a_completed_interval() {
-    if !kvm_available("kill_9_never_loses_a_completed_interval") {
+    if !kvm_and_root_available() {
         return;
     }
     // Kill at different points: after 1, 2 and 3 complete checkpoints, plus a few
@@ -249,7 +236,7 @@ fn kill_9_never_loses_a_completed_interval() {
 
 #[test]
 fn sigint_finishes_the_checkpoint_and_exits_0() {
-    if !kvm_available("sigint_finishes_the_checkpoint_and_exits_0") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -284,7 +271,7 @@ fn sigint_finishes_the_checkpoint_and_exits_0() {
 
 #[test]
 fn full_disk_is_a_clear_error_and_keeps_completed_intervals() {
-    if !kvm_available("full_disk_is_a_clear_error_and_keeps_completed_intervals") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -295,15 +282,7 @@ fn full_disk_is_a_clear_error_and_keeps_completed_intervals() {
         .arg(&mount)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        // Mounting needs root: CI runs as root, so this only skips on a developer's machine.
-        assert!(
-            std::env::var_os(simuboost_tests::REQUIRE_KVM_ENV).is_none(),
-            "cannot mount a tmpfs (not root?)"
-        );
-        eprintln!("SKIPPED full_disk_is_a_clear_error_and_keeps_completed_intervals: cannot mount a tmpfs");
-        return;
-    }
+    assert!(mounted, "cannot mount a tmpfs at {}", mount.display());
     let dir = mount.join("run");
     let run = Finished::of(
         daemon()
@@ -328,7 +307,7 @@ fn full_disk_is_a_clear_error_and_keeps_completed_intervals() {
 /// The DuckDB queries in docs/FORMAT.md run on a real recording.
 #[test]
 fn format_doc_queries_run_in_duckdb() {
-    if !kvm_available("format_doc_queries_run_in_duckdb") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");

@@ -10,50 +10,24 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use simuboost_format::Run;
-use simuboost_tests::{binary, daemon, kvm_available, Finished};
+use simuboost_report::replay::ReplayReport;
+use simuboost_tests::{kvm_and_root_available, replay, replay_reports, Finished};
 
 const SMALL_MEM: &str = "64M";
 
-/// Records `workload` into `dir` for a short run with 200 ms intervals (plus `extra` flags).
+/// Records `workload` into `dir` in a small VM (plus `extra` flags).
 fn record(dir: &Path, workload: &str, extra: &[&str]) {
-    Finished::of(
-        daemon()
-            .args(["run", "--workload", workload, "--mem", SMALL_MEM])
-            .args(extra)
-            .arg("--out")
-            .arg(dir)
-            .arg("--console-log")
-            .arg(dir.with_extension("console")),
-    )
-    .expect_code(0);
-}
-
-fn replay(run: &Path, args: &[&str]) -> Finished {
-    Finished::of(
-        Command::new(binary("simuboost-replay"))
-            .arg("--run")
-            .arg(run)
-            .args(args),
-    )
-}
-
-/// The JSON objects a `--json` replay printed, one per line.
-fn reports(out: &Finished) -> Vec<serde_json::Value> {
-    out.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn u64_of(v: &serde_json::Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("report lacks numeric `{field}`: {v}"))
+    let args: Vec<&str> = ["--workload", workload, "--mem", SMALL_MEM]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    simuboost_tests::record(dir, &args).expect_code(0);
 }
 
 /// Replays every interval of the run in `mode` and checks that each verified; returns the
 /// reports by interval.
-fn replay_all_verified(run: &Path, mode: &str) -> BTreeMap<u64, serde_json::Value> {
+fn replay_all_verified(run: &Path, mode: &str) -> BTreeMap<u64, ReplayReport> {
     let intervals = Run::open(run).expect("run opens").interval_count();
     assert!(
         intervals >= 2,
@@ -62,9 +36,9 @@ fn replay_all_verified(run: &Path, mode: &str) -> BTreeMap<u64, serde_json::Valu
     );
     let out = replay(run, &["--all", "--jobs", "2", "--mode", mode, "--json"]);
     out.expect_code(0);
-    let by_interval: BTreeMap<u64, serde_json::Value> = reports(&out)
+    let by_interval: BTreeMap<u64, ReplayReport> = replay_reports(&out)
         .into_iter()
-        .map(|r| (u64_of(&r, "interval"), r))
+        .map(|r| (r.interval, r))
         .collect();
     assert_eq!(
         by_interval.keys().copied().collect::<Vec<_>>(),
@@ -72,18 +46,17 @@ fn replay_all_verified(run: &Path, mode: &str) -> BTreeMap<u64, serde_json::Valu
         "{mode}: every interval reported once"
     );
     for (i, r) in &by_interval {
-        assert_eq!(r["verified"], true, "{mode} interval {i}: {r}");
-        assert!(r["divergence"].is_null(), "{mode} interval {i}: {r}");
-        assert_eq!(r["mode"], mode);
-        assert!(u64_of(r, "pages_checked") > 0, "{mode} interval {i}: {r}");
-        assert!(u64_of(r, "footprint_bytes") > 0, "{mode} interval {i}: {r}");
+        assert!(r.verified, "{mode} interval {i}: {r:?}");
+        assert!(r.divergence.is_none(), "{mode} interval {i}: {r:?}");
+        assert_eq!(r.mode.name(), mode);
+        assert!(r.pages_checked > 0, "{mode} interval {i}: {r:?}");
+        assert!(r.footprint_bytes > 0, "{mode} interval {i}: {r:?}");
     }
     by_interval
 }
 
 fn all_modes_verify(workload: &str, extra: &[&str]) {
-    let test = format!("{workload}_replays_in_all_modes");
-    if !kvm_available(&test) {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -94,16 +67,13 @@ fn all_modes_verify(workload: &str, extra: &[&str]) {
     let lazy = replay_all_verified(&run, "lazy");
     for (i, f) in &full {
         // Full mode installs every page up front; lazy mode nothing.
-        assert_eq!(u64_of(f, "misses"), 0, "full interval {i}: {f}");
-        assert_eq!(u64_of(&lazy[i], "pages_loaded"), 0, "lazy interval {i}");
-        assert!(u64_of(&lazy[i], "misses") > 0, "lazy interval {i}");
+        assert_eq!(f.misses, 0, "full interval {i}: {f:?}");
+        assert_eq!(lazy[i].pages_loaded, 0, "lazy interval {i}");
+        assert!(lazy[i].misses > 0, "lazy interval {i}");
         // Sparse loads the working set, never more than the dense restore.
         let s = &sparse[i];
-        assert!(u64_of(s, "pages_loaded") >= u64_of(s, "working_set_pages"));
-        assert!(
-            u64_of(s, "bytes_loaded") <= u64_of(f, "bytes_loaded"),
-            "interval {i}"
-        );
+        assert!(s.pages_loaded >= s.working_set_pages);
+        assert!(s.bytes_loaded <= f.bytes_loaded, "interval {i}");
     }
 }
 
@@ -147,7 +117,7 @@ fn pattern_replays_in_all_modes() {
 /// verifies against the final state.
 #[test]
 fn pattern_sparse_replay_has_no_misses() {
-    if !kvm_available("pattern_sparse_replay_has_no_misses") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -161,14 +131,13 @@ fn pattern_sparse_replay_has_no_misses() {
     assert_eq!(manifest.manifest().exit_status, Some(0), "the guest exited");
     let sparse = replay_all_verified(&run, "sparse");
     for (i, r) in &sparse {
-        assert_eq!(u64_of(r, "misses"), 0, "interval {i}: {r}");
-        assert!(u64_of(r, "working_set_pages") > 0, "interval {i}: {r}");
+        assert_eq!(r.misses, 0, "interval {i}: {r:?}");
+        assert!(r.working_set_pages > 0, "interval {i}: {r:?}");
     }
     let last = sparse.keys().last().copied().expect("intervals");
     let final_interval = manifest.interval(last).expect("last interval");
     assert_eq!(
-        u64_of(&sparse[&last], "end_exit"),
-        final_interval.end_exit,
+        sparse[&last].end_exit, final_interval.end_exit,
         "the last interval ends at the guest's exit"
     );
 }
@@ -226,7 +195,7 @@ fn interval_with_events(run: &Path, min_events: usize) -> (u64, Vec<simuboost_fo
 /// value given to the guest makes the replay diverge at or after that exit.
 #[test]
 fn altered_events_are_divergences_at_their_exit() {
-    if !kvm_available("altered_events_are_divergences_at_their_exit") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -252,10 +221,11 @@ fn altered_events_are_divergences_at_their_exit() {
     );
     let out = replay(&altered, &["--interval", &interval.to_string(), "--json"]);
     out.expect_code(3);
-    let report = &reports(&out)[0];
-    assert_eq!(report["verified"], false);
-    assert_eq!(report["divergence"]["kind"], "request", "{report}");
-    assert_eq!(u64_of(&report["divergence"], "exit"), exit, "{report}");
+    let report = &replay_reports(&out)[0];
+    assert!(!report.verified);
+    let divergence = report.divergence.as_ref().expect("a divergence");
+    assert_eq!(divergence.kind, "request", "{report:?}");
+    assert_eq!(divergence.exit, exit, "{report:?}");
     assert!(
         out.stdout.contains("the recording has"),
         "the divergence names both requests: {}",
@@ -280,11 +250,11 @@ fn altered_events_are_divergences_at_their_exit() {
     );
     let out = replay(&altered, &["--interval", &interval.to_string(), "--json"]);
     out.expect_code(3);
-    let report = &reports(&out)[0];
-    assert_eq!(report["verified"], false, "{report}");
+    let report = &replay_reports(&out)[0];
+    assert!(!report.verified, "{report:?}");
     assert!(
-        u64_of(&report["divergence"], "exit") >= exit,
-        "detected at or after the altered exit {exit}: {report}"
+        report.divergence.as_ref().expect("a divergence").exit >= exit,
+        "detected at or after the altered exit {exit}: {report:?}"
     );
 
     // The original still verifies.
@@ -303,8 +273,9 @@ fn altered_events_are_divergences_at_their_exit() {
         ],
     );
     out.expect_code(3);
-    let report = &reports(&out)[0];
-    assert_eq!(report["divergence"]["kind"], "timeout", "{report}");
+    let report = &replay_reports(&out)[0];
+    let divergence = report.divergence.as_ref().expect("a divergence");
+    assert_eq!(divergence.kind, "timeout", "{report:?}");
 }
 
 /// A flipped byte in pages.bin is an error naming the file and slot, in sparse mode (bulk
@@ -312,7 +283,7 @@ fn altered_events_are_divergences_at_their_exit() {
 /// pages.bin is one too. Never a panic, never "verified".
 #[test]
 fn damaged_page_file_is_reported() {
-    if !kvm_available("damaged_page_file_is_reported") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -398,7 +369,7 @@ fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
 /// Bad input gets a clear message and a non-zero exit; replays never write into the run.
 #[test]
 fn bad_input_is_refused_clearly() {
-    if !kvm_available("bad_input_is_refused_clearly") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");

@@ -2,48 +2,32 @@
 //! interval, checkpoints with tracing on and off, and the drop path.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::Path;
 
 use simuboost_abi::{Op, GUEST_HEAP_BYTES, PAGE_SIZE};
 use simuboost_format::Run;
-use simuboost_tests::{daemon, kvm_available, Finished};
+use simuboost_tests::{kvm_and_root_available, summary, Finished};
 use simuboost_workloads::pattern;
 
 const MEM: &str = "64M";
 const SEED: u64 = 5;
 const STEPS: &str = "2000";
 
+/// Records `pattern` into `dir` with 400-exit intervals (plus `extra` flags).
 fn record(dir: &Path, extra: &[&str]) -> Finished {
-    let run = Finished::of(
-        daemon()
-            .args([
-                "run",
-                "--workload",
-                "pattern",
-                "--mem",
-                MEM,
-                "--work",
-                STEPS,
-            ])
-            .args(["--seed", &SEED.to_string(), "--interval-exits", "400"])
-            .args(extra)
-            .arg("--out")
-            .arg(dir)
-            .arg("--console-log")
-            .arg(dir.with_extension("console")),
-    );
+    let seed = SEED.to_string();
+    let mut args = vec!["--workload", "pattern", "--mem", MEM, "--work", STEPS];
+    args.extend(["--seed", &seed, "--interval-exits", "400"]);
+    args.extend(extra);
+    let run = simuboost_tests::record(dir, &args);
     run.expect_code(0);
     run
 }
 
 /// Where the arena starts and how many pattern pages it has.
 fn arena(dir: &Path) -> (u64, u64, u64) {
-    let s: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(dir.join("summary.json")).expect("summary"))
-            .expect("json");
-    let mem = s["mem_bytes"].as_u64().expect("mem");
-    let arena_bytes = s["arena_bytes"].as_u64().expect("arena");
+    let s = summary(dir);
+    let (mem, arena_bytes) = (s.mem_bytes, s.arena_bytes);
     let start = mem - arena_bytes;
     let (_, pages) = pattern::aligned_pages(start as usize, arena_bytes as usize);
     (mem, start, pages)
@@ -51,7 +35,7 @@ fn arena(dir: &Path) -> (u64, u64, u64) {
 
 #[test]
 fn pattern_access_log_is_exactly_the_touched_pages() {
-    if !kvm_available("pattern_access_log_is_exactly_the_touched_pages") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -140,7 +124,7 @@ fn checkpoint_frames(
 
 #[test]
 fn checkpoints_are_identical_with_tracing_on_and_off() {
-    if !kvm_available("checkpoints_are_identical_with_tracing_on_and_off") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -172,7 +156,7 @@ fn checkpoints_are_identical_with_tracing_on_and_off() {
 
 #[test]
 fn a_full_event_ring_marks_the_interval_incomplete() {
-    if !kvm_available("a_full_event_ring_marks_the_interval_incomplete") {
+    if !kvm_and_root_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");

@@ -106,20 +106,14 @@ fn vm_run(workload: WorkloadId, units: u64, dir: &Path) -> Result<VmRun> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let summary: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("the daemon's --json output is not JSON")?;
-    let field = |name: &str| {
-        summary
-            .get(name)
-            .and_then(serde_json::Value::as_f64)
-            .with_context(|| format!("the daemon's summary lacks `{name}`"))
-    };
+    let summary: simuboost_report::daemon::RunSummary = serde_json::from_slice(&out.stdout)
+        .context("the daemon's --json output is not its summary")?;
     let console_text = fs::read_to_string(&console).context("cannot read the console log")?;
     Ok(VmRun {
-        seconds: field("wall_seconds")?,
-        arena_bytes: field("arena_bytes")? as u64,
-        disk_data_bytes: field("disk_data_bytes")? as u64,
-        guest_exits: field("guest_exits")? as u64,
+        seconds: summary.wall_seconds,
+        arena_bytes: summary.arena_bytes,
+        disk_data_bytes: summary.disk_data_bytes,
+        guest_exits: summary.guest_exits,
         checksum: result_checksum(&console_text).unwrap_or_default(),
     })
 }

@@ -9,11 +9,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use simuboost_report::daemon::{RecordSummary, RunSummary};
+
 use crate::{binary, root};
 
 /// Records `simuboost-daemon run ARGS --json` into `dir` (replacing it) and returns the
 /// daemon's summary; the run directory stays for the caller.
-pub(crate) fn record_run(dir: &Path, args: &[&str]) -> Result<Value> {
+pub(crate) fn record_run(dir: &Path, args: &[&str]) -> Result<RunSummary> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
@@ -36,6 +38,14 @@ pub(crate) fn record_run(dir: &Path, args: &[&str]) -> Result<Value> {
     serde_json::from_slice(&out.stdout).context("the daemon's --json output is not JSON")
 }
 
+/// The recorder's totals in a daemon summary.
+pub(crate) fn recording(summary: &RunSummary) -> Result<&RecordSummary> {
+    summary
+        .recording
+        .as_ref()
+        .context("the daemon's summary has no recording (was it run with --no-record?)")
+}
+
 /// The last lines of a child's standard error, for error messages.
 pub(crate) fn tail(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
@@ -44,7 +54,7 @@ pub(crate) fn tail(stderr: &[u8]) -> String {
 }
 
 /// One daemon run; returns its `--json` summary and removes the run directory.
-fn daemon_run(dir: &Path, args: &[&str]) -> Result<Value> {
+fn daemon_run(dir: &Path, args: &[&str]) -> Result<RunSummary> {
     // Checkpointing alone unless the caller asks for the tracer (see `trace`).
     let tracer: &[&str] = if args.contains(&"--tracer") {
         &[]
@@ -128,9 +138,9 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
                     tracking,
                 ],
             )?;
-            let dirty = num(&s, &["recording", "mean_dirty_pages"]);
-            let downtime = num(&s, &["recording", "mean_downtime_ms"]);
-            let copy = num(&s, &["recording", "copy_gbps"]);
+            let dirty = recording(&s)?.mean_dirty_pages as f64;
+            let downtime = recording(&s)?.mean_downtime_ms as f64;
+            let copy = recording(&s)?.copy_gbps as f64;
             let memcpy = memcpy_gbps((dirty.max(1.0) as usize) * 4096);
             println!(
                 "| {tracking} | {interval} | {dirty:.0} | {downtime:.2} | {copy:.2} | {memcpy:.2} | {:.2} |",
@@ -166,9 +176,9 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
                 "200",
             ],
         )?;
-        let dirty = num(&s, &["recording", "mean_dirty_pages"]);
-        let downtime = num(&s, &["recording", "mean_downtime_ms"]);
-        let max = num(&s, &["recording", "max_downtime_ms"]);
+        let dirty = recording(&s)?.mean_dirty_pages as f64;
+        let downtime = recording(&s)?.mean_downtime_ms as f64;
+        let max = recording(&s)?.max_downtime_ms as f64;
         println!("| {mem} | {dirty:.0} | {downtime:.3} | {max:.3} |");
         rows.push(json!({"mem": mem, "dirty_pages": dirty, "downtime_ms": downtime, "max_downtime_ms": max}));
     }
@@ -202,8 +212,8 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
             ];
             let mut args = base.to_vec();
             args.push("--no-record");
-            plain.push(num(&daemon_run(&dir, &args)?, &["wall_seconds"]));
-            recorded.push(num(&daemon_run(&dir, &base)?, &["wall_seconds"]));
+            plain.push(daemon_run(&dir, &args)?.wall_seconds);
+            recorded.push(daemon_run(&dir, &base)?.wall_seconds);
         }
         let (p, r) = (median(plain), median(recorded));
         println!(
@@ -233,19 +243,19 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
                 "1",
             ],
         )?;
-        let r = |k: &str| num(&s, &["recording", k]);
-        let captured = r("captured_pages");
-        let saved = (r("zero_pages") + r("dedup_pages")) / captured.max(1.0);
+        let r = recording(&s)?;
+        let saved = (r.zero_pages + r.dedup_pages) as f64 / r.captured_pages.max(1) as f64;
         println!(
-            "| {workload} | {:.0} | {captured:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}% |",
-            r("intervals"),
-            r("zero_pages"),
-            r("dedup_pages"),
-            r("stored_pages"),
-            r("bytes_written") / r("intervals").max(1.0) / (1 << 20) as f64,
+            "| {workload} | {} | {} | {} | {} | {} | {:.1} | {:.1}% |",
+            r.intervals,
+            r.captured_pages,
+            r.zero_pages,
+            r.dedup_pages,
+            r.stored_pages,
+            r.bytes_written as f64 / r.intervals.max(1) as f64 / (1 << 20) as f64,
             saved * 100.0
         );
-        rows.push(json!({"workload": workload, "recording": s["recording"].clone()}));
+        rows.push(json!({"workload": workload, "recording": r}));
     }
     report.insert("storage".into(), Value::Array(rows));
 
@@ -286,10 +296,10 @@ pub fn trace(json_out: Option<&Path>) -> Result<()> {
                         tracer,
                     ],
                 )?;
-                times.push(num(&s, &["wall_seconds"]));
-                downs.push(num(&s, &["recording", "mean_downtime_ms"]));
+                times.push(s.wall_seconds);
+                downs.push(recording(&s)?.mean_downtime_ms as f64);
                 if tracer == "ebpf" {
-                    ws.push(num(&s, &["recording", "mean_working_set"]));
+                    ws.push(recording(&s)?.mean_working_set as f64);
                 }
             }
         }
@@ -333,10 +343,10 @@ pub fn trace(json_out: Option<&Path>) -> Result<()> {
                 "ebpf",
             ],
         )?;
-        let ws = num(&s, &["recording", "mean_working_set"]);
-        let intervals = num(&s, &["recording", "intervals"]);
-        let wall = num(&s, &["wall_seconds"]);
-        let incomplete = num(&s, &["recording", "incomplete_intervals"]);
+        let ws = recording(&s)?.mean_working_set as f64;
+        let intervals = recording(&s)?.intervals as f64;
+        let wall = s.wall_seconds;
+        let incomplete = recording(&s)?.incomplete_intervals as f64;
         println!(
             "| {workload} {mem} | {interval} | {ws:.0} | {:.0} | {incomplete:.0} of {intervals:.0} |",
             ws * intervals / wall

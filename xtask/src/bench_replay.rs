@@ -16,39 +16,18 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::bench_record::{memcpy_gbps, record_run, tail};
+use simuboost_report::daemon::RunSummary;
+use simuboost_report::replay::ReplayReport;
+
+use crate::bench_record::{memcpy_gbps, record_run, recording, tail};
 use crate::{binary, root};
 
 const PAGE: u64 = 4096;
 const MIB: f64 = (1u64 << 20) as f64;
 const SEED: &str = "1";
-
-/// One line of `simuboost-replay --json`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-struct ReplayRow {
-    interval: u64,
-    mode: String,
-    pages_loaded: u64,
-    zero_pages_loaded: u64,
-    bytes_loaded: u64,
-    working_set_pages: u64,
-    restore_ms: f64,
-    read_ms: f64,
-    load_ms: f64,
-    misses: u64,
-    zero_misses: u64,
-    footprint_bytes: u64,
-    replay_ms: f64,
-    verify_ms: f64,
-    recorded_ms: f64,
-    exits: u64,
-    pages_checked: u64,
-    verified: bool,
-    divergence: Option<Value>,
-}
 
 /// A recorded run kept on disk for replays.
 struct Recording {
@@ -56,7 +35,7 @@ struct Recording {
     mem_bytes: u64,
     /// Complete checkpoints (manifest): intervals `0..checkpoints - 1` can be replayed.
     checkpoints: u64,
-    summary: Value,
+    summary: RunSummary,
 }
 
 impl Recording {
@@ -96,17 +75,18 @@ fn record(dir: &Path, args: &[&str]) -> Result<Recording> {
         .pointer("/meta/mem_bytes")
         .and_then(Value::as_u64)
         .context("the manifest has no `meta.mem_bytes`")?;
-    let recording = &summary["recording"];
+    let recording = recording(&summary)?;
     ensure!(
-        num(recording, "incomplete_intervals") == 0.0,
-        "recording {} has intervals whose working set is incomplete (tracer drops): {recording}",
-        args.join(" ")
+        recording.incomplete_intervals == 0,
+        "recording {} has {} intervals whose working set is incomplete (tracer drops)",
+        args.join(" "),
+        recording.incomplete_intervals
     );
     eprintln!(
         "bench replay:   {} intervals in {:.1} s, mean working set {:.0} pages",
         checkpoints.saturating_sub(1),
-        num(&summary, "wall_seconds"),
-        num(recording, "mean_working_set")
+        summary.wall_seconds,
+        recording.mean_working_set
     );
     Ok(Recording {
         dir: dir.to_path_buf(),
@@ -122,7 +102,7 @@ fn num(v: &Value, key: &str) -> f64 {
 
 /// Runs `simuboost-replay --run DIR ARGS --json`; returns its rows and its wall time in seconds.
 /// Fails unless the process succeeded and every replay verified.
-fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayRow>, f64)> {
+fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayReport>, f64)> {
     let start = Instant::now();
     let out = Command::new(binary("simuboost-replay", true))
         .arg("--run")
@@ -142,7 +122,7 @@ fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayRow>, f64)> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            serde_json::from_str::<ReplayRow>(l)
+            serde_json::from_str::<ReplayReport>(l)
                 .with_context(|| format!("{what}: unexpected output line {l:?}"))
         })
         .collect::<Result<Vec<_>>>();
@@ -154,12 +134,16 @@ fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayRow>, f64)> {
             format!(
                 "interval {} ({}): {}",
                 r.interval,
-                r.mode,
-                r.divergence.clone().unwrap_or(Value::Null)
+                r.mode.name(),
+                r.divergence
+                    .as_ref()
+                    .map_or("no divergence reported".to_string(), ToString::to_string)
             )
         })
         .collect();
-    if !diverged.is_empty() || out.status.code() == Some(3) {
+    if !diverged.is_empty()
+        || out.status.code() == Some(i32::from(simuboost_report::replay::exit::DIVERGED))
+    {
         bail!(
             "REPLAY DIVERGED: {what} ({}); the run is kept for inspection\n{}\n{}",
             out.status,
@@ -280,7 +264,7 @@ struct ModeRow {
     full_zero_pages_loaded: f64,
     full_load_ms: f64,
     full_load_mbps: f64,
-    replays: Vec<ReplayRow>,
+    replays: Vec<ReplayReport>,
 }
 
 const MODES: [&str; 3] = ["sparse", "full", "lazy"];
@@ -301,14 +285,21 @@ fn sparse_full_lazy(label: &str, rec: &Recording) -> Result<ModeRow> {
         .with_context(|| format!("replaying {label} interval {i}"))?;
         for mode in MODES {
             ensure!(
-                rows.iter().any(|r| r.mode == mode && r.interval == i),
+                rows.iter()
+                    .any(|r| r.mode.name() == mode && r.interval == i),
                 "{label} interval {i}: no {mode} replay reported"
             );
         }
         replays.extend(rows);
     }
-    let of = |mode: &str, f: fn(&ReplayRow) -> f64| -> f64 {
-        median(replays.iter().filter(|r| r.mode == mode).map(f).collect())
+    let of = |mode: &str, f: fn(&ReplayReport) -> f64| -> f64 {
+        median(
+            replays
+                .iter()
+                .filter(|r| r.mode.name() == mode)
+                .map(f)
+                .collect(),
+        )
     };
     let ws = of("sparse", |r| r.working_set_pages as f64);
     let fp = MODES.map(|m| of(m, |r| mib(r.footprint_bytes as f64)));
@@ -543,15 +534,14 @@ fn long_run(scratch: &Path, workload: &str, extra: &[&str]) -> Result<Value> {
         &["--interval", &last.to_string(), "--mode", "sparse"],
     )?;
     let mut picks = vec![(1, "first")];
-    let typical_exits =
-        (rec.summary["guest_exits"].as_f64().unwrap_or(0.0) / rec.intervals().max(1) as f64) as u64;
+    let typical_exits = (rec.summary.guest_exits as f64 / rec.intervals().max(1) as f64) as u64;
     if probe[0].exits * 2 < typical_exits {
         picks.push((last - 1, "last full interval"));
         picks.push((last, "last interval, a short tail"));
     } else {
         picks.push((last, "last interval"));
     }
-    let mut samples: Vec<Vec<ReplayRow>> = vec![Vec::new(); picks.len()];
+    let mut samples: Vec<Vec<ReplayReport>> = vec![Vec::new(); picks.len()];
     for _ in 0..LONG_RUN_REPEATS {
         for (k, (interval, _)) in picks.iter().enumerate() {
             let (rows, _) = replay(
@@ -608,7 +598,7 @@ fn long_run(scratch: &Path, workload: &str, extra: &[&str]) -> Result<Value> {
     );
     let result = json!({"checkpoints": rec.checkpoints, "intervals": rows,
         "ratio": ratio, "target": 1.2, "met": ratio <= 1.2,
-        "recording": rec.summary["recording"].clone()});
+        "recording": rec.summary.recording});
     rec.remove()?;
     Ok(result)
 }

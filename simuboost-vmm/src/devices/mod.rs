@@ -5,9 +5,14 @@ pub mod disk;
 pub mod paravirt;
 pub mod replay;
 
+use vm_memory::{Bytes, GuestAddress};
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use simuboost_abi::{Request, RequestResult, REQUEST_MAGIC, REQUEST_RESULT_OFFSET};
+
 use crate::vstate::dirty::DirtyBitmap;
 use crate::vstate::memory::GuestMemory;
-use paravirt::{DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot, DeviceStats};
 
 /// What answers the guest's doorbell: the live [`paravirt::ParavirtDevice`] while recording,
 /// the [`replay::ReplayDevice`] (which feeds back the recorded values) while replaying. The
@@ -31,4 +36,125 @@ pub trait Device: Send {
     fn stats(&self) -> DeviceStats;
     /// Flushes console output.
     fn flush_console(&mut self) -> Result<(), DeviceError>;
+}
+
+/// What the VMM does after a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// Resume the guest.
+    Continue,
+    /// The guest asked to terminate with this status.
+    Exit(u64),
+    /// Stop running here, with the guest paused at this exit (a replay reached the end of its
+    /// interval).
+    Pause,
+}
+
+/// Errors that stop the VM (as opposed to request errors, which the guest sees as a status).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The doorbell named an address where no request can be.
+    #[error("the guest rang the doorbell with request address {0:#x}, outside guest RAM")]
+    BadRequestAddress(u64),
+    /// The request lacks the magic value.
+    #[error("the guest rang the doorbell with a malformed request at {gpa:#x} (magic {magic:#x})")]
+    BadMagic {
+        /// Request address.
+        gpa: u64,
+        /// The magic found.
+        magic: u32,
+    },
+    /// The console sink failed.
+    #[error("writing the guest console failed: {0}")]
+    Console(#[source] std::io::Error),
+    /// A replayed guest made a request other than the recorded one.
+    #[error("exit {exit}: {what}")]
+    Divergence {
+        /// Guest-initiated exit number where it happened.
+        exit: u64,
+        /// What differs.
+        what: String,
+    },
+}
+
+/// One handled request, with every value the device gave the guest: what the recorder logs
+/// and the replayer feeds back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceEvent {
+    /// Guest-initiated exit number (1 = the first doorbell write since boot).
+    pub exit: u64,
+    /// Raw opcode.
+    pub op: u32,
+    /// Raw arguments.
+    pub args: [u64; 3],
+    /// Status returned.
+    pub status: u32,
+    /// Result value returned.
+    pub ret: u64,
+    /// Where the device wrote `data` into guest memory (besides the request's result fields).
+    pub data_gpa: Option<u64>,
+    /// The bytes written there.
+    pub data: Option<Vec<u8>>,
+}
+
+/// The device's own state at a checkpoint (the guest-visible part is in guest memory).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DeviceSnapshot {
+    /// Position in the random stream (ChaCha20 word position).
+    pub rng_word_pos: u128,
+    /// Requests handled so far.
+    pub requests: u64,
+    /// Nanoseconds of the device clock so far.
+    pub clock_ns: u64,
+    /// Bytes read from the disk so far.
+    pub disk_read_bytes: u64,
+    /// Bytes written to the disk so far.
+    pub disk_write_bytes: u64,
+}
+
+/// Counters of what the device did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Requests handled.
+    pub requests: u64,
+    /// Yield requests.
+    pub yields: u64,
+    /// Bytes read from the disk into the guest.
+    pub disk_read_bytes: u64,
+    /// Bytes written from the guest to the disk.
+    pub disk_write_bytes: u64,
+    /// Bytes of console output.
+    pub console_bytes: u64,
+}
+
+/// Writes a request's status and result into guest memory.
+pub fn write_result(
+    memory: &GuestMemory,
+    gpa: u64,
+    status: u32,
+    ret: u64,
+) -> Result<(), DeviceError> {
+    let result = RequestResult {
+        status,
+        reserved: 0,
+        ret,
+    };
+    memory
+        .write_slice(result.as_bytes(), GuestAddress(gpa + REQUEST_RESULT_OFFSET))
+        .map_err(|_| DeviceError::BadRequestAddress(gpa))
+}
+
+/// Reads and decodes the request at `gpa`.
+pub fn read_request(memory: &GuestMemory, gpa: u64) -> Result<Request, DeviceError> {
+    let mut request = Request::new_zeroed();
+    memory
+        .read_slice(request.as_mut_bytes(), GuestAddress(gpa))
+        .map_err(|_| DeviceError::BadRequestAddress(gpa))?;
+    if request.magic != REQUEST_MAGIC {
+        return Err(DeviceError::BadMagic {
+            gpa,
+            magic: request.magic,
+        });
+    }
+    Ok(request)
 }

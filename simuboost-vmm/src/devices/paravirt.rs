@@ -13,119 +13,21 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use vm_memory::{Bytes, GuestAddress};
 
-use simuboost_abi::{status, BootConfig, Op, Request, REQUEST_MAGIC, REQUEST_SIZE};
+use zerocopy::IntoBytes;
+
+use simuboost_abi::{status, BootConfig, Op, Request};
 
 use super::disk::{Disk, BLOCK_SIZE};
-use super::Device;
+use super::{
+    read_request, write_result, Device, DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot,
+    DeviceStats,
+};
 use crate::vstate::dirty::DirtyBitmap;
 use crate::vstate::memory::GuestMemory;
 
 /// Largest single transfer (disk, random, console) the device performs, so that one request
 /// cannot make the VMM allocate without bound.
 pub const MAX_TRANSFER_BYTES: u64 = 64 << 20;
-
-/// What the VMM does after a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceAction {
-    /// Resume the guest.
-    Continue,
-    /// The guest asked to terminate with this status.
-    Exit(u64),
-    /// Stop running here, with the guest paused at this exit (a replay reached the end of its
-    /// interval).
-    Pause,
-}
-
-/// Errors that stop the VM (as opposed to request errors, which the guest sees as a status).
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// The doorbell named an address where no request can be.
-    #[error("the guest rang the doorbell with request address {0:#x}, outside guest RAM")]
-    BadRequestAddress(u64),
-    /// The request lacks the magic value.
-    #[error("the guest rang the doorbell with a malformed request at {gpa:#x} (magic {magic:#x})")]
-    BadMagic {
-        /// Request address.
-        gpa: u64,
-        /// The magic found.
-        magic: u32,
-    },
-    /// The console sink failed.
-    #[error("writing the guest console failed: {0}")]
-    Console(#[source] std::io::Error),
-    /// A replayed guest made a request other than the recorded one.
-    #[error("exit {exit}: {what}")]
-    Divergence {
-        /// Guest-initiated exit number where it happened.
-        exit: u64,
-        /// What differs.
-        what: String,
-    },
-}
-
-/// One handled request, with every value the device gave the guest: what the recorder logs
-/// and the replayer feeds back.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceEvent {
-    /// Guest-initiated exit number (1 = the first doorbell write since boot).
-    pub exit: u64,
-    /// Raw opcode.
-    pub op: u32,
-    /// Raw arguments.
-    pub args: [u64; 3],
-    /// Status returned.
-    pub status: u32,
-    /// Result value returned.
-    pub ret: u64,
-    /// Where the device wrote `data` into guest memory (besides the request's result fields).
-    pub data_gpa: Option<u64>,
-    /// The bytes written there.
-    pub data: Option<Vec<u8>>,
-}
-
-impl DeviceEvent {
-    /// The event as the run format stores it, as part of `interval`.
-    pub fn into_saved(self, interval: u64) -> simuboost_format::Event {
-        simuboost_format::Event {
-            interval,
-            exit: self.exit,
-            op: self.op,
-            args: self.args,
-            status: self.status,
-            ret: self.ret,
-            data_gpa: self.data_gpa,
-            data: self.data,
-        }
-    }
-
-    /// An event read back from a run (for replay).
-    pub fn from_saved(saved: simuboost_format::Event) -> DeviceEvent {
-        DeviceEvent {
-            exit: saved.exit,
-            op: saved.op,
-            args: saved.args,
-            status: saved.status,
-            ret: saved.ret,
-            data_gpa: saved.data_gpa,
-            data: saved.data,
-        }
-    }
-}
-
-/// The device's own state at a checkpoint (the guest-visible part is in guest memory).
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct DeviceSnapshot {
-    /// Position in the random stream (ChaCha20 word position).
-    pub rng_word_pos: u128,
-    /// Requests handled so far.
-    pub requests: u64,
-    /// Nanoseconds of the device clock so far.
-    pub clock_ns: u64,
-    /// Bytes read from the disk so far.
-    pub disk_read_bytes: u64,
-    /// Bytes written to the disk so far.
-    pub disk_write_bytes: u64,
-}
 
 /// A paravirtual device instance.
 pub struct ParavirtDevice {
@@ -142,21 +44,6 @@ pub struct ParavirtDevice {
     events: Option<Vec<DeviceEvent>>,
     /// Data the current request wrote into guest memory (for its event).
     pending_data: Option<(u64, Vec<u8>)>,
-}
-
-/// Counters of what the device did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeviceStats {
-    /// Requests handled.
-    pub requests: u64,
-    /// Yield requests.
-    pub yields: u64,
-    /// Bytes read from the disk into the guest.
-    pub disk_read_bytes: u64,
-    /// Bytes written from the guest to the disk.
-    pub disk_write_bytes: u64,
-    /// Bytes of console output.
-    pub console_bytes: u64,
 }
 
 impl ParavirtDevice {
@@ -253,7 +140,7 @@ impl ParavirtDevice {
     }
 
     fn boot_config(&mut self, memory: &GuestMemory, gpa: u64, len: u64) -> (u32, u64) {
-        let mut bytes = encode_boot_config(&self.boot_config);
+        let mut bytes = self.boot_config.as_bytes().to_vec();
         bytes.truncate(len as usize);
         let n = bytes.len() as u64;
         if self.deliver(memory, gpa, bytes) {
@@ -345,8 +232,10 @@ impl Device for ParavirtDevice {
             Some(Op::BootConfig) => self.boot_config(memory, a0, a1),
         };
         write_result(memory, gpa, status, ret)?;
-        self.written
-            .set_range(gpa + simuboost_abi::REQUEST_RESULT_OFFSET, 16);
+        self.written.set_range(
+            gpa + simuboost_abi::REQUEST_RESULT_OFFSET,
+            std::mem::size_of::<simuboost_abi::RequestResult>() as u64,
+        );
         self.log_event(exit, &request, status, ret);
         Ok(DeviceAction::Continue)
     }
@@ -382,75 +271,4 @@ impl Device for ParavirtDevice {
     fn flush_console(&mut self) -> Result<(), DeviceError> {
         self.console.flush().map_err(DeviceError::Console)
     }
-}
-
-/// Writes a request's status and result into guest memory.
-pub fn write_result(
-    memory: &GuestMemory,
-    gpa: u64,
-    status: u32,
-    ret: u64,
-) -> Result<(), DeviceError> {
-    let mut result = [0u8; 16];
-    result[0..4].copy_from_slice(&status.to_le_bytes());
-    result[8..16].copy_from_slice(&ret.to_le_bytes());
-    memory
-        .write_slice(
-            &result,
-            GuestAddress(gpa + simuboost_abi::REQUEST_RESULT_OFFSET),
-        )
-        .map_err(|_| DeviceError::BadRequestAddress(gpa))
-}
-
-/// Reads and decodes the request at `gpa`.
-pub fn read_request(memory: &GuestMemory, gpa: u64) -> Result<Request, DeviceError> {
-    let mut raw = [0u8; REQUEST_SIZE as usize];
-    memory
-        .read_slice(&mut raw, GuestAddress(gpa))
-        .map_err(|_| DeviceError::BadRequestAddress(gpa))?;
-    let request = decode_request(&raw);
-    if request.magic != REQUEST_MAGIC {
-        return Err(DeviceError::BadMagic {
-            gpa,
-            magic: request.magic,
-        });
-    }
-    Ok(request)
-}
-
-fn decode_request(raw: &[u8; REQUEST_SIZE as usize]) -> Request {
-    let u32_at = |i: usize| u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
-    let u64_at = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&raw[i..i + 8]);
-        u64::from_le_bytes(b)
-    };
-    Request {
-        magic: u32_at(0),
-        op: u32_at(4),
-        args: [u64_at(8), u64_at(16), u64_at(24)],
-        status: u32_at(32),
-        reserved: u32_at(36),
-        ret: u64_at(40),
-    }
-}
-
-/// The `repr(C)` bytes of a [`BootConfig`].
-pub fn encode_boot_config(c: &BootConfig) -> Vec<u8> {
-    let mut out = Vec::with_capacity(core::mem::size_of::<BootConfig>());
-    out.extend_from_slice(&c.magic.to_le_bytes());
-    out.extend_from_slice(&c.workload.to_le_bytes());
-    out.extend_from_slice(&c.reserved.to_le_bytes());
-    for v in [
-        c.mem_bytes,
-        c.free_start,
-        c.work_units,
-        c.disk_blocks,
-        c.disk_data_bytes,
-        c.seed,
-    ] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    debug_assert_eq!(out.len(), core::mem::size_of::<BootConfig>());
-    out
 }

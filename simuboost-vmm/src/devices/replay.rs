@@ -14,10 +14,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use simuboost_abi::{Op, Request};
 
-use super::paravirt::{
-    read_request, write_result, DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot, DeviceStats,
+use super::{
+    read_request, write_result, Device, DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot,
+    DeviceStats,
 };
-use super::Device;
 use crate::vstate::dirty::DirtyBitmap;
 use crate::vstate::memory::GuestMemory;
 
@@ -157,8 +157,10 @@ impl Device for ReplayDevice {
             self.deliver(memory, exit, data_gpa, data)?;
         }
         write_result(memory, gpa, event.status, event.ret)?;
-        self.written
-            .set_range(gpa + simuboost_abi::REQUEST_RESULT_OFFSET, 16);
+        self.written.set_range(
+            gpa + simuboost_abi::REQUEST_RESULT_OFFSET,
+            std::mem::size_of::<simuboost_abi::RequestResult>() as u64,
+        );
         if exit >= self.end_exit {
             Ok(DeviceAction::Pause)
         } else {

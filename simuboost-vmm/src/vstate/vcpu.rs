@@ -7,7 +7,6 @@ use kvm_bindings::{
     kvm_xsave, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use zerocopy::{FromBytes, IntoBytes};
 
 use simuboost_abi::{layout, selectors};
 
@@ -40,16 +39,6 @@ pub enum VcpuError {
     MsrRestore {
         /// The first MSR not restored.
         index: u32,
-    },
-    /// A saved state blob has the wrong size.
-    #[error("saved vCPU state is corrupt: {what} has {len} bytes, expected {expected}")]
-    BadBlob {
-        /// Which blob.
-        what: &'static str,
-        /// Its size.
-        len: usize,
-        /// The size of the KVM structure.
-        expected: usize,
     },
     /// A KVM vCPU ioctl failed.
     #[error("KVM vCPU {what} failed: {source}")]
@@ -404,81 +393,4 @@ pub struct VcpuSnapshot {
     pub events: kvm_vcpu_events,
     /// MSR index and value pairs.
     pub msrs: Vec<(u32, u64)>,
-}
-
-fn blob<T: FromBytes>(what: &'static str, bytes: &[u8]) -> Result<T, VcpuError> {
-    T::read_from_bytes(bytes).map_err(|_| VcpuError::BadBlob {
-        what,
-        len: bytes.len(),
-        expected: std::mem::size_of::<T>(),
-    })
-}
-
-impl VcpuSnapshot {
-    /// The persistent form (see simuboost-format): registers as numbers, the rest as the raw
-    /// bytes of KVM's structures.
-    pub fn to_saved(&self) -> simuboost_format::VcpuState {
-        let r = &self.regs;
-        simuboost_format::VcpuState {
-            regs: simuboost_format::GeneralRegs {
-                rax: r.rax,
-                rbx: r.rbx,
-                rcx: r.rcx,
-                rdx: r.rdx,
-                rsi: r.rsi,
-                rdi: r.rdi,
-                rsp: r.rsp,
-                rbp: r.rbp,
-                r8: r.r8,
-                r9: r.r9,
-                r10: r.r10,
-                r11: r.r11,
-                r12: r.r12,
-                r13: r.r13,
-                r14: r.r14,
-                r15: r.r15,
-                rip: r.rip,
-                rflags: r.rflags,
-            },
-            sregs: self.sregs.as_bytes().to_vec(),
-            fpu: self.xsave.as_bytes().to_vec(),
-            xcrs: self.xcrs.as_bytes().to_vec(),
-            debugregs: self.debugregs.as_bytes().to_vec(),
-            vcpu_events: self.events.as_bytes().to_vec(),
-            msrs: self.msrs.clone(),
-        }
-    }
-
-    /// Rebuilds a snapshot from its persistent form.
-    pub fn from_saved(saved: &simuboost_format::VcpuState) -> Result<VcpuSnapshot, VcpuError> {
-        let g = &saved.regs;
-        Ok(VcpuSnapshot {
-            regs: kvm_regs {
-                rax: g.rax,
-                rbx: g.rbx,
-                rcx: g.rcx,
-                rdx: g.rdx,
-                rsi: g.rsi,
-                rdi: g.rdi,
-                rsp: g.rsp,
-                rbp: g.rbp,
-                r8: g.r8,
-                r9: g.r9,
-                r10: g.r10,
-                r11: g.r11,
-                r12: g.r12,
-                r13: g.r13,
-                r14: g.r14,
-                r15: g.r15,
-                rip: g.rip,
-                rflags: g.rflags,
-            },
-            sregs: blob("sregs", &saved.sregs)?,
-            xsave: blob("fpu", &saved.fpu)?,
-            xcrs: blob("xcrs", &saved.xcrs)?,
-            debugregs: blob("debugregs", &saved.debugregs)?,
-            events: blob("vcpu_events", &saved.vcpu_events)?,
-            msrs: saved.msrs.clone(),
-        })
-    }
 }

@@ -1,0 +1,141 @@
+//! `simuboost-replay`'s report and exit statuses.
+
+use serde::{Deserialize, Serialize};
+
+/// Exit statuses of `simuboost-replay`.
+pub mod exit {
+    /// Every replay verified.
+    pub const OK: u8 = 0;
+    /// A replay could not run (bad input, a damaged run, KVM).
+    pub const ERROR: u8 = 1;
+    /// A usage error (clap's).
+    pub const USAGE: u8 = 2;
+    /// A replay ran but did not match the recording.
+    pub const DIVERGED: u8 = 3;
+}
+
+/// Which frames are loaded before the replay starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The interval's working set (from its access log), at its newest version as of N.
+    Sparse,
+    /// Every non-zero page of the state at N (the dense baseline).
+    Full,
+    /// Nothing: every page is a miss (the on-demand baseline of snapshot systems).
+    Lazy,
+}
+
+impl Mode {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sparse => "sparse",
+            Mode::Full => "full",
+            Mode::Lazy => "lazy",
+        }
+    }
+}
+
+/// The result of replaying one interval.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// The interval.
+    pub interval: u64,
+    /// The mode.
+    pub mode: Mode,
+    /// Frames installed before the replay started.
+    pub pages_loaded: u64,
+    /// Of those, zero pages (mapped, nothing read).
+    pub zero_pages_loaded: u64,
+    /// Bytes read from the run and copied into guest memory before the replay started.
+    pub bytes_loaded: u64,
+    /// Frames in the interval's working set (0 without an access log).
+    pub working_set_pages: u64,
+    /// Time to restore: reading the state, events and page map, loading pages, and setting up
+    /// the VM and vCPU, milliseconds.
+    pub restore_ms: f64,
+    /// Of which, reading the run's tables: vCPU and device state, events, access log and the
+    /// page map as of N.
+    pub read_ms: f64,
+    /// Of which, installing pages (reading pages.bin and copying into guest memory).
+    pub load_ms: f64,
+    /// Frames served on demand during the replay.
+    pub misses: u64,
+    /// Of those, zero pages.
+    pub zero_misses: u64,
+    /// Peak resident guest memory, bytes.
+    pub footprint_bytes: u64,
+    /// Time from resuming the vCPU to the end boundary, milliseconds.
+    pub replay_ms: f64,
+    /// Time to verify, milliseconds.
+    pub verify_ms: f64,
+    /// Recorded length of the interval (wall clock while recording), milliseconds.
+    pub recorded_ms: f64,
+    /// Guest-initiated exits replayed.
+    pub exits: u64,
+    /// Exit count at the interval's start and end.
+    pub start_exit: u64,
+    /// Exit count at the interval's end boundary.
+    pub end_exit: u64,
+    /// Pages compared with the next checkpoint.
+    pub pages_checked: u64,
+    /// True when the final state equals checkpoint N+1.
+    pub verified: bool,
+    /// The first divergence, if any.
+    pub divergence: Option<Divergence>,
+}
+
+/// Where and how a replay left the recording.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Divergence {
+    /// Guest-initiated exit count where it was detected.
+    pub exit: u64,
+    /// `request` (the guest asked for something else), `crash`, `timeout`, `register`,
+    /// `memory`.
+    pub kind: String,
+    /// The register that differs, for `register`.
+    pub register: Option<String>,
+    /// The first (lowest) frame that differs, for `memory`.
+    pub gfn: Option<u64>,
+    /// How many pages differ, for `memory`.
+    pub differing_pages: Option<u64>,
+    /// One line for people.
+    pub description: String,
+}
+
+impl Divergence {
+    /// A divergence of `kind` at `exit`.
+    pub fn new(exit: u64, kind: &'static str, description: String) -> Divergence {
+        Divergence {
+            exit,
+            kind: kind.to_string(),
+            register: None,
+            gfn: None,
+            differing_pages: None,
+            description,
+        }
+    }
+
+    /// The guest made another request than the recorded one.
+    pub fn request(exit: u64, description: String) -> Divergence {
+        Divergence::new(exit, "request", description)
+    }
+
+    /// The guest crashed.
+    pub fn crash(exit: u64, description: String) -> Divergence {
+        Divergence::new(exit, "crash", description)
+    }
+
+    /// The interval did not end in time.
+    pub fn timeout(exit: u64, description: String) -> Divergence {
+        Divergence::new(exit, "timeout", description)
+    }
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}: {}", self.exit, self.description)
+    }
+}
