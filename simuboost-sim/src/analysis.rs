@@ -159,6 +159,11 @@ impl InstructionCounter {
         false
     }
 
+    /// Whether a cached block was decoded from frame `gfn`.
+    pub fn holds_code(&self, gfn: u64) -> bool {
+        self.code_gfns.contains(&gfn)
+    }
+
     /// Drops cached blocks if a device write touched a frame they were decoded from.
     pub fn invalidate(&mut self, gfns: impl Iterator<Item = u64>) {
         if !self.code_gfns.is_empty() && gfns.into_iter().any(|g| self.code_gfns.contains(&g)) {
@@ -214,6 +219,11 @@ impl WorkingSet {
     /// permissions to grant a TLB entry: read 1, write 2, exec 4 (the same bit values).
     pub fn seen_kinds(&self, gfn: u64) -> u8 {
         self.seen.get(gfn as usize).map_or(0, |s| s & 7)
+    }
+
+    /// Whether instructions were fetched from `gfn`.
+    pub fn fetched(&self, gfn: u64) -> bool {
+        self.seen_kinds(gfn) & SEEN_FETCH != 0
     }
 }
 

@@ -380,29 +380,45 @@ impl Sim {
         })
     }
 
-    /// The device wrote `written` behind unicorn's back: make translated code see it by writing
-    /// the frames again through unicorn (which invalidates translations of them).
+    /// The device wrote `written` behind unicorn's back (through the shared mapping). Data needs
+    /// nothing: unicorn reads RAM through the same pages. Translated code does: neither writing
+    /// the frames again with `mem_write` (tried: the stale translation still ran) nor
+    /// `ctl_remove_cache` (it takes a virtual address and fills the TLB, which would count as a
+    /// fetch) works from a frame number, so when a written frame holds code unicorn translated,
+    /// all translations are dropped.
     pub fn device_wrote(&mut self, written: &[FrameRun]) -> Result<(), SimError> {
         let ram = self.uc.get_data().ram;
-        let mut page = vec![0u8; PAGE_SIZE as usize];
-        for run in written {
-            for gfn in run.first_gfn..run.first_gfn.saturating_add(run.count) {
-                let gpa = gfn * PAGE_SIZE;
-                let src = ram.slice(gpa, PAGE_SIZE).ok_or(SimError::Protocol(format!(
-                    "the device wrote frame {gfn:#x}, outside guest RAM"
-                )))?;
-                page.copy_from_slice(src);
-                self.uc
-                    .mem_write(gpa, &page)
-                    .map_err(uc_err("rewrite a device-written frame"))?;
-            }
+        let gfns = || {
+            written
+                .iter()
+                .flat_map(|r| r.first_gfn..r.first_gfn.saturating_add(r.count))
+        };
+        if let Some(gfn) = gfns().find(|&g| !ram.contains(g.saturating_mul(PAGE_SIZE), PAGE_SIZE)) {
+            return Err(SimError::Protocol(format!(
+                "the device wrote frame {gfn:#x}, outside guest RAM"
+            )));
         }
-        if let Some(c) = &mut self.uc.get_data_mut().analyses.counter {
-            c.invalidate(
-                written
-                    .iter()
-                    .flat_map(|r| r.first_gfn..r.first_gfn.saturating_add(r.count)),
-            );
+        let d = self.uc.get_data_mut();
+        let known = d.analyses.counter.is_some() || d.analyses.working_set.is_some();
+        let holds_code = |g: u64| {
+            d.analyses.counter.as_ref().is_some_and(|c| c.holds_code(g))
+                || d.analyses
+                    .working_set
+                    .as_ref()
+                    .is_some_and(|w| w.fetched(g))
+        };
+        let flush = if known {
+            gfns().any(holds_code)
+        } else {
+            gfns().next().is_some()
+        };
+        if let Some(c) = &mut d.analyses.counter {
+            c.invalidate(gfns());
+        }
+        if flush {
+            self.uc
+                .ctl_flush_tb()
+                .map_err(uc_err("drop translations"))?;
         }
         Ok(())
     }

@@ -124,7 +124,7 @@ fn map_ram(memfd: &OwnedFd) -> Result<Ram, SimError> {
     }
     let bytes = st.st_size as u64;
     if bytes == 0
-        || bytes % simuboost_abi::PAGE_SIZE != 0
+        || !bytes.is_multiple_of(simuboost_abi::PAGE_SIZE)
         || bytes > simuboost_abi::layout::MAX_MEM_BYTES
     {
         return Err(SimError::Protocol(format!(

@@ -38,7 +38,7 @@ impl Ram {
 
     /// Reads the 8-byte entry at `gpa` (8-aligned), if it is RAM.
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
-        if !self.contains(gpa, 8) || gpa % 8 != 0 {
+        if !self.contains(gpa, 8) || !gpa.is_multiple_of(8) {
             return None;
         }
         // SAFETY: [gpa, gpa + 8) lies inside the mapping and is aligned; the guest is not running
@@ -48,7 +48,7 @@ impl Ram {
 
     /// Writes the 8-byte entry at `gpa` (8-aligned), if it is RAM.
     pub fn write_u64(&self, gpa: u64, value: u64) {
-        if self.contains(gpa, 8) && gpa % 8 == 0 {
+        if self.contains(gpa, 8) && gpa.is_multiple_of(8) {
             // SAFETY: as in read_u64.
             unsafe { std::ptr::write_volatile(self.base.add(gpa as usize).cast::<u64>(), value) }
         }
