@@ -160,7 +160,12 @@ pub fn map_stub<D>(uc: &mut Unicorn<'_, D>) -> Result<(), SimError> {
 
 /// Loads `cpu` into unicorn and runs the entry stub, so that unicorn is at `cpu.rip` in `cpu`'s
 /// privilege level. Hooks see the stub execute: reset analyses afterwards.
-pub fn enter<D>(uc: &mut Unicorn<'_, D>, cpu: &CpuState, timeout_us: u64) -> Result<(), SimError> {
+pub fn enter<D>(
+    uc: &mut Unicorn<'_, D>,
+    ram: &Ram,
+    cpu: &CpuState,
+    timeout_us: u64,
+) -> Result<(), SimError> {
     use RegisterX86 as R;
     uc.reg_write(R::CR4, cpu.cr4).map_err(uc_err("write CR4"))?;
     uc.reg_write(R::CR3, cpu.cr3).map_err(uc_err("write CR3"))?;
@@ -219,8 +224,18 @@ pub fn enter<D>(uc: &mut Unicorn<'_, D>, cpu: &CpuState, timeout_us: u64) -> Res
         .map_err(uc_err("write the entry stub"))?;
     uc.reg_write(R::RSP, STUB_FRAME)
         .map_err(uc_err("write RSP"))?;
+    // The iretq sets the accessed bit of the CS and SS descriptors in the GDT; KVM's state
+    // restore does not. Put the descriptors back afterwards so memory matches the recording.
+    let descriptors: Vec<(u64, u64)> = [cpu.cs.selector, cpu.ss.selector]
+        .iter()
+        .filter_map(|&sel| descriptor_gpa(ram, cpu.cr3, cpu.gdt, sel))
+        .filter_map(|gpa| ram.read_u64(gpa).map(|v| (gpa, v)))
+        .collect();
     uc.emu_start(STUB_GPA, NEVER, timeout_us, 1)
         .map_err(|e| SimError::Entry(format!("the entry stub's iretq failed: {e:?}")))?;
+    for &(gpa, value) in &descriptors {
+        ram.write_u64(gpa, value);
+    }
     let rip = uc.reg_read(R::RIP).map_err(uc_err("read RIP"))?;
     let cs = uc.reg_read(R::CS).map_err(uc_err("read CS"))?;
     if rip != cpu.rip || cs != u64::from(cpu.cs.selector) {
@@ -269,16 +284,11 @@ pub fn controls<D>(uc: &Unicorn<'_, D>) -> Controls {
     }
 }
 
-/// The descriptor `selector` names in the GDT, decoded as KVM reports a loaded segment.
-fn segment_from_gdt(ram: &Ram, cr3: u64, gdt: DescriptorTable, selector: u16) -> Segment {
-    let null = Segment {
-        selector,
-        unusable: 1,
-        ..Segment::default()
-    };
+/// Guest physical address of the GDT descriptor `selector` names, if any.
+fn descriptor_gpa(ram: &Ram, cr3: u64, gdt: DescriptorTable, selector: u16) -> Option<u64> {
     let index = u64::from(selector & !7);
     if index == 0 || selector & 4 != 0 || index + 7 > u64::from(gdt.limit) {
-        return null;
+        return None;
     }
     let ctl = Controls {
         cr3,
@@ -286,10 +296,20 @@ fn segment_from_gdt(ram: &Ram, cr3: u64, gdt: DescriptorTable, selector: u16) ->
         nxe: false,
         user: false,
     };
-    let Ok(t) = paging::walk(ram, ctl, gdt.base + index, Access::Read, false) else {
-        return null;
+    let t = paging::walk(ram, ctl, gdt.base + index, Access::Read, false).ok()?;
+    Some(t.page + (gdt.base + index) % PAGE_SIZE)
+}
+
+/// The descriptor `selector` names in the GDT, decoded as KVM reports a loaded segment (with
+/// the accessed bit set, as loading it sets it in the segment cache).
+fn segment_from_gdt(ram: &Ram, cr3: u64, gdt: DescriptorTable, selector: u16) -> Segment {
+    let null = Segment {
+        selector,
+        unusable: 1,
+        ..Segment::default()
     };
-    let Some(raw) = ram.read_u64(t.page + (gdt.base + index) % PAGE_SIZE) else {
+    let Some(raw) = descriptor_gpa(ram, cr3, gdt, selector).and_then(|gpa| ram.read_u64(gpa))
+    else {
         return null;
     };
     let mut limit = ((raw & 0xffff) | ((raw >> 32) & 0xf_0000)) as u32;
@@ -297,7 +317,11 @@ fn segment_from_gdt(ram: &Ram, cr3: u64, gdt: DescriptorTable, selector: u16) ->
         limit = (limit << 12) | 0xfff;
     }
     let base = ((raw >> 16) & 0xff_ffff) | (((raw >> 56) & 0xff) << 24);
-    seg_from_flags(selector, base, limit, (raw >> 32) as u32)
+    let mut seg = seg_from_flags(selector, base, limit, (raw >> 32) as u32);
+    if seg.s == 1 {
+        seg.type_ |= 1;
+    }
+    seg
 }
 
 /// Reads the vCPU state out of unicorn. `input` supplies what unicorn does not model (CR8, the

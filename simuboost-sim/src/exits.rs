@@ -222,7 +222,7 @@ impl Sim {
             .map_err(uc_err("add the block hook"))?;
         }
         let timeout_us = start.timeout_ms.saturating_mul(1000);
-        cpu::enter(&mut uc, &start.cpu, timeout_us)?;
+        cpu::enter(&mut uc, &ram, &start.cpu, timeout_us)?;
         // What the stub did is not the interval's: forget it, and start from an empty TLB so
         // that every frame's first access fills.
         uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;

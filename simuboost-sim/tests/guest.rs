@@ -69,6 +69,11 @@ fn code_b(value: u32) -> Vec<u8> {
 
 /// The guest's initial memory.
 fn image() -> Vec<u8> {
+    image_with(10)
+}
+
+/// The guest's initial memory with `iterations` of the loop.
+fn image_with(iterations: u32) -> Vec<u8> {
     let mut m = vec![0u8; MEM];
     // Page tables: present, writable, user; accessed/dirty clear.
     let f = 0x7;
@@ -94,7 +99,8 @@ fn image() -> Vec<u8> {
     {
         put64(&mut m, GDT + i as u64 * 8, *d);
     }
-    let mut a = vec![0xb9, 10, 0, 0, 0]; // mov ecx, 10
+    let mut a = vec![0xb9]; // mov ecx, iterations
+    a.extend_from_slice(&iterations.to_le_bytes());
     a.extend_from_slice(&[0x48, 0x8b, 0x06]); // mov rax, [rsi]
     a.extend_from_slice(&[0x48, 0x01, 0x07]); // add [rdi], rax
     a.extend_from_slice(&[0xff, 0xc9]); // dec ecx
@@ -381,6 +387,10 @@ fn exact_count_working_set_and_invalidation() {
     assert_eq!(out.cpu.ss.selector, 0x1b);
     assert_eq!(out.cpu.cs.dpl, 3);
     assert_eq!(out.cpu.cs.l, 1);
+    assert_eq!(out.cpu.cs.type_, 0xb, "accessed, as in KVM's segment cache");
+    // The entry stub's iretq left the GDT as it was (no accessed bits set in memory).
+    assert_eq!(guest.read64(GDT + 0x20), 0x00af_fa00_0000_ffff);
+    assert_eq!(guest.read64(GDT + 0x18), 0x00cf_f200_0000_ffff);
     assert_eq!(out.cpu.gdt.base, GDT);
     assert_eq!(out.cpu.cr3, PML4);
     assert_eq!(out.cpu.efer, 0x500);
@@ -502,4 +512,36 @@ fn missing_binary_is_a_clear_error() {
     .err()
     .unwrap();
     assert!(matches!(err, ClientError::NotFound { .. }), "{err}");
+}
+
+/// Simulation speed on the loop (4-instruction blocks: the block hook's worst case), in each
+/// mode. `cargo test --release -p simuboost-sim --test guest -- --ignored --nocapture speed`
+#[test]
+#[ignore = "a measurement, not a test"]
+fn speed() {
+    let iterations = 25_000_000u32;
+    for (count, ws) in [(false, false), (true, false), (false, true), (true, true)] {
+        let guest = Guest::new(&INSTALLED);
+        let image = image_with(iterations);
+        guest.write(CODE_A, &image[CODE_A as usize..CODE_A as usize + PAGE]);
+        let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+        let _handler = MissHandler::start(uffd, guest.image.clone());
+        let mut start = start_msg();
+        start.count_instructions = count;
+        start.working_set = ws;
+        start.timeout_ms = 60_000;
+        sim.start(&start).unwrap();
+        let exit = sim.next_exit().unwrap();
+        assert!(matches!(exit, Exit::Doorbell { .. }), "{exit:?}");
+        let out = sim.finish().unwrap();
+        let n = 4 * u64::from(iterations) + 5;
+        if count {
+            assert_eq!(out.instructions, n);
+        }
+        eprintln!(
+            "count={count} working_set={ws}: {n} instructions in {:.1} ms = {:.0} M/s",
+            out.sim_ms,
+            n as f64 / out.sim_ms / 1000.0
+        );
+    }
 }
