@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-dev",
     // libclang for bindgen: userfaultfd-sys generates its bindings when it is built.
     "libclang-22-dev",
+    // cmake: unicorn-engine's build script compiles its bundled C sources (simuboost-sim).
+    "cmake",
 ];
 const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow"];
 

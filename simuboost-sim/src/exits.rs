@@ -1,0 +1,440 @@
+//! Running the guest in unicorn from one exit to the next: the doorbell, exceptions, accesses
+//! outside RAM, timeouts.
+
+use std::time::{Duration, Instant};
+
+use iced_x86::{Decoder, DecoderOptions, OpKind};
+use simuboost_abi::{DOORBELL_GPA, PAGE_SIZE};
+use simuboost_sim_proto::{CpuState, Exit, Final, FrameRun, Start};
+use unicorn_engine::{
+    uc_error, Arch, MemType, Mode, Prot, Query, RegisterX86, TlbEntry, TlbType, Unicorn,
+};
+
+use crate::analysis::{self, Analyses, Analysis, InstructionCounter, WorkingSet};
+use crate::cpu;
+use crate::paging::{self, Access, Ram};
+use crate::SimError;
+
+/// Why a hook stopped the guest.
+#[derive(Debug, Clone)]
+enum Stop {
+    /// The second half (or the whole) of the doorbell store: the request's address.
+    Doorbell(u64),
+    /// An exception (interrupt hook).
+    Exception { vector: u32, rip: u64, cr2: u64 },
+    /// A read of the doorbell, or a store to it that is not the request's address.
+    BadDoorbell(String),
+    /// A block could not be decoded for counting.
+    Decode(u64),
+}
+
+/// State the hooks share (unicorn's per-instance data).
+pub struct Hooked {
+    ram: Ram,
+    analyses: Analyses,
+    doorbell_low: Option<u64>,
+    stop: Option<Stop>,
+    /// The last failed TLB fill: address, access, page-fault error code.
+    fill_fault: Option<(u64, Access, u64)>,
+}
+
+/// One simulated interval.
+pub struct Sim {
+    uc: Unicorn<'static, Hooked>,
+    input: CpuState,
+    timeout_us: u64,
+    sim_time: Duration,
+    counting: bool,
+}
+
+fn uc_err(what: &'static str) -> impl FnOnce(uc_error) -> SimError {
+    move |e| SimError::Unicorn {
+        what,
+        detail: format!("{e:?}"),
+    }
+}
+
+fn access_of(t: MemType) -> Access {
+    match t {
+        MemType::WRITE => Access::Write,
+        MemType::FETCH => Access::Fetch,
+        _ => Access::Read,
+    }
+}
+
+impl Sim {
+    /// Sets unicorn up on `ram` for `start` and enters its CPU state.
+    pub fn new(ram: Ram, start: &Start) -> Result<Sim, SimError> {
+        let analyses = Analyses {
+            counter: start.count_instructions.then(InstructionCounter::default),
+            working_set: start.working_set.then(|| WorkingSet::new(ram.frames())),
+            extra: Vec::new(),
+        };
+        let hooked = Hooked {
+            ram,
+            analyses,
+            doorbell_low: None,
+            stop: None,
+            fill_fault: None,
+        };
+        let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, hooked)
+            .map_err(uc_err("create the x86-64 engine"))?;
+        if start.working_set {
+            uc.ctl_set_tlb_type(TlbType::VIRTUAL)
+                .map_err(uc_err("select the virtual TLB"))?;
+        }
+        // SAFETY: `ram` is a shared mapping of exactly ram.bytes() bytes that stays mapped for
+        // the life of the process (main never unmaps it).
+        unsafe { uc.mem_map_ptr(0, ram.bytes(), Prot::ALL, ram.base().cast()) }
+            .map_err(uc_err("map guest RAM"))?;
+        uc.mmio_map(
+            DOORBELL_GPA,
+            PAGE_SIZE,
+            Some(|uc: &mut Unicorn<'_, Hooked>, offset: u64, size: usize| -> u64 {
+                uc.get_data_mut().stop = Some(Stop::BadDoorbell(format!(
+                    "the guest read {size} bytes from the doorbell (offset {offset:#x})"
+                )));
+                let _ = uc.emu_stop();
+                u64::MAX
+            }),
+            Some(
+                |uc: &mut Unicorn<'_, Hooked>, offset: u64, size: usize, value: u64| {
+                    let d = uc.get_data_mut();
+                    match (offset, size) {
+                        (0, 8) => d.stop = Some(Stop::Doorbell(value)),
+                        (0, 4) => {
+                            d.doorbell_low = Some(value & 0xffff_ffff);
+                            return;
+                        }
+                        (4, 4) if d.doorbell_low.is_some() => {
+                            let low = d.doorbell_low.take().unwrap_or(0);
+                            d.stop = Some(Stop::Doorbell(low | (value << 32)));
+                        }
+                        _ => {
+                            d.stop = Some(Stop::BadDoorbell(format!(
+                                "a {size}-byte store of {value:#x} to the doorbell at offset {offset:#x}"
+                            )))
+                        }
+                    }
+                    let _ = uc.emu_stop();
+                },
+            ),
+        )
+        .map_err(uc_err("map the doorbell"))?;
+        cpu::map_stub(&mut uc)?;
+        uc.add_intr_hook(|uc: &mut Unicorn<'_, Hooked>, vector: u32| {
+            let rip = uc.reg_read(RegisterX86::RIP).unwrap_or(0);
+            let cr2 = uc.reg_read(RegisterX86::CR2).unwrap_or(0);
+            uc.get_data_mut().stop = Some(Stop::Exception { vector, rip, cr2 });
+            let _ = uc.emu_stop();
+        })
+        .map_err(uc_err("add the interrupt hook"))?;
+        if start.working_set {
+            uc.add_tlb_hook(
+                1,
+                0,
+                |uc: &mut Unicorn<'_, Hooked>, vaddr: u64, kind: MemType| {
+                    let access = access_of(kind);
+                    let ctl = cpu::controls(uc);
+                    let d = uc.get_data_mut();
+                    match paging::walk(&d.ram, ctl, vaddr, access, true) {
+                        Ok(t) => {
+                            let gfn = d
+                                .ram
+                                .contains(t.page, PAGE_SIZE)
+                                .then_some(t.page / PAGE_SIZE);
+                            let mut perms = Prot::READ.0;
+                            if let Some(ws) = &mut d.analyses.working_set {
+                                ws.on_fill(gfn, access, &t.tables[..t.levels]);
+                                // Grant only the kinds already seen, so a new kind fills again.
+                                if let Some(g) = gfn {
+                                    perms = u32::from(ws.seen_kinds(g));
+                                } else {
+                                    perms = Prot::ALL.0;
+                                }
+                            }
+                            for a in &mut d.analyses.extra {
+                                a.on_fill(gfn, access, &t.tables[..t.levels]);
+                            }
+                            if !t.writable {
+                                perms &= !Prot::WRITE.0;
+                            }
+                            if !t.executable {
+                                perms &= !Prot::EXEC.0;
+                            }
+                            Some(TlbEntry {
+                                paddr: t.page,
+                                perms: Prot(perms as _),
+                            })
+                        }
+                        Err(f) => {
+                            d.fill_fault = Some((vaddr, access, f.error_code));
+                            None
+                        }
+                    }
+                },
+            )
+            .map_err(uc_err("add the TLB hook"))?;
+        }
+        if start.count_instructions {
+            uc.add_block_hook(
+                1,
+                0,
+                |uc: &mut Unicorn<'_, Hooked>, vaddr: u64, size: u32| {
+                    let cached = uc
+                        .get_data()
+                        .analyses
+                        .counter
+                        .as_ref()
+                        .and_then(|c| c.cached(vaddr));
+                    let icount = match cached {
+                        Some(n) => n,
+                        None => {
+                            let cr3 = uc.reg_read(RegisterX86::CR3).unwrap_or(0);
+                            let d = uc.get_data_mut();
+                            let ram = d.ram;
+                            match d
+                                .analyses
+                                .counter
+                                .as_mut()
+                                .and_then(|c| c.decode(&ram, cr3, vaddr, size))
+                            {
+                                Some(n) => n,
+                                // Code outside RAM: only the entry stub, which is not counted.
+                                None if !ram.contains(vaddr, 1) && vaddr >= cpu::STUB_GPA => 1,
+                                None => {
+                                    d.stop = Some(Stop::Decode(vaddr));
+                                    let _ = uc.emu_stop();
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let d = uc.get_data_mut();
+                    if let Some(c) = &mut d.analyses.counter {
+                        c.on_block(vaddr, icount);
+                    }
+                    for a in &mut d.analyses.extra {
+                        a.on_block(vaddr, icount);
+                    }
+                },
+            )
+            .map_err(uc_err("add the block hook"))?;
+        }
+        let timeout_us = start.timeout_ms.saturating_mul(1000);
+        cpu::enter(&mut uc, &ram, &start.cpu, timeout_us)?;
+        // What the stub did is not the interval's: forget it, and start from an empty TLB so
+        // that every frame's first access fills.
+        uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
+        let d = uc.get_data_mut();
+        d.analyses.each(|a| a.reset());
+        d.stop = None;
+        d.fill_fault = None;
+        Ok(Sim {
+            uc,
+            input: start.cpu.clone(),
+            timeout_us,
+            sim_time: Duration::ZERO,
+            counting: start.count_instructions,
+        })
+    }
+
+    fn rip(&self) -> Result<u64, SimError> {
+        self.uc
+            .reg_read(RegisterX86::RIP)
+            .map_err(uc_err("read RIP"))
+    }
+
+    fn instructions(&self) -> u64 {
+        self.uc
+            .get_data()
+            .analyses
+            .counter
+            .as_ref()
+            .map_or(0, |c| c.total())
+    }
+
+    /// Runs the guest from its current RIP to the next exit.
+    pub fn run(&mut self) -> Result<Exit, SimError> {
+        let begin = self.rip()?;
+        {
+            let d = self.uc.get_data_mut();
+            d.stop = None;
+            d.fill_fault = None;
+            d.doorbell_low = None;
+        }
+        let t0 = Instant::now();
+        let result = self.uc.emu_start(begin, cpu::NEVER, self.timeout_us, 0);
+        self.sim_time += t0.elapsed();
+        let stop = self.uc.get_data_mut().stop.take();
+        let rip = self.rip()?;
+        match stop {
+            Some(Stop::Doorbell(gpa)) => return self.complete_doorbell(gpa, rip),
+            Some(Stop::Exception { vector, rip, cr2 }) => {
+                return Ok(Exit::Crash {
+                    vector,
+                    error_code: 0,
+                    rip,
+                    cr2: if vector == 14 { cr2 } else { 0 },
+                    reason: format!("exception {vector} at {rip:#x}"),
+                })
+            }
+            Some(Stop::BadDoorbell(what)) => {
+                return Ok(Exit::Crash {
+                    vector: 0,
+                    error_code: 0,
+                    rip,
+                    cr2: 0,
+                    reason: what,
+                })
+            }
+            Some(Stop::Decode(vaddr)) => {
+                return Err(SimError::Entry(format!(
+                    "cannot read the code of the block at {vaddr:#x} to count it"
+                )))
+            }
+            None => {}
+        }
+        match result {
+            Err(uc_error::EXCEPTION) if self.uc.get_data().fill_fault.is_some() => {
+                let (vaddr, access, error_code) =
+                    self.uc
+                        .get_data()
+                        .fill_fault
+                        .unwrap_or((0, Access::Read, 0));
+                Ok(Exit::Crash {
+                    vector: 14,
+                    error_code,
+                    rip,
+                    cr2: vaddr,
+                    reason: format!("page fault ({access:?}) at {vaddr:#x}"),
+                })
+            }
+            Err(
+                e @ (uc_error::READ_UNMAPPED
+                | uc_error::WRITE_UNMAPPED
+                | uc_error::FETCH_UNMAPPED
+                | uc_error::READ_PROT
+                | uc_error::WRITE_PROT
+                | uc_error::FETCH_PROT
+                | uc_error::INSN_INVALID
+                | uc_error::EXCEPTION),
+            ) => Ok(Exit::Crash {
+                vector: if e == uc_error::INSN_INVALID { 6 } else { 14 },
+                error_code: 0,
+                rip,
+                cr2: 0,
+                reason: format!(
+                    "access outside RAM and the doorbell or invalid code ({e:?}) at {rip:#x}"
+                ),
+            }),
+            Err(e) => Err(SimError::Unicorn {
+                what: "run",
+                detail: format!("{e:?}"),
+            }),
+            Ok(()) if self.uc.query(Query::TIMEOUT).unwrap_or(0) != 0 => Ok(Exit::Error {
+                message: format!(
+                    "no exit within {} ms (at {rip:#x}): the replay diverged or spins",
+                    self.timeout_us / 1000
+                ),
+            }),
+            Ok(()) => Ok(Exit::Error {
+                message: format!("the simulation stopped without an exit at {rip:#x}"),
+            }),
+        }
+    }
+
+    /// The guest stored `gpa` to the doorbell with the instruction at `rip`: retire it (RIP past
+    /// the store, as KVM's `complete_pending_exit` leaves it) and make the count exact.
+    fn complete_doorbell(&mut self, gpa: u64, rip: u64) -> Result<Exit, SimError> {
+        let cr3 = self
+            .uc
+            .reg_read(RegisterX86::CR3)
+            .map_err(uc_err("read CR3"))?;
+        let ram = self.uc.get_data().ram;
+        let code = analysis::code_bytes(&ram, cr3, rip, 15).ok_or_else(|| {
+            SimError::Entry(format!("the doorbell store at {rip:#x} is not in RAM"))
+        })?;
+        let insn = Decoder::with_ip(64, &code, rip, DecoderOptions::NONE).decode();
+        if insn.is_invalid() || insn.op0_kind() != OpKind::Memory {
+            return Err(SimError::Entry(format!(
+                "after the doorbell write RIP {rip:#x} is not at a store ({:?}): unicorn ran past it", insn.mnemonic()
+            )));
+        }
+        if self.counting {
+            let d = self.uc.get_data_mut();
+            if let Some(c) = &mut d.analyses.counter {
+                if !c.stopped_at(&ram, cr3, rip) {
+                    return Err(SimError::Entry(format!(
+                        "the doorbell store at {rip:#x} is not inside the last block entered"
+                    )));
+                }
+            }
+        }
+        self.uc
+            .reg_write(RegisterX86::RIP, insn.next_ip())
+            .map_err(uc_err("write RIP"))?;
+        Ok(Exit::Doorbell {
+            gpa,
+            instructions: self.instructions(),
+        })
+    }
+
+    /// The device wrote `written` behind unicorn's back (through the shared mapping). Data needs
+    /// nothing: unicorn reads RAM through the same pages. Translated code does: neither writing
+    /// the frames again with `mem_write` (tried: the stale translation still ran) nor
+    /// `ctl_remove_cache` (it takes a virtual address and fills the TLB, which would count as a
+    /// fetch) works from a frame number, so when a written frame holds code unicorn translated,
+    /// all translations are dropped.
+    pub fn device_wrote(&mut self, written: &[FrameRun]) -> Result<(), SimError> {
+        let ram = self.uc.get_data().ram;
+        let gfns = || {
+            written
+                .iter()
+                .flat_map(|r| r.first_gfn..r.first_gfn.saturating_add(r.count))
+        };
+        if let Some(gfn) = gfns().find(|&g| !ram.contains(g.saturating_mul(PAGE_SIZE), PAGE_SIZE)) {
+            return Err(SimError::Protocol(format!(
+                "the device wrote frame {gfn:#x}, outside guest RAM"
+            )));
+        }
+        let d = self.uc.get_data_mut();
+        let known = d.analyses.counter.is_some() || d.analyses.working_set.is_some();
+        let holds_code = |g: u64| {
+            d.analyses.counter.as_ref().is_some_and(|c| c.holds_code(g))
+                || d.analyses
+                    .working_set
+                    .as_ref()
+                    .is_some_and(|w| w.fetched(g))
+        };
+        let flush = if known {
+            gfns().any(holds_code)
+        } else {
+            gfns().next().is_some()
+        };
+        if let Some(c) = &mut d.analyses.counter {
+            c.invalidate(gfns());
+        }
+        if flush {
+            self.uc
+                .ctl_flush_tb()
+                .map_err(uc_err("drop translations"))?;
+        }
+        Ok(())
+    }
+
+    /// The interval's outcome.
+    pub fn finish(mut self) -> Result<Final, SimError> {
+        let ram = self.uc.get_data().ram;
+        let cpu = cpu::capture(&self.uc, &ram, &self.input)?;
+        let mut out = Final {
+            cpu,
+            instructions: 0,
+            accessed: Vec::new(),
+            page_table_frames: Vec::new(),
+            sim_ms: self.sim_time.as_secs_f64() * 1000.0,
+        };
+        self.uc.get_data_mut().analyses.each(|a| a.finish(&mut out));
+        Ok(out)
+    }
+}

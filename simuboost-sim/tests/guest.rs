@@ -1,0 +1,547 @@
+//! The simulator against a tiny hand-built 64-bit guest, driven through the real client API,
+//! with this test as the parent: it installs some pages itself and serves the simulator's
+//! misses through the simulator's userfaultfd.
+//!
+//! Guest (ring 3), code page A at 0x10000, code page B at 0x11000:
+//! ```text
+//! A+0   mov ecx, 10                      1
+//! A+5   mov rax, [rsi]      ; 0x20000     \
+//! A+8   add [rdi], rax      ; 0x21000      | 4 x 10
+//! A+11  dec ecx                            |
+//! A+13  jnz A+5                           /
+//! A+15  movabs rbx, DOORBELL             1
+//! A+25  call B                           1
+//! B+0   mov rax, 0x22000                 1
+//! B+7   mov [rbx], rax      ; doorbell 1 1   -> 45 instructions
+//! B+10  ret                              1
+//! A+30  mov rax, [rdx]      ; 0x23000    1
+//! A+33  call B                           1
+//! B+0   mov rax, (rewritten by the parent at doorbell 1 to 0x33000)   1
+//! B+7   mov [rbx], rax      ; doorbell 2 1   -> 50 instructions
+//! B+10  ret
+//! A+38  ud2                 ; #UD
+//! ```
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use simuboost_abi::DOORBELL_GPA;
+use simuboost_sim_proto::{
+    AccessedFrame, ClientError, CpuState, DescriptorTable, Exit, FrameRun, Segment, SimProcess,
+    Start, PROTOCOL_VERSION,
+};
+use userfaultfd::{Event, Uffd};
+
+const MEM: usize = 4 << 20;
+const PAGE: usize = 4096;
+const PML4: u64 = 0x1000;
+const PDPT: u64 = 0x2000;
+const PD: u64 = 0x3000;
+const PT0: u64 = 0x4000; // 0..2 MiB
+const PT1: u64 = 0x5000; // 2..4 MiB
+const PD_DOORBELL: u64 = 0x6000;
+const GDT: u64 = 0x7000;
+const CODE_A: u64 = 0x10000;
+const CODE_B: u64 = 0x11000;
+const SRC: u64 = 0x20000;
+const DST: u64 = 0x21000;
+const REQ: u64 = 0x22000;
+const DEV: u64 = 0x23000;
+const STACK_TOP: u64 = 0x30000;
+
+fn put(image: &mut [u8], at: u64, bytes: &[u8]) {
+    image[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+}
+
+fn put64(image: &mut [u8], at: u64, v: u64) {
+    put(image, at, &v.to_le_bytes());
+}
+
+fn code_b(value: u32) -> Vec<u8> {
+    let mut b = vec![0x48, 0xc7, 0xc0];
+    b.extend_from_slice(&value.to_le_bytes());
+    b.extend_from_slice(&[0x48, 0x89, 0x03, 0xc3]); // mov [rbx], rax; ret
+    b
+}
+
+/// The guest's initial memory.
+fn image() -> Vec<u8> {
+    image_with(10)
+}
+
+/// The guest's initial memory with `iterations` of the loop.
+fn image_with(iterations: u32) -> Vec<u8> {
+    let mut m = vec![0u8; MEM];
+    // Page tables: present, writable, user; accessed/dirty clear.
+    let f = 0x7;
+    put64(&mut m, PML4, PDPT | f);
+    put64(&mut m, PDPT, PD | f);
+    put64(&mut m, PDPT + 16 * 8, PD_DOORBELL | f); // 16 GiB
+    put64(&mut m, PD, PT0 | f);
+    put64(&mut m, PD + 8, PT1 | f);
+    for i in 0..1024u64 {
+        put64(&mut m, PT0 + i * 8, (i << 12) | f);
+    }
+    put64(&mut m, PD_DOORBELL, DOORBELL_GPA | f | 0x80); // 2 MiB page
+                                                         // GDT: null, kernel code, kernel data, user data, user code.
+    for (i, d) in [
+        0u64,
+        0x00af_9a00_0000_ffff,
+        0x00cf_9200_0000_ffff,
+        0x00cf_f200_0000_ffff,
+        0x00af_fa00_0000_ffff,
+    ]
+    .iter()
+    .enumerate()
+    {
+        put64(&mut m, GDT + i as u64 * 8, *d);
+    }
+    let mut a = vec![0xb9]; // mov ecx, iterations
+    a.extend_from_slice(&iterations.to_le_bytes());
+    a.extend_from_slice(&[0x48, 0x8b, 0x06]); // mov rax, [rsi]
+    a.extend_from_slice(&[0x48, 0x01, 0x07]); // add [rdi], rax
+    a.extend_from_slice(&[0xff, 0xc9]); // dec ecx
+    a.extend_from_slice(&[0x75, 0xf6]); // jnz -10
+    a.extend_from_slice(&[0x48, 0xbb]); // movabs rbx, DOORBELL
+    a.extend_from_slice(&DOORBELL_GPA.to_le_bytes());
+    let call = |at: u64| {
+        let rel = (CODE_B as i64 - (CODE_A as i64 + at as i64 + 5)) as i32;
+        let mut c = vec![0xe8];
+        c.extend_from_slice(&rel.to_le_bytes());
+        c
+    };
+    a.extend_from_slice(&call(25));
+    a.extend_from_slice(&[0x48, 0x8b, 0x02]); // mov rax, [rdx]
+    a.extend_from_slice(&call(33));
+    a.extend_from_slice(&[0x0f, 0x0b]); // ud2
+    assert_eq!(a.len(), 40);
+    put(&mut m, CODE_A, &a);
+    put(&mut m, CODE_B, &code_b(REQ as u32));
+    put64(&mut m, SRC, 5);
+    m
+}
+
+fn user_seg(selector: u16, code: bool) -> Segment {
+    Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 3,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+    }
+}
+
+fn start_state() -> CpuState {
+    CpuState {
+        rsi: SRC,
+        rdi: DST,
+        rdx: DEV,
+        rsp: STACK_TOP,
+        rip: CODE_A,
+        rflags: 0x2,
+        cs: user_seg(0x23, true),
+        ss: user_seg(0x1b, false),
+        ds: user_seg(0x1b, false),
+        es: user_seg(0x1b, false),
+        tr: Segment {
+            limit: 0x67,
+            type_: 0xb,
+            present: 1,
+            ..Segment::default()
+        },
+        gdt: DescriptorTable {
+            base: GDT,
+            limit: 5 * 8 - 1,
+        },
+        cr0: 0x8005_0033,
+        cr3: PML4,
+        cr4: 0x20,
+        efer: 0x500,
+        msrs: vec![
+            (0xc000_0102, 0x1234_5000),
+            (0xc000_0081, 0x0023_0010_0000_0000),
+        ],
+        ..CpuState::default()
+    }
+}
+
+/// Guest RAM as the parent holds it: a memfd, mapped shared.
+struct Guest {
+    memfd: OwnedFd,
+    base: *mut u8,
+    image: Arc<Vec<u8>>,
+}
+
+impl Guest {
+    /// Creates RAM and installs (writes through our own mapping) the frames in `installed`;
+    /// every other frame is left to the miss handler.
+    fn new(installed: &[u64]) -> Guest {
+        // SAFETY: memfd_create with a static name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"sim-test-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor we own.
+        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our memfd.
+        assert_eq!(unsafe { libc::ftruncate(fd, MEM as i64) }, 0);
+        // SAFETY: shared mapping of the whole memfd.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MEM,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let image = Arc::new(image());
+        let g = Guest {
+            memfd,
+            base: base.cast(),
+            image,
+        };
+        for &gfn in installed {
+            let at = gfn as usize * PAGE;
+            g.write(at as u64, &g.image[at..at + PAGE]);
+        }
+        g
+    }
+
+    fn write(&self, gpa: u64, bytes: &[u8]) {
+        assert!(gpa as usize + bytes.len() <= MEM);
+        // SAFETY: inside our mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(gpa as usize), bytes.len())
+        }
+    }
+
+    fn read64(&self, gpa: u64) -> u64 {
+        // SAFETY: inside our mapping, aligned.
+        unsafe { std::ptr::read_volatile(self.base.add(gpa as usize).cast::<u64>()) }
+    }
+}
+
+/// Serves the simulator's misses from the image; counts them.
+struct MissHandler {
+    stop: Arc<AtomicBool>,
+    misses: Arc<AtomicU64>,
+    served: Arc<std::sync::Mutex<Vec<u64>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MissHandler {
+    fn start(uffd: OwnedFd, image: Arc<Vec<u8>>) -> MissHandler {
+        // SAFETY: a userfaultfd received from the simulator; we own it now.
+        let uffd = unsafe { Uffd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(uffd)) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let misses = Arc::new(AtomicU64::new(0));
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, m, sv) = (stop.clone(), misses.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            // Fault events carry the simulator's addresses; its mapping's base comes from
+            // /proc/<pid>/maps on the first fault.
+            let mut base: Option<u64> = None;
+            while !s.load(Ordering::Relaxed) {
+                let mut pfd = libc::pollfd {
+                    fd: uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+                    continue;
+                }
+                let Ok(Some(Event::Pagefault { addr, .. })) = uffd.read_event() else {
+                    continue;
+                };
+                let addr = addr as u64 & !(PAGE as u64 - 1);
+                let b = *base.get_or_insert_with(|| find_base(addr));
+                let off = (addr - b) as usize;
+                let src = &image[off..off + PAGE];
+                // SAFETY: src is a whole page; addr is a page in the simulator's registered range.
+                let _ = unsafe { uffd.copy(src.as_ptr().cast(), addr as *mut _, PAGE, true) };
+                m.fetch_add(1, Ordering::Relaxed);
+                sv.lock().unwrap().push(off as u64 / PAGE as u64);
+            }
+        });
+        MissHandler {
+            stop,
+            misses,
+            served,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// The base of the simulator's RAM mapping: the `sim-test-ram` memfd mapping in the only
+/// simulator process mapping it that contains `addr`.
+fn find_base(addr: u64) -> u64 {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+            continue;
+        };
+        if !maps.contains("simuboost-sim") {
+            continue;
+        }
+        for line in maps.lines().filter(|l| l.contains("memfd:sim-test-ram")) {
+            let range = line.split_whitespace().next().unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (
+                u64::from_str_radix(lo, 16).unwrap(),
+                u64::from_str_radix(hi, 16).unwrap(),
+            );
+            if (lo..hi).contains(&addr) {
+                return lo;
+            }
+        }
+    }
+    panic!("no simulator mapping contains {addr:#x}");
+}
+
+impl Drop for MissHandler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_simuboost-sim"))
+}
+
+/// Frames installed up front: page tables, GDT, code. Data and stack pages are misses.
+const INSTALLED: [u64; 9] = [1, 2, 3, 4, 5, 6, 7, 0x10, 0x11];
+
+fn start_msg() -> Start {
+    Start {
+        version: PROTOCOL_VERSION,
+        mem_bytes: MEM as u64,
+        cpu: start_state(),
+        interval: 0,
+        timeout_ms: 5000,
+        count_instructions: true,
+        working_set: true,
+    }
+}
+
+/// Runs to doorbell 2 (rewriting code page B and writing the device page at doorbell 1).
+fn run_to_second_doorbell(guest: &Guest, sim: &mut SimProcess) -> (u64, u64) {
+    sim.start(&start_msg()).unwrap();
+    let Exit::Doorbell { gpa, instructions } = sim.next_exit().unwrap() else {
+        panic!("expected doorbell 1")
+    };
+    assert_eq!(gpa, REQ);
+    assert_eq!(instructions, 45, "doorbell 1");
+    let first = instructions;
+    // The "device": new code in B (already translated: proves invalidation) and data at DEV.
+    guest.write(CODE_B, &code_b(0x33000));
+    guest.write(DEV, &0x77u64.to_le_bytes());
+    sim.resume(vec![
+        FrameRun {
+            first_gfn: CODE_B / PAGE as u64,
+            count: 1,
+        },
+        FrameRun {
+            first_gfn: DEV / PAGE as u64,
+            count: 1,
+        },
+    ])
+    .unwrap();
+    let Exit::Doorbell { gpa, instructions } = sim.next_exit().unwrap() else {
+        panic!("expected doorbell 2")
+    };
+    assert_eq!(
+        gpa, 0x33000,
+        "the rewritten code ran (translations invalidated)"
+    );
+    assert_eq!(instructions, 50, "doorbell 2");
+    (first, instructions)
+}
+
+#[test]
+fn exact_count_working_set_and_invalidation() {
+    let guest = Guest::new(&INSTALLED);
+    let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+    let handler = MissHandler::start(uffd, guest.image.clone());
+    run_to_second_doorbell(&guest, &mut sim);
+    let out = sim.finish().unwrap();
+    assert_eq!(out.instructions, 50);
+    // RIP past the doorbell store, before B's ret; rax holds the request address.
+    assert_eq!(out.cpu.rip, CODE_B + 10);
+    assert_eq!(out.cpu.rax, 0x33000);
+    assert_eq!(out.cpu.rcx, 0);
+    assert_eq!(out.cpu.cs.selector, 0x23);
+    assert_eq!(out.cpu.ss.selector, 0x1b);
+    assert_eq!(out.cpu.cs.dpl, 3);
+    assert_eq!(out.cpu.cs.l, 1);
+    assert_eq!(out.cpu.cs.type_, 0xb, "accessed, as in KVM's segment cache");
+    // The entry stub's iretq left the GDT as it was (no accessed bits set in memory).
+    assert_eq!(guest.read64(GDT + 0x20), 0x00af_fa00_0000_ffff);
+    assert_eq!(guest.read64(GDT + 0x18), 0x00cf_f200_0000_ffff);
+    assert_eq!(out.cpu.gdt.base, GDT);
+    assert_eq!(out.cpu.cr3, PML4);
+    assert_eq!(out.cpu.efer, 0x500);
+    assert_eq!(out.cpu.rsp, STACK_TOP - 8);
+    assert!(out.cpu.msrs.contains(&(0xc000_0102, 0x1234_5000)));
+    assert_eq!(guest.read64(DST), 50);
+    let f = |gfn: u64, read, write, fetch| AccessedFrame {
+        gfn,
+        read,
+        write,
+        fetch,
+    };
+    assert_eq!(
+        out.accessed,
+        vec![
+            f(0x10, false, false, true),
+            f(0x11, false, false, true),
+            f(0x20, true, false, false),
+            f(0x21, true, true, false),
+            f(0x23, true, false, false),
+            f(0x2f, true, true, false),
+        ]
+    );
+    assert_eq!(out.page_table_frames, vec![1, 2, 3, 4, 6]);
+    // Data and stack frames not installed up front were served as misses; the device page was
+    // written by us, so it was no miss.
+    let mut served = handler.served.lock().unwrap().clone();
+    served.sort();
+    assert_eq!(served, vec![0x20, 0x21, 0x2f]);
+    assert_eq!(handler.misses.load(Ordering::Relaxed), 3);
+    eprintln!("simulated in {:.3} ms", out.sim_ms);
+}
+
+#[test]
+fn same_interval_twice_gives_the_same_count() {
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        let guest = Guest::new(&INSTALLED);
+        let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+        let _handler = MissHandler::start(uffd, guest.image.clone());
+        counts.push(run_to_second_doorbell(&guest, &mut sim));
+        let out = sim.finish().unwrap();
+        counts.push((out.instructions, out.accessed.len() as u64));
+    }
+    assert_eq!(counts[0], counts[2]);
+    assert_eq!(counts[1], counts[3]);
+}
+
+#[test]
+fn guest_exception_is_a_crash() {
+    let guest = Guest::new(&INSTALLED);
+    let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+    let _handler = MissHandler::start(uffd, guest.image.clone());
+    run_to_second_doorbell(&guest, &mut sim);
+    sim.resume(Vec::new()).unwrap();
+    match sim.next_exit().unwrap() {
+        Exit::Crash { vector, rip, .. } => {
+            assert_eq!(vector, 6, "#UD");
+            assert_eq!(rip, CODE_A + 38);
+        }
+        other => panic!("expected a crash, got {other:?}"),
+    }
+    // The final state is still available after a crash.
+    let out = sim.finish().unwrap();
+    assert_eq!(out.cpu.rip, CODE_A + 38);
+}
+
+#[test]
+fn page_fault_is_a_crash_with_cr2() {
+    let guest = Guest::new(&INSTALLED);
+    // Make the source page not present: the loop's first read faults.
+    guest.write(PT0 + (SRC >> 12) * 8, &0u64.to_le_bytes());
+    let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+    let _handler = MissHandler::start(uffd, guest.image.clone());
+    sim.start(&start_msg()).unwrap();
+    match sim.next_exit().unwrap() {
+        Exit::Crash {
+            vector,
+            rip,
+            cr2,
+            error_code,
+            ..
+        } => {
+            assert_eq!(vector, 14);
+            assert_eq!(rip, CODE_A + 5);
+            assert_eq!(cr2, SRC);
+            assert_eq!(error_code, 0b100, "not present, read, user");
+        }
+        other => panic!("expected a page fault, got {other:?}"),
+    }
+}
+
+#[test]
+fn simulator_dying_mid_interval_is_a_clear_error() {
+    let guest = Guest::new(&INSTALLED);
+    let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+    let _handler = MissHandler::start(uffd, guest.image.clone());
+    sim.start(&start_msg()).unwrap();
+    assert!(matches!(sim.next_exit().unwrap(), Exit::Doorbell { .. }));
+    // SAFETY: kill(2) on our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(sim.pid() as i32, libc::SIGKILL) }, 0);
+    let err = sim
+        .resume(Vec::new())
+        .and_then(|()| sim.next_exit().map(|_| ()))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Died { status } if status.contains("signal 9")),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_binary_is_a_clear_error() {
+    let guest = Guest::new(&[]);
+    let err = SimProcess::spawn(
+        std::path::Path::new("/nonexistent/simuboost-sim"),
+        guest.memfd.as_fd(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, ClientError::NotFound { .. }), "{err}");
+}
+
+/// Simulation speed on the loop (4-instruction blocks: the block hook's worst case), in each
+/// mode. `cargo test --release -p simuboost-sim --test guest -- --ignored --nocapture speed`
+#[test]
+#[ignore = "a measurement, not a test"]
+fn speed() {
+    let iterations = 25_000_000u32;
+    for (count, ws) in [(false, false), (true, false), (false, true), (true, true)] {
+        let guest = Guest::new(&INSTALLED);
+        let image = image_with(iterations);
+        guest.write(CODE_A, &image[CODE_A as usize..CODE_A as usize + PAGE]);
+        let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+        let _handler = MissHandler::start(uffd, guest.image.clone());
+        let mut start = start_msg();
+        start.count_instructions = count;
+        start.working_set = ws;
+        start.timeout_ms = 60_000;
+        sim.start(&start).unwrap();
+        let exit = sim.next_exit().unwrap();
+        assert!(matches!(exit, Exit::Doorbell { .. }), "{exit:?}");
+        let out = sim.finish().unwrap();
+        let n = 4 * u64::from(iterations) + 5;
+        if count {
+            assert_eq!(out.instructions, n);
+        }
+        eprintln!(
+            "count={count} working_set={ws}: {n} instructions in {:.1} ms = {:.0} M/s",
+            out.sim_ms,
+            n as f64 / out.sim_ms / 1000.0
+        );
+    }
+}
