@@ -15,4 +15,4 @@ pub mod restore;
 pub mod runs;
 pub mod verify;
 
-pub use replay::{replay_interval, Mode, ReplayError, ReplayOptions, ReplayReport};
+pub use replay::{replay_interval, Engine, Mode, ReplayError, ReplayOptions, ReplayReport};

@@ -9,10 +9,10 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use simuboost_format::Run;
-use simuboost_replay::parallel::{replay_all, IntervalOutcome, Workers};
+use simuboost_replay::parallel::{child_args, replay_all, IntervalOutcome, Workers};
 use simuboost_replay::replay::check_interval;
 use simuboost_replay::runs::{newest_run, DEFAULT_RUNS_DIR};
-use simuboost_replay::{replay_interval, Mode, ReplayOptions, ReplayReport};
+use simuboost_replay::{replay_interval, Engine, Mode, ReplayOptions, ReplayReport};
 
 use simuboost_report::replay::exit::{
     DIVERGED as EXIT_DIVERGED, ERROR as EXIT_ERROR, OK as EXIT_OK,
@@ -40,6 +40,10 @@ struct Args {
     /// interval once per mode and print them side by side.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "sparse")]
     mode: Vec<Mode>,
+    /// What executes the interval: `kvm` (a KVM VM, hardware speed) or `sim` (the functional
+    /// simulator `simuboost-sim`: exact instruction count and accessed frames).
+    #[arg(long, value_enum, default_value = "kvm")]
+    engine: Engine,
     /// With --all: replays running at once [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     jobs: Option<u64>,
@@ -107,6 +111,7 @@ fn run(args: &Args) -> anyhow::Result<u8> {
 fn options(args: &Args, mode: Mode) -> ReplayOptions {
     ReplayOptions {
         mode,
+        engine: args.engine,
         timeout: args.timeout,
     }
 }
@@ -218,8 +223,7 @@ fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
     let workers = Workers {
         exe: std::env::current_exe().context("cannot find this executable to start replays")?,
         jobs: args.jobs.unwrap_or(1) as usize,
-        mode,
-        timeout: args.timeout,
+        child_args: child_args(mode, args.engine, args.timeout),
     };
     let (outcomes, wall) = replay_all(
         run.dir(),

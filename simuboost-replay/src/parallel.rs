@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use simuboost_report::replay::exit;
+use simuboost_report::replay::{exit, Engine};
 
 use crate::replay::{Mode, ReplayReport};
 
@@ -32,10 +32,26 @@ pub struct Workers {
     pub exe: PathBuf,
     /// Replays running at once.
     pub jobs: usize,
-    /// Mode of every replay.
-    pub mode: Mode,
-    /// `--timeout` of every replay, if given.
-    pub timeout: Option<Duration>,
+    /// The flags every replay gets besides `--run`, `--interval` and `--json`: mode, engine,
+    /// timeout (see [`child_args`]).
+    pub child_args: Vec<String>,
+}
+
+/// The flags that make a child replay one interval the way `options` says.
+pub fn child_args(mode: Mode, engine: Engine, timeout: Option<Duration>) -> Vec<String> {
+    let mut args = vec![
+        "--mode".to_string(),
+        mode.name().to_string(),
+        "--engine".to_string(),
+        engine.name().to_string(),
+    ];
+    if let Some(timeout) = timeout {
+        args.extend([
+            "--timeout".to_string(),
+            format!("{}ms", timeout.as_millis()),
+        ]);
+    }
+    args
 }
 
 /// Replays `intervals` of the run in `run_dir`. `on_done` is called on the calling thread as
@@ -92,12 +108,9 @@ fn replay_in_child(
     cmd.arg("--run")
         .arg(run_dir)
         .args(["--interval", &interval.to_string()])
-        .args(["--mode", workers.mode.name(), "--json"])
+        .args(&workers.child_args)
+        .arg("--json")
         .stdin(Stdio::null());
-    if let Some(timeout) = workers.timeout {
-        cmd.arg("--timeout")
-            .arg(format!("{}ms", timeout.as_millis()));
-    }
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {}: {e}", workers.exe.display()))?;

@@ -18,7 +18,7 @@ use simuboost_vmm::vstate::memory::create_guest_memory_backed;
 use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
 
 use crate::restore::{resident_bytes, LoadStats, PageSource, RestoreError, UffdMemory};
-pub use simuboost_report::replay::{Divergence, Mode, ReplayReport};
+pub use simuboost_report::replay::{Divergence, Engine, Mode, ReplayReport};
 
 use crate::verify;
 
@@ -27,6 +27,8 @@ use crate::verify;
 pub struct ReplayOptions {
     /// What to load up front.
     pub mode: Mode,
+    /// What executes the interval.
+    pub engine: Engine,
     /// Give up (and report a divergence) if the interval has not ended after this long;
     /// `None`: one minute plus 20 times the interval's recorded length.
     pub timeout: Option<Duration>,

@@ -14,6 +14,28 @@ pub mod exit {
     pub const DIVERGED: u8 = 3;
 }
 
+/// What executes a replayed interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// A KVM VM: the interval runs at hardware speed.
+    #[default]
+    Kvm,
+    /// The functional simulator (`simuboost-sim`, unicorn): every instruction can be observed.
+    Sim,
+}
+
+impl Engine {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Kvm => "kvm",
+            Engine::Sim => "sim",
+        }
+    }
+}
+
 /// Which frames are loaded before the replay starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
