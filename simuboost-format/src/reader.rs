@@ -87,19 +87,19 @@ impl Run {
     /// The record of interval `i`.
     pub fn interval(&self, i: u64) -> Result<IntervalRecord, FormatError> {
         self.check_interval(i)?;
-        tables::read_interval_table(&layout::interval_table(&self.dir, i), i)
+        tables::intervals::read(&layout::interval_table(&self.dir, i), i)
     }
 
     /// vCPU and device state at `checkpoint`.
     pub fn state(&self, checkpoint: u64) -> Result<CheckpointState, FormatError> {
         self.check_checkpoint(checkpoint)?;
-        tables::read_state_table(&layout::state_table(&self.dir, checkpoint), checkpoint)
+        tables::state::read(&layout::state_table(&self.dir, checkpoint), checkpoint)
     }
 
     /// The guest-initiated exits of `interval`, ascending.
     pub fn events(&self, interval: u64) -> Result<Vec<Event>, FormatError> {
         self.check_interval(interval)?;
-        tables::read_events_table(&layout::events_table(&self.dir, interval), interval)
+        tables::events::read(&layout::events_table(&self.dir, interval), interval)
     }
 
     /// The access log (working set) of `interval`, in first-touch order; `None` when the run
@@ -114,7 +114,7 @@ impl Run {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(FormatError::io(&path, "stat", e)),
         }
-        tables::read_access_table(&path, interval, self.manifest.mem_pages()).map(Some)
+        tables::access::read(&path, interval, self.manifest.mem_pages()).map(Some)
     }
 
     /// The page table of `checkpoint`: `(gfn, slot, hash)` in gfn order; `slot`/`hash` are
@@ -126,7 +126,7 @@ impl Run {
     ) -> Result<Vec<(u64, Option<u64>, Option<u128>)>, FormatError> {
         self.check_checkpoint(checkpoint)?;
         let mut rows = Vec::new();
-        tables::read_checkpoint_table(
+        tables::checkpoint::read(
             &layout::checkpoint_table(&self.dir, checkpoint),
             checkpoint,
             self.limits(),
@@ -151,14 +151,14 @@ impl Run {
         let limits = self.limits();
         let base = self.consolidation_base(checkpoint);
         let mut map = PageMap::new(limits.mem_pages);
-        tables::read_pagemap_table(
+        tables::pagemap::read(
             &layout::pagemap_table(&self.dir, base),
             base,
             limits,
             &mut map,
         )?;
         for c in base + 1..=checkpoint {
-            tables::read_checkpoint_table(
+            tables::checkpoint::read(
                 &layout::checkpoint_table(&self.dir, c),
                 c,
                 limits,

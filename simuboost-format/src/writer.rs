@@ -23,7 +23,7 @@ use crate::fsutil::sync_dir;
 use crate::manifest::{Manifest, RunMeta};
 use crate::pages::{is_zero_page, page_hash, PageMap};
 use crate::records::{
-    Access, AccessKind, CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord,
+    Access, CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord,
 };
 use crate::tables::{self, PageRow};
 use crate::{layout, FormatError, FORMAT_VERSION, PAGE_SIZE};
@@ -308,7 +308,9 @@ impl RunWriter {
             }
         }
         if let Some(access) = access {
-            if let Err(what) = check_access(access, pages.gfns, mem_pages) {
+            let checked = tables::access::check(access, mem_pages)
+                .and_then(|seen| tables::access::check_writes(access, pages.gfns, &seen));
+            if let Err(what) = checked {
                 return bad(format!("access log of interval {}: {what}", n - 1));
             }
         }
@@ -418,17 +420,17 @@ impl RunWriter {
             size
         };
         let path = layout::checkpoint_table(&dir, n);
-        let size = tables::write_checkpoint_table(&path, n, &rows)?;
+        let size = tables::checkpoint::write(&path, n, &rows)?;
         stats.bytes_written += put(undo, path, layout::CHECKPOINTS_DIR, size);
 
         if n % self.manifest.consolidate_every == 0 {
             let path = layout::pagemap_table(&dir, n);
-            let size = tables::write_pagemap_table(&path, n, &self.map)?;
+            let size = tables::pagemap::write(&path, n, &self.map)?;
             stats.bytes_written += put(undo, path, layout::PAGEMAPS_DIR, size);
         }
 
         let path = layout::state_table(&dir, n);
-        let size = tables::write_state_table(&path, state)?;
+        let size = tables::state::write(&path, state)?;
         stats.bytes_written += put(undo, path, layout::STATE_DIR, size);
 
         if let Some(dump) = dump {
@@ -444,12 +446,12 @@ impl RunWriter {
         if let Some(mut rec) = interval {
             let i = n - 1;
             let path = layout::events_table(&dir, i);
-            let size = tables::write_events_table(&path, events)?;
+            let size = tables::events::write(&path, events)?;
             stats.bytes_written += put(undo, path, layout::EVENTS_DIR, size);
 
             if let Some(access) = access {
                 let path = layout::access_table(&dir, i);
-                let size = tables::write_access_table(&path, i, access)?;
+                let size = tables::access::write(&path, i, access)?;
                 stats.bytes_written += put(undo, path, layout::ACCESS_DIR, size);
             }
 
@@ -459,7 +461,7 @@ impl RunWriter {
             rec.dedup_pages = stats.dedup_pages;
             rec.bytes_written = stats.bytes_written;
             let path = layout::interval_table(&dir, i);
-            let size = tables::write_interval_table(&path, &rec)?;
+            let size = tables::intervals::write(&path, &rec)?;
             put(undo, path, layout::INTERVALS_DIR, size);
         }
         for sub in dirs {
@@ -510,62 +512,4 @@ impl RunWriter {
         }
         let _ = self.pages.set_len(base_slots * PAGE);
     }
-}
-
-/// Checks an access log against the format's rules (see [`RunWriter::write_checkpoint`]);
-/// `dirty` are the checkpoint's page gfns, ascending.
-fn check_access(access: &[Access], dirty: &[u64], mem_pages: u64) -> Result<(), String> {
-    let mut seen = vec![0u64; mem_pages.div_ceil(64) as usize];
-    let mut writes = 0usize;
-    for (i, a) in access.iter().enumerate() {
-        if u64::from(a.first_touch) != i as u64 {
-            return Err(format!(
-                "entry {i} (gfn {:#x}) has first_touch {}; entries must be in first-touch order, \
-                 entry i having first_touch i",
-                a.gfn, a.first_touch
-            ));
-        }
-        if a.gfn >= mem_pages {
-            return Err(format!(
-                "gfn {:#x} is beyond guest memory ({mem_pages} pages)",
-                a.gfn
-            ));
-        }
-        let (word, bit) = ((a.gfn / 64) as usize, 1u64 << (a.gfn % 64));
-        if seen[word] & bit != 0 {
-            return Err(format!("gfn {:#x} appears twice", a.gfn));
-        }
-        seen[word] |= bit;
-        let dirty_page = dirty.binary_search(&a.gfn).is_ok();
-        match (a.kind, dirty_page) {
-            (AccessKind::Write, true) => writes += 1,
-            (AccessKind::Read, false) => {}
-            (AccessKind::Write, false) => {
-                return Err(format!(
-                    "gfn {:#x} is a write but not one of the checkpoint's pages",
-                    a.gfn
-                ))
-            }
-            (AccessKind::Read, true) => {
-                return Err(format!(
-                    "gfn {:#x} is a read but is one of the checkpoint's (written) pages",
-                    a.gfn
-                ))
-            }
-        }
-    }
-    if writes != dirty.len() {
-        let missing = dirty
-            .iter()
-            .find(|&&g| seen[(g / 64) as usize] & (1 << (g % 64)) == 0)
-            .copied()
-            .unwrap_or_default();
-        return Err(format!(
-            "{} of the checkpoint's {} pages are missing, e.g. gfn {missing:#x}; every written \
-             page must appear as a write",
-            dirty.len() - writes,
-            dirty.len()
-        ));
-    }
-    Ok(())
 }
