@@ -57,14 +57,57 @@ pub struct RunWriter {
     append: Vec<u8>,
 }
 
-/// The arguments of one `write_checkpoint` call.
-struct Input<'a> {
-    state: &'a CheckpointState,
-    pages: CheckpointPages<'a>,
-    interval: Option<IntervalRecord>,
-    events: &'a [Event],
-    access: Option<&'a [Access]>,
-    dump: Option<&'a [u8]>,
+/// Everything [`RunWriter::write_checkpoint`] needs for one checkpoint N.
+///
+/// Checkpoint 0 takes only `state` and `pages` ([`CheckpointInput::new`]); a later checkpoint
+/// also describes the interval before it:
+///
+/// ```no_run
+/// # use simuboost_format::*;
+/// # fn next(w: &mut RunWriter, state: &CheckpointState, pages: CheckpointPages<'_>,
+/// #         rec: IntervalRecord, events: &[Event]) -> Result<(), FormatError> {
+/// w.write_checkpoint(CheckpointInput {
+///     interval: Some(rec),
+///     events,
+///     ..CheckpointInput::new(state, pages)
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CheckpointInput<'a> {
+    /// vCPU and device state at boundary N; `state.checkpoint` must be N, the next checkpoint.
+    pub state: &'a CheckpointState,
+    /// For N = 0 every non-zero page (zero pages may be included; they are left out of the
+    /// page table). For N > 0 the pages written during interval N-1, with their contents at
+    /// boundary N.
+    pub pages: CheckpointPages<'a>,
+    /// The record of interval N-1 (`None` for checkpoint 0). The writer fills in its
+    /// `stored_pages`, `zero_pages`, `dedup_pages`, `bytes_written` and `traced_frames`.
+    pub interval: Option<IntervalRecord>,
+    /// The guest-initiated exits of interval N-1, ascending (empty for checkpoint 0).
+    pub events: &'a [Event],
+    /// The access log of interval N-1, or `None` when the recorder traces no accesses (then no
+    /// access file is written). It must be in first-touch order (`access[i].first_touch ==
+    /// i`), name each gfn once, and its `Write` rows must be exactly `pages.gfns`.
+    pub access: Option<&'a [Access]>,
+    /// The whole guest memory, kept as a debug file, if wanted.
+    pub dump: Option<&'a [u8]>,
+}
+
+impl<'a> CheckpointInput<'a> {
+    /// The input of checkpoint 0, or the base to fill in for a later one: no interval, events,
+    /// access log or dump.
+    pub fn new(state: &'a CheckpointState, pages: CheckpointPages<'a>) -> Self {
+        CheckpointInput {
+            state,
+            pages,
+            interval: None,
+            events: &[],
+            access: None,
+            dump: None,
+        }
+    }
 }
 
 /// What to undo if a checkpoint fails half-way.
@@ -171,37 +214,15 @@ impl RunWriter {
         &self.map
     }
 
-    /// Writes checkpoint `state.checkpoint`, which must be the next one.
-    ///
-    /// For checkpoint 0 `pages` must list every non-zero page (zero pages may be included; they
-    /// are left out of the page table). For checkpoint N > 0 `pages` are the pages written during
-    /// interval N-1 with their contents at boundary N, `interval` describes interval N-1 (its
-    /// `stored_pages`, `zero_pages`, `dedup_pages`, `bytes_written` and `traced_frames` are
-    /// filled in here) and `events` are its exits, ascending. `access` is the access log of
-    /// interval N-1, or `None` when the recorder traces no accesses (then no access file is
-    /// written); it must be in first-touch order (`access[i].first_touch == i`), name each gfn
-    /// once, and its `Write` rows must be exactly `pages.gfns`. `dump`, if given, is the whole
-    /// guest memory, kept as a debug file. Checkpoint 0 takes no interval, events or access.
+    /// Writes checkpoint `input.state.checkpoint`, which must be the next one (see
+    /// [`CheckpointInput`] for what each part must hold).
     ///
     /// Returns once everything, manifest included, is on disk. On error nothing a reader sees
     /// has changed and the same checkpoint may be written again.
     pub fn write_checkpoint(
         &mut self,
-        state: &CheckpointState,
-        pages: CheckpointPages<'_>,
-        interval: Option<IntervalRecord>,
-        events: &[Event],
-        access: Option<&[Access]>,
-        dump: Option<&[u8]>,
+        input: CheckpointInput<'_>,
     ) -> Result<CheckpointStats, FormatError> {
-        let input = Input {
-            state,
-            pages,
-            interval,
-            events,
-            access,
-            dump,
-        };
         self.validate(&input)?;
         let mut undo = Undo::default();
         let base_slots = self.manifest.page_slots;
@@ -230,8 +251,8 @@ impl RunWriter {
         Ok(())
     }
 
-    fn validate(&self, input: &Input<'_>) -> Result<(), FormatError> {
-        let Input {
+    fn validate(&self, input: &CheckpointInput<'_>) -> Result<(), FormatError> {
+        let CheckpointInput {
             state,
             pages,
             interval,
@@ -333,10 +354,10 @@ impl RunWriter {
 
     fn commit(
         &mut self,
-        input: Input<'_>,
+        input: CheckpointInput<'_>,
         undo: &mut Undo,
     ) -> Result<CheckpointStats, FormatError> {
-        let Input {
+        let CheckpointInput {
             state,
             pages,
             interval,
