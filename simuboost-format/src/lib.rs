@@ -62,6 +62,7 @@ pub use records::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
     GeneralRegs, IntervalRecord, VcpuState,
 };
+pub use tables::PageRow;
 pub use writer::{CheckpointInput, RunWriter, DEFAULT_CONSOLIDATE_EVERY};
 
 /// Version of the format written by this crate. Readers reject any other version: the format

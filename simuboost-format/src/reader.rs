@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::manifest::Manifest;
 use crate::pages::{PageMap, PageStore};
 use crate::records::{Access, CheckpointState, Event, IntervalRecord};
-use crate::tables::{self, PageLimits};
+use crate::tables::{self, PageLimits, PageRow};
 use crate::{layout, FormatError, PAGE_SIZE};
 
 /// An opened run directory.
@@ -117,20 +117,23 @@ impl Run {
         tables::access::read(&path, interval, self.manifest.mem_pages()).map(Some)
     }
 
-    /// The page table of `checkpoint`: `(gfn, slot, hash)` in gfn order; `slot`/`hash` are
-    /// `None` for a page that is zero at this checkpoint.
-    #[allow(clippy::type_complexity)]
-    pub fn checkpoint_pages(
-        &self,
-        checkpoint: u64,
-    ) -> Result<Vec<(u64, Option<u64>, Option<u128>)>, FormatError> {
+    /// The page table of `checkpoint`, in gfn order: the pages written in the interval before
+    /// it (every non-zero page for checkpoint 0), with `slot`/`hash` `None` for a page that is
+    /// zero at this checkpoint.
+    pub fn checkpoint_pages(&self, checkpoint: u64) -> Result<Vec<PageRow>, FormatError> {
         self.check_checkpoint(checkpoint)?;
         let mut rows = Vec::new();
         tables::checkpoint::read(
             &layout::checkpoint_table(&self.dir, checkpoint),
             checkpoint,
             self.limits(),
-            |g, entry| rows.push((g, entry.map(|e| e.0), entry.map(|e| e.1))),
+            |gfn, entry| {
+                rows.push(PageRow {
+                    gfn,
+                    slot: entry.map(|e| e.0),
+                    hash: entry.map(|e| e.1),
+                })
+            },
         )?;
         Ok(rows)
     }

@@ -109,8 +109,10 @@ fn round_trip_against_model() {
             .filter(|(_, &id)| n > 0 || id != 0)
             .map(|(&gfn, &id)| (gfn, id != 0, (id != 0).then(|| page_hash(&page_of(id)))))
             .collect();
-        let got: Vec<(u64, bool, Option<u128>)> =
-            rows.iter().map(|&(g, s, h)| (g, s.is_some(), h)).collect();
+        let got: Vec<(u64, bool, Option<u128>)> = rows
+            .iter()
+            .map(|r| (r.gfn, r.slot.is_some(), r.hash))
+            .collect();
         assert_eq!(got, expect, "page table of checkpoint {n}");
 
         // State.

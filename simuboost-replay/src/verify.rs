@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use simuboost_format::{page_hash, FormatError, VcpuState, PAGE_SIZE};
+use simuboost_format::{page_hash, FormatError, PageRow, VcpuState, PAGE_SIZE};
 use simuboost_vmm::machine::Machine;
 use simuboost_vmm::vstate::memory::host_region;
 use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
@@ -88,15 +88,15 @@ pub struct Verification {
 }
 
 /// Compares the replay's final state with checkpoint N+1. `expected_pages` is checkpoint N+1's
-/// page table (`(gfn, slot, hash)`, hash `None` for zero); every other page is as in `source`
-/// (the state at N).
+/// page table (slot and hash `None` for a zero page); every other page is as in `source` (the
+/// state at N).
 pub fn verify(
     machine: &Machine,
     replayed: &VcpuSnapshot,
     expected: &VcpuState,
     source: &PageSource,
     installed: &InstalledFrames,
-    expected_pages: &[(u64, Option<u64>, Option<u128>)],
+    expected_pages: &[PageRow],
     end_exit: u64,
 ) -> Result<Verification, FormatError> {
     let saved = replayed.to_saved();
@@ -142,9 +142,9 @@ pub fn verify(
     let frames = size / PAGE;
     let tables = page_table_frames(replayed.sregs.cr3, source, frames)?;
     let zero_hash = page_hash(&[0u8; PAGE_SIZE]);
-    let at_next: HashMap<u64, (Option<u64>, Option<u128>)> = expected_pages
+    let at_next: HashMap<u64, Option<(u64, u128)>> = expected_pages
         .iter()
-        .map(|&(gfn, slot, hash)| (gfn, (slot, hash)))
+        .map(|row| (row.gfn, row.entry()))
         .collect();
 
     let mut scratch = vec![0u8; PAGE_SIZE];
@@ -164,8 +164,7 @@ pub fn verify(
     };
     let next_entry = |gfn: u64| -> Option<(u64, u128)> {
         match at_next.get(&gfn) {
-            Some(&(Some(slot), Some(hash))) => Some((slot, hash)),
-            Some(_) => None,
+            Some(&entry) => entry,
             None => source.map.entry(gfn),
         }
     };
