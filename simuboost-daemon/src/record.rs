@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use simuboost_format::{
-    Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, Event, FormatError,
-    IntervalRecord, RunMeta, RunWriter,
+    Access, AccessKind, AccessSource, CheckpointInput, CheckpointPages, CheckpointState, Event,
+    FormatError, IntervalRecord, RunMeta, RunWriter,
 };
 use simuboost_vmm::machine::{ExitObserver, Machine, MachineError, ObserverError};
 use simuboost_vmm::persist::{save_events, Persist};
@@ -171,17 +171,17 @@ impl Recorder {
                     match msg {
                         WriterMsg::Checkpoint(job) => {
                             let result = writer
-                                .write_checkpoint(
-                                    &job.state,
-                                    CheckpointPages {
+                                .write_checkpoint(CheckpointInput {
+                                    state: &job.state,
+                                    pages: CheckpointPages {
                                         gfns: &job.gfns,
                                         contents: &job.contents,
                                     },
-                                    job.interval,
-                                    &job.events,
-                                    job.access.as_deref(),
-                                    job.dump.as_deref(),
-                                )
+                                    interval: job.interval,
+                                    events: &job.events,
+                                    access: job.access.as_deref(),
+                                    dump: job.dump.as_deref(),
+                                })
                                 .map(|stats| Written {
                                     checkpoint: job.state.checkpoint,
                                     stats,

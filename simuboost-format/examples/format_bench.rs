@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use simuboost_format::{
-    page_hash, CheckpointPages, CheckpointState, IntervalRecord, Run, RunMeta, RunWriter, PAGE_SIZE,
+    page_hash, CheckpointInput, CheckpointPages, CheckpointState, IntervalRecord, Run, RunMeta,
+    RunWriter, PAGE_SIZE,
 };
 
 fn rng(state: &mut u64) -> u64 {
@@ -85,17 +86,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let t = Instant::now();
-    let s = w.write_checkpoint(
+    let s = w.write_checkpoint(CheckpointInput::new(
         &state(0),
         CheckpointPages {
             gfns: &gfns,
             contents: &memory,
         },
-        None,
-        &[],
-        None,
-        None,
-    )?;
+    ))?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "checkpoint 0: {mem_mib} MiB in {secs:.2} s = {:.0} MiB/s of guest memory \
@@ -128,17 +125,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         };
         let t = Instant::now();
-        w.write_checkpoint(
-            &state(n),
-            CheckpointPages {
-                gfns: &set,
-                contents: &contents,
-            },
-            Some(rec),
-            &[],
-            None,
-            None,
-        )?;
+        w.write_checkpoint(CheckpointInput {
+            interval: Some(rec),
+            ..CheckpointInput::new(
+                &state(n),
+                CheckpointPages {
+                    gfns: &set,
+                    contents: &contents,
+                },
+            )
+        })?;
         total_secs += t.elapsed().as_secs_f64();
         total_pages += set.len();
     }

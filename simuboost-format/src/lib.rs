@@ -3,7 +3,8 @@
 //! A run directory holds a manifest (which checkpoints are complete), a packed store of unique
 //! page contents (`pages.bin`, addressed by slot), and Parquet tables for everything else: the
 //! page table of each checkpoint, consolidated page maps, vCPU/device state, the event log,
-//! per-interval statistics and, when the recorder traces accesses, each interval's access log. docs/FORMAT.md describes every file and column.
+//! per-interval statistics and, when the recorder traces accesses, each interval's access log.
+//! docs/FORMAT.md describes every file and column.
 //!
 //! - [`RunWriter`] is used by the recorder (simuboost-daemon): one call per checkpoint does the
 //!   hashing, dedup, appends, tables, fsyncs and manifest update.
@@ -26,7 +27,8 @@
 //! let mut w = RunWriter::create(dir, meta)?;
 //! let gfns: Vec<u64> = (0..(memory.len() / PAGE_SIZE) as u64).collect();
 //! let state = CheckpointState { checkpoint: 0, ..Default::default() };
-//! w.write_checkpoint(&state, CheckpointPages { gfns: &gfns, contents: &memory }, None, &[], None, None)?;
+//! let pages = CheckpointPages { gfns: &gfns, contents: &memory };
+//! w.write_checkpoint(CheckpointInput::new(&state, pages))?;
 //! w.finish(Some(0), "guest exit")?;
 //!
 //! // Replay: the newest version of every page as of checkpoint 0, read by slot and checked
@@ -60,7 +62,8 @@ pub use records::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
     GeneralRegs, IntervalRecord, VcpuState,
 };
-pub use writer::{RunWriter, DEFAULT_CONSOLIDATE_EVERY};
+pub use tables::PageRow;
+pub use writer::{CheckpointInput, RunWriter, DEFAULT_CONSOLIDATE_EVERY};
 
 /// Version of the format written by this crate. Readers reject any other version: the format
 /// changes by bumping this number, never silently.

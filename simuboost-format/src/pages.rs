@@ -252,6 +252,39 @@ const ZERO: u64 = u64::MAX;
 /// is a linear scan, which beats a sorted vector or a hash map for the sizes here (every guest
 /// page is a candidate key). Two vectors rather than one of pairs because a `(u64, u128)` pads
 /// to 32 bytes, and `get`/`runs` only touch the slots.
+/// A set of guest frames, one bit per frame of guest memory.
+pub(crate) struct GfnSet {
+    words: Vec<u64>,
+}
+
+impl GfnSet {
+    /// An empty set for gfns below `mem_pages`.
+    pub(crate) fn new(mem_pages: u64) -> GfnSet {
+        GfnSet {
+            words: vec![0; mem_pages.div_ceil(64) as usize],
+        }
+    }
+
+    fn locate(gfn: u64) -> (usize, u64) {
+        ((gfn / 64) as usize, 1 << (gfn % 64))
+    }
+
+    /// Adds `gfn`, which the caller has checked is below `mem_pages`; false if it was already
+    /// in the set.
+    pub(crate) fn insert(&mut self, gfn: u64) -> bool {
+        let (word, bit) = Self::locate(gfn);
+        let fresh = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        fresh
+    }
+
+    /// Whether `gfn` is in the set (false for any gfn past `mem_pages`).
+    pub(crate) fn contains(&self, gfn: u64) -> bool {
+        let (word, bit) = Self::locate(gfn);
+        self.words.get(word).is_some_and(|w| w & bit != 0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageMap {
     slots: Vec<u64>,

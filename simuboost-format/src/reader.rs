@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::manifest::Manifest;
 use crate::pages::{PageMap, PageStore};
 use crate::records::{Access, CheckpointState, Event, IntervalRecord};
-use crate::tables::{self, PageLimits};
+use crate::tables::{self, PageLimits, PageRow};
 use crate::{layout, FormatError, PAGE_SIZE};
 
 /// An opened run directory.
@@ -87,19 +87,19 @@ impl Run {
     /// The record of interval `i`.
     pub fn interval(&self, i: u64) -> Result<IntervalRecord, FormatError> {
         self.check_interval(i)?;
-        tables::read_interval_table(&layout::interval_table(&self.dir, i), i)
+        tables::intervals::read(&layout::interval_table(&self.dir, i), i)
     }
 
     /// vCPU and device state at `checkpoint`.
     pub fn state(&self, checkpoint: u64) -> Result<CheckpointState, FormatError> {
         self.check_checkpoint(checkpoint)?;
-        tables::read_state_table(&layout::state_table(&self.dir, checkpoint), checkpoint)
+        tables::state::read(&layout::state_table(&self.dir, checkpoint), checkpoint)
     }
 
     /// The guest-initiated exits of `interval`, ascending.
     pub fn events(&self, interval: u64) -> Result<Vec<Event>, FormatError> {
         self.check_interval(interval)?;
-        tables::read_events_table(&layout::events_table(&self.dir, interval), interval)
+        tables::events::read(&layout::events_table(&self.dir, interval), interval)
     }
 
     /// The access log (working set) of `interval`, in first-touch order; `None` when the run
@@ -114,23 +114,26 @@ impl Run {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(FormatError::io(&path, "stat", e)),
         }
-        tables::read_access_table(&path, interval, self.manifest.mem_pages()).map(Some)
+        tables::access::read(&path, interval, self.manifest.mem_pages()).map(Some)
     }
 
-    /// The page table of `checkpoint`: `(gfn, slot, hash)` in gfn order; `slot`/`hash` are
-    /// `None` for a page that is zero at this checkpoint.
-    #[allow(clippy::type_complexity)]
-    pub fn checkpoint_pages(
-        &self,
-        checkpoint: u64,
-    ) -> Result<Vec<(u64, Option<u64>, Option<u128>)>, FormatError> {
+    /// The page table of `checkpoint`, in gfn order: the pages written in the interval before
+    /// it (every non-zero page for checkpoint 0), with `slot`/`hash` `None` for a page that is
+    /// zero at this checkpoint.
+    pub fn checkpoint_pages(&self, checkpoint: u64) -> Result<Vec<PageRow>, FormatError> {
         self.check_checkpoint(checkpoint)?;
         let mut rows = Vec::new();
-        tables::read_checkpoint_table(
+        tables::checkpoint::read(
             &layout::checkpoint_table(&self.dir, checkpoint),
             checkpoint,
             self.limits(),
-            |g, entry| rows.push((g, entry.map(|e| e.0), entry.map(|e| e.1))),
+            |gfn, entry| {
+                rows.push(PageRow {
+                    gfn,
+                    slot: entry.map(|e| e.0),
+                    hash: entry.map(|e| e.1),
+                })
+            },
         )?;
         Ok(rows)
     }
@@ -151,14 +154,14 @@ impl Run {
         let limits = self.limits();
         let base = self.consolidation_base(checkpoint);
         let mut map = PageMap::new(limits.mem_pages);
-        tables::read_pagemap_table(
+        tables::pagemap::read(
             &layout::pagemap_table(&self.dir, base),
             base,
             limits,
             &mut map,
         )?;
         for c in base + 1..=checkpoint {
-            tables::read_checkpoint_table(
+            tables::checkpoint::read(
                 &layout::checkpoint_table(&self.dir, c),
                 c,
                 limits,

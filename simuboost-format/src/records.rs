@@ -1,5 +1,5 @@
 //! The records a run is made of, as plain Rust values: what the recorder hands the writer and
-//! what the reader gives back. Their Parquet shape lives in `tables.rs`.
+//! what the reader gives back. Their Parquet shape lives in `tables/`.
 
 /// The general-purpose registers of the vCPU, plus RIP and RFLAGS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -94,8 +94,8 @@ impl GeneralRegs {
 }
 
 /// The full vCPU state at a boundary. The blobs are the raw bytes of the corresponding KVM
-/// structures (`kvm_sregs`, `kvm_fpu`, `kvm_xcrs`, `kvm_debugregs`, `kvm_vcpu_events`) as the
-/// VMM read them; this crate stores them opaquely.
+/// structures (`kvm_sregs`, `kvm_xsave` in `fpu`, `kvm_xcrs`, `kvm_debugregs`, `kvm_vcpu_events`)
+/// as the VMM read them; this crate stores them opaquely.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VcpuState {
     pub regs: GeneralRegs,

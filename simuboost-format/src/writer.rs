@@ -23,7 +23,7 @@ use crate::fsutil::sync_dir;
 use crate::manifest::{Manifest, RunMeta};
 use crate::pages::{is_zero_page, page_hash, PageMap};
 use crate::records::{
-    Access, AccessKind, CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord,
+    Access, CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord,
 };
 use crate::tables::{self, PageRow};
 use crate::{layout, FormatError, FORMAT_VERSION, PAGE_SIZE};
@@ -57,14 +57,57 @@ pub struct RunWriter {
     append: Vec<u8>,
 }
 
-/// The arguments of one `write_checkpoint` call.
-struct Input<'a> {
-    state: &'a CheckpointState,
-    pages: CheckpointPages<'a>,
-    interval: Option<IntervalRecord>,
-    events: &'a [Event],
-    access: Option<&'a [Access]>,
-    dump: Option<&'a [u8]>,
+/// Everything [`RunWriter::write_checkpoint`] needs for one checkpoint N.
+///
+/// Checkpoint 0 takes only `state` and `pages` ([`CheckpointInput::new`]); a later checkpoint
+/// also describes the interval before it:
+///
+/// ```no_run
+/// # use simuboost_format::*;
+/// # fn next(w: &mut RunWriter, state: &CheckpointState, pages: CheckpointPages<'_>,
+/// #         rec: IntervalRecord, events: &[Event]) -> Result<(), FormatError> {
+/// w.write_checkpoint(CheckpointInput {
+///     interval: Some(rec),
+///     events,
+///     ..CheckpointInput::new(state, pages)
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CheckpointInput<'a> {
+    /// vCPU and device state at boundary N; `state.checkpoint` must be N, the next checkpoint.
+    pub state: &'a CheckpointState,
+    /// For N = 0 every non-zero page (zero pages may be included; they are left out of the
+    /// page table). For N > 0 the pages written during interval N-1, with their contents at
+    /// boundary N.
+    pub pages: CheckpointPages<'a>,
+    /// The record of interval N-1 (`None` for checkpoint 0). The writer fills in its
+    /// `stored_pages`, `zero_pages`, `dedup_pages`, `bytes_written` and `traced_frames`.
+    pub interval: Option<IntervalRecord>,
+    /// The guest-initiated exits of interval N-1, ascending (empty for checkpoint 0).
+    pub events: &'a [Event],
+    /// The access log of interval N-1, or `None` when the recorder traces no accesses (then no
+    /// access file is written). It must be in first-touch order (`access[i].first_touch ==
+    /// i`), name each gfn once, and its `Write` rows must be exactly `pages.gfns`.
+    pub access: Option<&'a [Access]>,
+    /// The whole guest memory, kept as a debug file, if wanted.
+    pub dump: Option<&'a [u8]>,
+}
+
+impl<'a> CheckpointInput<'a> {
+    /// The input of checkpoint 0, or the base to fill in for a later one: no interval, events,
+    /// access log or dump.
+    pub fn new(state: &'a CheckpointState, pages: CheckpointPages<'a>) -> Self {
+        CheckpointInput {
+            state,
+            pages,
+            interval: None,
+            events: &[],
+            access: None,
+            dump: None,
+        }
+    }
 }
 
 /// What to undo if a checkpoint fails half-way.
@@ -171,37 +214,15 @@ impl RunWriter {
         &self.map
     }
 
-    /// Writes checkpoint `state.checkpoint`, which must be the next one.
-    ///
-    /// For checkpoint 0 `pages` must list every non-zero page (zero pages may be included; they
-    /// are left out of the page table). For checkpoint N > 0 `pages` are the pages written during
-    /// interval N-1 with their contents at boundary N, `interval` describes interval N-1 (its
-    /// `stored_pages`, `zero_pages`, `dedup_pages`, `bytes_written` and `traced_frames` are
-    /// filled in here) and `events` are its exits, ascending. `access` is the access log of
-    /// interval N-1, or `None` when the recorder traces no accesses (then no access file is
-    /// written); it must be in first-touch order (`access[i].first_touch == i`), name each gfn
-    /// once, and its `Write` rows must be exactly `pages.gfns`. `dump`, if given, is the whole
-    /// guest memory, kept as a debug file. Checkpoint 0 takes no interval, events or access.
+    /// Writes checkpoint `input.state.checkpoint`, which must be the next one (see
+    /// [`CheckpointInput`] for what each part must hold).
     ///
     /// Returns once everything, manifest included, is on disk. On error nothing a reader sees
     /// has changed and the same checkpoint may be written again.
     pub fn write_checkpoint(
         &mut self,
-        state: &CheckpointState,
-        pages: CheckpointPages<'_>,
-        interval: Option<IntervalRecord>,
-        events: &[Event],
-        access: Option<&[Access]>,
-        dump: Option<&[u8]>,
+        input: CheckpointInput<'_>,
     ) -> Result<CheckpointStats, FormatError> {
-        let input = Input {
-            state,
-            pages,
-            interval,
-            events,
-            access,
-            dump,
-        };
         self.validate(&input)?;
         let mut undo = Undo::default();
         let base_slots = self.manifest.page_slots;
@@ -230,8 +251,8 @@ impl RunWriter {
         Ok(())
     }
 
-    fn validate(&self, input: &Input<'_>) -> Result<(), FormatError> {
-        let Input {
+    fn validate(&self, input: &CheckpointInput<'_>) -> Result<(), FormatError> {
+        let CheckpointInput {
             state,
             pages,
             interval,
@@ -308,7 +329,9 @@ impl RunWriter {
             }
         }
         if let Some(access) = access {
-            if let Err(what) = check_access(access, pages.gfns, mem_pages) {
+            let checked = tables::access::check(access, mem_pages)
+                .and_then(|seen| tables::access::check_writes(access, pages.gfns, &seen));
+            if let Err(what) = checked {
                 return bad(format!("access log of interval {}: {what}", n - 1));
             }
         }
@@ -331,10 +354,10 @@ impl RunWriter {
 
     fn commit(
         &mut self,
-        input: Input<'_>,
+        input: CheckpointInput<'_>,
         undo: &mut Undo,
     ) -> Result<CheckpointStats, FormatError> {
-        let Input {
+        let CheckpointInput {
             state,
             pages,
             interval,
@@ -418,17 +441,17 @@ impl RunWriter {
             size
         };
         let path = layout::checkpoint_table(&dir, n);
-        let size = tables::write_checkpoint_table(&path, n, &rows)?;
+        let size = tables::checkpoint::write(&path, n, &rows)?;
         stats.bytes_written += put(undo, path, layout::CHECKPOINTS_DIR, size);
 
         if n % self.manifest.consolidate_every == 0 {
             let path = layout::pagemap_table(&dir, n);
-            let size = tables::write_pagemap_table(&path, n, &self.map)?;
+            let size = tables::pagemap::write(&path, n, &self.map)?;
             stats.bytes_written += put(undo, path, layout::PAGEMAPS_DIR, size);
         }
 
         let path = layout::state_table(&dir, n);
-        let size = tables::write_state_table(&path, state)?;
+        let size = tables::state::write(&path, state)?;
         stats.bytes_written += put(undo, path, layout::STATE_DIR, size);
 
         if let Some(dump) = dump {
@@ -444,12 +467,12 @@ impl RunWriter {
         if let Some(mut rec) = interval {
             let i = n - 1;
             let path = layout::events_table(&dir, i);
-            let size = tables::write_events_table(&path, events)?;
+            let size = tables::events::write(&path, events)?;
             stats.bytes_written += put(undo, path, layout::EVENTS_DIR, size);
 
             if let Some(access) = access {
                 let path = layout::access_table(&dir, i);
-                let size = tables::write_access_table(&path, i, access)?;
+                let size = tables::access::write(&path, i, access)?;
                 stats.bytes_written += put(undo, path, layout::ACCESS_DIR, size);
             }
 
@@ -459,7 +482,7 @@ impl RunWriter {
             rec.dedup_pages = stats.dedup_pages;
             rec.bytes_written = stats.bytes_written;
             let path = layout::interval_table(&dir, i);
-            let size = tables::write_interval_table(&path, &rec)?;
+            let size = tables::intervals::write(&path, &rec)?;
             put(undo, path, layout::INTERVALS_DIR, size);
         }
         for sub in dirs {
@@ -510,62 +533,4 @@ impl RunWriter {
         }
         let _ = self.pages.set_len(base_slots * PAGE);
     }
-}
-
-/// Checks an access log against the format's rules (see [`RunWriter::write_checkpoint`]);
-/// `dirty` are the checkpoint's page gfns, ascending.
-fn check_access(access: &[Access], dirty: &[u64], mem_pages: u64) -> Result<(), String> {
-    let mut seen = vec![0u64; mem_pages.div_ceil(64) as usize];
-    let mut writes = 0usize;
-    for (i, a) in access.iter().enumerate() {
-        if u64::from(a.first_touch) != i as u64 {
-            return Err(format!(
-                "entry {i} (gfn {:#x}) has first_touch {}; entries must be in first-touch order, \
-                 entry i having first_touch i",
-                a.gfn, a.first_touch
-            ));
-        }
-        if a.gfn >= mem_pages {
-            return Err(format!(
-                "gfn {:#x} is beyond guest memory ({mem_pages} pages)",
-                a.gfn
-            ));
-        }
-        let (word, bit) = ((a.gfn / 64) as usize, 1u64 << (a.gfn % 64));
-        if seen[word] & bit != 0 {
-            return Err(format!("gfn {:#x} appears twice", a.gfn));
-        }
-        seen[word] |= bit;
-        let dirty_page = dirty.binary_search(&a.gfn).is_ok();
-        match (a.kind, dirty_page) {
-            (AccessKind::Write, true) => writes += 1,
-            (AccessKind::Read, false) => {}
-            (AccessKind::Write, false) => {
-                return Err(format!(
-                    "gfn {:#x} is a write but not one of the checkpoint's pages",
-                    a.gfn
-                ))
-            }
-            (AccessKind::Read, true) => {
-                return Err(format!(
-                    "gfn {:#x} is a read but is one of the checkpoint's (written) pages",
-                    a.gfn
-                ))
-            }
-        }
-    }
-    if writes != dirty.len() {
-        let missing = dirty
-            .iter()
-            .find(|&&g| seen[(g / 64) as usize] & (1 << (g % 64)) == 0)
-            .copied()
-            .unwrap_or_default();
-        return Err(format!(
-            "{} of the checkpoint's {} pages are missing, e.g. gfn {missing:#x}; every written \
-             page must appear as a write",
-            dirty.len() - writes,
-            dirty.len()
-        ));
-    }
-    Ok(())
 }

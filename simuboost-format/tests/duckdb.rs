@@ -172,7 +172,7 @@ fn duckdb_and_pyarrow_read_the_run() {
     let want: Vec<(u64, u64, u64)> = (0..CHECKPOINTS)
         .map(|n| {
             let rows = run.checkpoint_pages(n).unwrap();
-            let nonzero = rows.iter().filter(|r| r.1.is_some()).count() as u64;
+            let nonzero = rows.iter().filter(|r| r.slot.is_some()).count() as u64;
             (n, rows.len() as u64, nonzero)
         })
         .collect();
@@ -310,7 +310,7 @@ fn duckdb_and_pyarrow_read_the_run() {
         .checkpoint_pages(1)
         .unwrap()
         .into_iter()
-        .filter_map(|(g, _, h)| h.map(|h| (g, format!("{h:032X}"))))
+        .filter_map(|r| r.hash.map(|h| (r.gfn, format!("{h:032X}"))))
         .collect();
     assert_eq!(hashes, want);
 

@@ -96,7 +96,7 @@ fn stray_files_of_incomplete_checkpoint_are_ignored() {
         let run = Run::open(&dir).unwrap();
         (0..3)
             .flat_map(|n| run.checkpoint_pages(n).unwrap())
-            .filter_map(|(_, s, _)| s)
+            .filter_map(|row| row.slot)
             .max()
             .map_or(0, |s| s + 1)
     };

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use simuboost_format::{
-    layout, page_hash, Access, AccessKind, AccessSource, CheckpointPages, FormatError, Run,
-    RunWriter, PAGE_SIZE,
+    layout, page_hash, Access, AccessKind, AccessSource, CheckpointInput, CheckpointPages,
+    FormatError, Run, RunWriter, PAGE_SIZE,
 };
 
 const MEM_PAGES: u64 = 96;
@@ -109,8 +109,10 @@ fn round_trip_against_model() {
             .filter(|(_, &id)| n > 0 || id != 0)
             .map(|(&gfn, &id)| (gfn, id != 0, (id != 0).then(|| page_hash(&page_of(id)))))
             .collect();
-        let got: Vec<(u64, bool, Option<u128>)> =
-            rows.iter().map(|&(g, s, h)| (g, s.is_some(), h)).collect();
+        let got: Vec<(u64, bool, Option<u128>)> = rows
+            .iter()
+            .map(|r| (r.gfn, r.slot.is_some(), r.hash))
+            .collect();
         assert_eq!(got, expect, "page table of checkpoint {n}");
 
         // State.
@@ -199,14 +201,7 @@ fn invalid_input_is_rejected_and_changes_nothing() {
     let try_write = |w: &mut RunWriter, gfns: &[u64], contents: &[u8], n: u64| {
         let mut s = state.clone();
         s.checkpoint = n;
-        w.write_checkpoint(
-            &s,
-            CheckpointPages { gfns, contents },
-            None,
-            &[],
-            None,
-            None,
-        )
+        w.write_checkpoint(CheckpointInput::new(&s, CheckpointPages { gfns, contents }))
     };
     let err = |r: Result<_, FormatError>| match r {
         Err(FormatError::InvalidInput { what }) => what,
@@ -221,48 +216,42 @@ fn invalid_input_is_rejected_and_changes_nothing() {
     write(&mut w, 0, &g, None).unwrap();
     let mut s1 = state_of(1);
     s1.checkpoint = 1;
-    let r = w.write_checkpoint(
+    let r = w.write_checkpoint(CheckpointInput::new(
         &s1,
         CheckpointPages {
             gfns: &[],
             contents: &[],
         },
-        None,
-        &[],
-        None,
-        None,
-    );
+    ));
     assert!(err(r).contains("missing the IntervalRecord"));
     // An interval whose exits do not match the checkpoints.
     let mut rec = interval_of(0);
     rec.end_exit += 1;
-    let r = w.write_checkpoint(
-        &s1,
-        CheckpointPages {
-            gfns: &[],
-            contents: &[],
-        },
-        Some(rec),
-        &[],
-        None,
-        None,
-    );
+    let r = w.write_checkpoint(CheckpointInput {
+        interval: Some(rec),
+        ..CheckpointInput::new(
+            &s1,
+            CheckpointPages {
+                gfns: &[],
+                contents: &[],
+            },
+        )
+    });
     assert!(err(r).contains("spans exits"));
     // Tracer drops in an interval marked complete.
     let mut rec = interval_of(0);
     rec.trace_drops = 1;
     rec.complete = true;
-    let r = w.write_checkpoint(
-        &s1,
-        CheckpointPages {
-            gfns: &[],
-            contents: &[],
-        },
-        Some(rec),
-        &[],
-        None,
-        None,
-    );
+    let r = w.write_checkpoint(CheckpointInput {
+        interval: Some(rec),
+        ..CheckpointInput::new(
+            &s1,
+            CheckpointPages {
+                gfns: &[],
+                contents: &[],
+            },
+        )
+    });
     assert!(err(r).contains("tracer dropped 1 events"));
     // Access logs that break the rules. Checkpoint 1 writes gfns 3 and 5.
     let dirty = [3u64, 5];
@@ -295,49 +284,50 @@ fn invalid_input_is_rejected_and_changes_nothing() {
         (vec![a(5, Write, 0), a(3, Read, 1)], "is a read but"),
         (vec![a(5, Write, 0), a(0, Read, 1)], "e.g. gfn 0x3"),
     ] {
-        let r = w.write_checkpoint(
-            &s1,
-            CheckpointPages {
-                gfns: &dirty,
-                contents: &contents,
-            },
-            Some(interval_of(0)),
-            &events_of(0),
-            Some(&access),
-            None,
-        );
+        let r = w.write_checkpoint(CheckpointInput {
+            interval: Some(interval_of(0)),
+            events: &events_of(0),
+            access: Some(&access),
+            ..CheckpointInput::new(
+                &s1,
+                CheckpointPages {
+                    gfns: &dirty,
+                    contents: &contents,
+                },
+            )
+        });
         let what = err(r);
         assert!(what.contains(msg), "{msg}: {what}");
         assert!(what.contains("access log of interval 0"), "{what}");
     }
     // No access log before checkpoint 0.
     let mut w0 = RunWriter::create(&tmp.path().join("w0"), meta(8)).unwrap();
-    let r = w0.write_checkpoint(
-        &state,
-        CheckpointPages {
-            gfns: &[],
-            contents: &[],
-        },
-        None,
-        &[],
-        Some(&[]),
-        None,
-    );
+    let r = w0.write_checkpoint(CheckpointInput {
+        access: Some(&[]),
+        ..CheckpointInput::new(
+            &state,
+            CheckpointPages {
+                gfns: &[],
+                contents: &[],
+            },
+        )
+    });
     assert!(err(r).contains("checkpoint 0 has no interval"));
     assert_eq!(w.checkpoints(), 1);
     assert!(!layout::access_table(&dir, 0).exists());
     // The valid log is accepted.
-    w.write_checkpoint(
-        &s1,
-        CheckpointPages {
-            gfns: &dirty,
-            contents: &contents,
-        },
-        Some(interval_of(0)),
-        &events_of(0),
-        Some(&good),
-        None,
-    )
+    w.write_checkpoint(CheckpointInput {
+        interval: Some(interval_of(0)),
+        events: &events_of(0),
+        access: Some(&good),
+        ..CheckpointInput::new(
+            &s1,
+            CheckpointPages {
+                gfns: &dirty,
+                contents: &contents,
+            },
+        )
+    })
     .unwrap();
     assert_eq!(Run::open(&dir).unwrap().access(0).unwrap(), Some(good));
     assert!(RunWriter::create(&dir, meta(8))

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use simuboost_abi::pte::{ACCESSED_DIRTY, ADDRESS_MASK};
-use simuboost_format::{page_hash, FormatError, GeneralRegs, VcpuState, PAGE_SIZE};
+use simuboost_format::{page_hash, FormatError, GeneralRegs, PageRow, VcpuState, PAGE_SIZE};
 use simuboost_vmm::persist::Persist;
 use simuboost_vmm::vstate::memory::{host_region, GuestMemory};
 use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
@@ -86,7 +86,7 @@ pub fn verify_general_regs(
 
 /// Compares guest memory after the replay with checkpoint N+1: every frame that was resident
 /// in the replay or written in the recorded interval. `expected_pages` is checkpoint N+1's page
-/// table (`(gfn, slot, hash)`, hash `None` for zero); every other page is as in `source` (the
+/// table (slot and hash `None` for a zero page); every other page is as in `source` (the
 /// state at N). Page-table frames (walked from `cr3`) are compared with their accessed/dirty
 /// bits masked.
 pub fn verify_memory(
@@ -94,16 +94,16 @@ pub fn verify_memory(
     cr3: u64,
     source: &PageSource,
     installed: &InstalledFrames,
-    expected_pages: &[(u64, Option<u64>, Option<u128>)],
+    expected_pages: &[PageRow],
     end_exit: u64,
 ) -> Result<Verification, FormatError> {
     let (base, size) = host_region(memory);
     let frames = size / PAGE;
     let tables = page_table_frames(cr3, source, frames)?;
     let zero_hash = page_hash(&[0u8; PAGE_SIZE]);
-    let at_next: HashMap<u64, (Option<u64>, Option<u128>)> = expected_pages
+    let at_next: HashMap<u64, Option<(u64, u128)>> = expected_pages
         .iter()
-        .map(|&(gfn, slot, hash)| (gfn, (slot, hash)))
+        .map(|row| (row.gfn, row.entry()))
         .collect();
 
     let mut scratch = vec![0u8; PAGE_SIZE];
@@ -123,8 +123,7 @@ pub fn verify_memory(
     };
     let next_entry = |gfn: u64| -> Option<(u64, u128)> {
         match at_next.get(&gfn) {
-            Some(&(Some(slot), Some(hash))) => Some((slot, hash)),
-            Some(_) => None,
+            Some(&entry) => entry,
             None => source.map.entry(gfn),
         }
     };

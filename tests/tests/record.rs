@@ -75,7 +75,7 @@ fn pattern_checkpoints_hold_exactly_the_written_pages() {
             .expect("checkpoint pages");
         let in_arena: BTreeSet<u64> = pages
             .iter()
-            .map(|p| p.0)
+            .map(|p| p.gfn)
             .filter(|&g| g >= arena_gfn)
             .collect();
         assert_eq!(
@@ -86,7 +86,7 @@ fn pattern_checkpoints_hold_exactly_the_written_pages() {
         // The rest lies below the arena: the guest's stack and data (the request block), and
         // page-table frames whose entries KVM gave a dirty bit on a first write.
         let page_table_frames = mem / (2 << 20);
-        let outside = pages.iter().filter(|p| p.0 < arena_gfn).count() as u64;
+        let outside = pages.iter().filter(|p| p.gfn < arena_gfn).count() as u64;
         assert!(
             outside <= 8 + page_table_frames,
             "interval {}: {outside} frames outside the arena",

@@ -117,8 +117,8 @@ fn checkpoint_frames(
     run.checkpoint_pages(n)
         .expect("checkpoint pages")
         .into_iter()
-        .filter(|(gfn, _, _)| !page_tables.contains(gfn))
-        .map(|(gfn, _, hash)| (gfn, hash))
+        .filter(|row| !page_tables.contains(&row.gfn))
+        .map(|row| (row.gfn, row.hash))
         .collect()
 }
 

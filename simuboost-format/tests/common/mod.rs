@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use simuboost_format::{
-    Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
-    GeneralRegs, IntervalRecord, RunMeta, RunWriter, VcpuState, PAGE_SIZE,
+    Access, AccessKind, AccessSource, CheckpointInput, CheckpointPages, CheckpointState,
+    CheckpointStats, Event, GeneralRegs, IntervalRecord, RunMeta, RunWriter, VcpuState, PAGE_SIZE,
 };
 
 /// splitmix64: small, deterministic, good enough for test data.
@@ -276,15 +276,17 @@ pub fn write_with(
     } else {
         (Some(interval_of(n - 1)), events_of(n - 1))
     };
-    w.write_checkpoint(
-        &state_of(n),
-        CheckpointPages {
-            gfns: &g.gfns,
-            contents: &g.contents,
-        },
+    w.write_checkpoint(CheckpointInput {
         interval,
-        &events,
+        events: &events,
         access,
         dump,
-    )
+        ..CheckpointInput::new(
+            &state_of(n),
+            CheckpointPages {
+                gfns: &g.gfns,
+                contents: &g.contents,
+            },
+        )
+    })
 }

@@ -1,0 +1,156 @@
+//! `checkpoints/ckpt-N.parquet`: the page table of checkpoint N, the pages written during
+//! interval N-1 (all non-zero pages for N = 0), sorted by gfn. Hand-written column by column:
+//! it is the largest table and on the recorder's critical path.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{Array, FixedSizeBinaryArray};
+
+use super::columns::{
+    hash_at, read_batches, write_table, BatchBuilder, Cols, Column, ColumnType, Settings, Table,
+    HASH_BYTES,
+};
+use super::PageLimits;
+use crate::{layout, FormatError};
+
+pub(crate) const TABLE: Table = Table {
+    dir: layout::CHECKPOINTS_DIR,
+    columns: &[
+        Column::new("checkpoint", ColumnType::U64, "N."),
+        Column::new("gfn", ColumnType::U64, "Guest frame number."),
+        Column::nullable(
+            "slot",
+            ColumnType::U64,
+            "Slot in pages.bin holding the page's contents at boundary N. **NULL = the page is \
+             zero** at checkpoint N.",
+        ),
+        Column::nullable(
+            "hash",
+            ColumnType::Hash,
+            "xxh3-128 of the contents, big-endian (the canonical xxh3 byte order); NULL for a \
+             zero page.",
+        ),
+    ],
+    settings: Settings::PageTable,
+};
+
+/// One row of a checkpoint's page table: a page written in the interval before the checkpoint
+/// and what it holds at the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageRow {
+    /// Guest frame number.
+    pub gfn: u64,
+    /// Slot of pages.bin holding the page's contents; `None` when the page is zero.
+    pub slot: Option<u64>,
+    /// xxh3-128 of the contents; `None` exactly when `slot` is.
+    pub hash: Option<u128>,
+}
+
+impl PageRow {
+    /// `(slot, hash)` of a non-zero page, `None` for a zero page: the shape of a
+    /// [`crate::PageMap`] entry.
+    pub fn entry(&self) -> Option<(u64, u128)> {
+        self.slot.zip(self.hash)
+    }
+}
+
+pub(crate) fn write(path: &Path, checkpoint: u64, rows: &[PageRow]) -> Result<u64, FormatError> {
+    let hashes = FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+        rows.iter().map(|r| r.hash.map(u128::to_be_bytes)),
+        HASH_BYTES,
+    );
+    // try_from_sparse_iter_with_size cannot infer a length from an empty iterator.
+    let hashes = if rows.is_empty() {
+        FixedSizeBinaryArray::new_null(HASH_BYTES, 0)
+    } else {
+        hashes.map_err(|e| FormatError::arrow(path, e))?
+    };
+    let batch = BatchBuilder::new(&TABLE, rows.len())
+        .number("checkpoint", checkpoint)
+        .u64s("gfn", rows.iter().map(|r| r.gfn))
+        .opt_u64s("slot", rows.iter().map(|r| r.slot))
+        .set("hash", Arc::new(hashes))
+        .finish(path)?;
+    write_table(path, &TABLE, &[batch])
+}
+
+/// Reads a checkpoint's page table, calling `f(gfn, entry)` per row in file order, where `entry`
+/// is `Some((slot, hash))` for a non-zero page and `None` for a zero one. A row with a slot but
+/// no hash, or a hash but no slot, is corrupt: the writer sets both or neither.
+pub(crate) fn read(
+    path: &Path,
+    checkpoint: u64,
+    limits: PageLimits,
+    mut f: impl FnMut(u64, Option<(u64, u128)>),
+) -> Result<(), FormatError> {
+    let names: Vec<&str> = TABLE.names().collect();
+    for batch in read_batches(path, Some(&names))? {
+        let cols = Cols::new(&batch, path);
+        cols.check_number("checkpoint", checkpoint)?;
+        let gfns = cols.u64s("gfn")?;
+        let slots = cols.opt_u64s("slot")?;
+        let hashes = cols.hashes("hash", true)?;
+        for (i, &gfn) in gfns.iter().enumerate() {
+            let slot = slots.is_valid(i).then(|| slots.value(i));
+            limits.check(path, gfn, slot)?;
+            let entry = match (slot, hashes.is_valid(i)) {
+                (Some(slot), true) => Some((slot, hash_at(hashes, i))),
+                (None, false) => None,
+                (Some(slot), false) => {
+                    return Err(FormatError::corrupt(
+                        path,
+                        format!("gfn {gfn:#x} has slot {slot} but a NULL hash"),
+                    ))
+                }
+                (None, true) => {
+                    return Err(FormatError::corrupt(
+                        path,
+                        format!(
+                            "gfn {gfn:#x} has a hash but a NULL slot (a zero page has neither)"
+                        ),
+                    ))
+                }
+            };
+            f(gfn, entry);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::LIMITS;
+    use super::*;
+
+    /// In a checkpoint's page table a slot comes with a hash and NULL with NULL; anything else
+    /// is corrupt, naming the file and the gfn.
+    #[test]
+    fn rows_need_slot_and_hash_together() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ckpt-000002.parquet");
+        let row = |gfn, slot, hash| PageRow { gfn, slot, hash };
+        let good = [row(1, Some(3), Some(7u128 << 100)), row(2, None, None)];
+        write(&path, 2, &good).unwrap();
+        let mut got = Vec::new();
+        read(&path, 2, LIMITS, |g, e| got.push((g, e))).unwrap();
+        assert_eq!(got, vec![(1, Some((3, 7u128 << 100))), (2, None)]);
+
+        for (bad, msg) in [
+            (
+                row(0x2a, Some(3), None),
+                "gfn 0x2a has slot 3 but a NULL hash",
+            ),
+            (
+                row(0x2b, None, Some(1)),
+                "gfn 0x2b has a hash but a NULL slot",
+            ),
+        ] {
+            write(&path, 2, &[bad]).unwrap();
+            let e = read(&path, 2, LIMITS, |_, _| {}).unwrap_err();
+            assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(msg), "{msg}: {e}");
+            assert_eq!(e.path(), Some(path.as_path()));
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! What the tables share: column declarations (from which schemas, batches and the column
+//! tables of docs/FORMAT.md come), the writer settings, and the checked read side.
+//!
+//! A table declares its columns once, as a const list of [`Column`]s. Writing fills them by
+//! name through [`BatchBuilder`], reading takes them by name through [`Cols`], so the order of
+//! the columns in a file is decided in exactly one place: the declaration.
+
+use std::fs::File;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray, RecordBatch, StringArray,
+    UInt32Array, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{WriterProperties, WriterVersion};
+use parquet::schema::types::ColumnPath;
+
+use crate::fsutil::write_atomic;
+use crate::{FormatError, FORMAT_VERSION};
+
+/// Width of a `hash` column value: an xxh3-128, big-endian.
+pub(crate) const HASH_BYTES: i32 = 16;
+
+/// Rows per row group of the page tables. Row-group statistics on `gfn` let DuckDB (and a
+/// future reader) skip groups when looking for a few gfns; 128 Ki rows keeps a group around
+/// 1-3 MiB.
+const PAGE_TABLE_ROW_GROUP: usize = 128 * 1024;
+
+/// Rows per batch when reading.
+const READ_BATCH: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Declarations
+
+/// The type of a column's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ColumnType {
+    U32,
+    U64,
+    Bool,
+    Utf8,
+    Binary,
+    /// An xxh3-128, [`HASH_BYTES`] big-endian bytes.
+    Hash,
+    /// The state table's MSRs: `(index, value)` pairs.
+    MsrList,
+}
+
+impl ColumnType {
+    pub(crate) fn data_type(self) -> DataType {
+        match self {
+            ColumnType::U32 => DataType::UInt32,
+            ColumnType::U64 => DataType::UInt64,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Utf8 => DataType::Utf8,
+            ColumnType::Binary => DataType::Binary,
+            ColumnType::Hash => DataType::FixedSizeBinary(HASH_BYTES),
+            ColumnType::MsrList => DataType::List(msr_item_field()),
+        }
+    }
+
+    /// The type as docs/FORMAT.md spells it (lower case, Arrow's names).
+    #[cfg(test)]
+    pub(crate) fn doc_name(self) -> &'static str {
+        match self {
+            ColumnType::U32 => "uint32",
+            ColumnType::U64 => "uint64",
+            ColumnType::Bool => "bool",
+            ColumnType::Utf8 => "utf8",
+            ColumnType::Binary => "binary",
+            ColumnType::Hash => "fixed_size_binary(16)",
+            ColumnType::MsrList => "list<struct<index: uint32, value: uint64>>",
+        }
+    }
+}
+
+/// The fields of one MSR in the state table's `msrs` list.
+pub(crate) fn msr_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("index", DataType::UInt32, false),
+        Field::new("value", DataType::UInt64, false),
+    ])
+}
+
+pub(crate) fn msr_item_field() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Struct(msr_fields()), false))
+}
+
+/// One column of a table: the single place its name, type, nullability and meaning are given.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Column {
+    pub name: &'static str,
+    pub ty: ColumnType,
+    pub nullable: bool,
+    /// Its meaning, as docs/FORMAT.md gives it (a test keeps the document equal).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub doc: &'static str,
+}
+
+impl Column {
+    /// A column without NULLs.
+    pub(crate) const fn new(name: &'static str, ty: ColumnType, doc: &'static str) -> Column {
+        Column {
+            name,
+            ty,
+            nullable: false,
+            doc,
+        }
+    }
+
+    /// A column that may hold NULLs.
+    pub(crate) const fn nullable(name: &'static str, ty: ColumnType, doc: &'static str) -> Column {
+        Column {
+            name,
+            ty,
+            nullable: true,
+            doc,
+        }
+    }
+
+    fn field(&self) -> Field {
+        Field::new(self.name, self.ty.data_type(), self.nullable)
+    }
+}
+
+/// One table: where its files live, its columns in file order, and its writer settings.
+pub(crate) struct Table {
+    /// The run subdirectory holding its files (and the heading of its FORMAT.md section).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub dir: &'static str,
+    pub columns: &'static [Column],
+    pub settings: Settings,
+}
+
+impl Table {
+    pub(crate) fn schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns.iter().map(Column::field).collect::<Vec<_>>(),
+        ))
+    }
+
+    pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.columns.iter().map(|c| c.name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// Which writer settings a table gets.
+#[derive(Clone, Copy)]
+pub(crate) enum Settings {
+    /// Large, mostly unique u64s and hashes: snappy (cheap), no dictionaries except for the
+    /// constant `checkpoint` column.
+    PageTable,
+    /// Small tables and the event log: zstd, which shrinks the event data buffers well.
+    Small,
+    /// Access logs: zstd; dictionaries only for the constant `interval` and the two string
+    /// enums (`gfn` and `first_touch` are all distinct, a dictionary would only add to them).
+    Access,
+}
+
+fn properties(settings: Settings) -> WriterProperties {
+    let builder = WriterProperties::builder()
+        .set_writer_version(WriterVersion::PARQUET_1_0)
+        .set_created_by(format!("simuboost-format {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "simuboost.format_version".to_string(),
+            FORMAT_VERSION.to_string(),
+        )]));
+    match settings {
+        Settings::PageTable => builder
+            .set_compression(Compression::SNAPPY)
+            .set_dictionary_enabled(false)
+            .set_column_dictionary_enabled(ColumnPath::from("checkpoint"), true)
+            .set_max_row_group_row_count(Some(PAGE_TABLE_ROW_GROUP))
+            .build(),
+        Settings::Small => builder
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build(),
+        Settings::Access => builder
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_dictionary_enabled(false)
+            .set_column_dictionary_enabled(ColumnPath::from("interval"), true)
+            .set_column_dictionary_enabled(ColumnPath::from("kind"), true)
+            .set_column_dictionary_enabled(ColumnPath::from("source"), true)
+            .build(),
+    }
+}
+
+/// Writes `batches` of `table` to `path` atomically; returns the file's size.
+pub(crate) fn write_table(
+    path: &Path,
+    table: &Table,
+    batches: &[RecordBatch],
+) -> Result<u64, FormatError> {
+    write_file(path, table.schema(), batches, table.settings)
+}
+
+/// [`write_table`] with any schema (tests write damaged tables with it).
+pub(crate) fn write_file(
+    path: &Path,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    settings: Settings,
+) -> Result<u64, FormatError> {
+    write_atomic(path, |file, path| {
+        let mut writer = ArrowWriter::try_new(&mut *file, schema, Some(properties(settings)))
+            .map_err(|e| FormatError::parquet(path, e))?;
+        for batch in batches {
+            writer
+                .write(batch)
+                .map_err(|e| FormatError::parquet(path, e))?;
+        }
+        writer.close().map_err(|e| FormatError::parquet(path, e))?;
+        Ok(())
+    })
+}
+
+/// Builds one batch of a table, column by column by name, in any order: [`BatchBuilder::finish`]
+/// puts them in the declared order and checks that every declared column, and no other, was
+/// given (and Arrow checks types, nullability and lengths against the schema).
+pub(crate) struct BatchBuilder<'t> {
+    table: &'t Table,
+    rows: usize,
+    arrays: Vec<Option<ArrayRef>>,
+    /// Names given that the table does not declare, or gave twice: a bug in this crate.
+    wrong: Vec<&'static str>,
+}
+
+impl<'t> BatchBuilder<'t> {
+    pub(crate) fn new(table: &'t Table, rows: usize) -> Self {
+        BatchBuilder {
+            table,
+            rows,
+            arrays: vec![None; table.columns.len()],
+            wrong: Vec::new(),
+        }
+    }
+
+    /// Sets column `name` to `array`.
+    pub(crate) fn set(&mut self, name: &'static str, array: ArrayRef) -> &mut Self {
+        match self.table.columns.iter().position(|c| c.name == name) {
+            Some(i) if self.arrays[i].is_none() => self.arrays[i] = Some(array),
+            _ => self.wrong.push(name),
+        }
+        self
+    }
+
+    /// The `checkpoint` or `interval` column: `number` in every row.
+    pub(crate) fn number(&mut self, name: &'static str, number: u64) -> &mut Self {
+        let rows = self.rows;
+        self.set(name, Arc::new(UInt64Array::from(vec![number; rows])))
+    }
+
+    pub(crate) fn u64s(
+        &mut self,
+        name: &'static str,
+        v: impl IntoIterator<Item = u64>,
+    ) -> &mut Self {
+        self.set(name, Arc::new(UInt64Array::from_iter_values(v)))
+    }
+
+    pub(crate) fn opt_u64s(
+        &mut self,
+        name: &'static str,
+        v: impl IntoIterator<Item = Option<u64>>,
+    ) -> &mut Self {
+        self.set(name, Arc::new(UInt64Array::from_iter(v)))
+    }
+
+    pub(crate) fn u32s(
+        &mut self,
+        name: &'static str,
+        v: impl IntoIterator<Item = u32>,
+    ) -> &mut Self {
+        self.set(name, Arc::new(UInt32Array::from_iter_values(v)))
+    }
+
+    pub(crate) fn bools(
+        &mut self,
+        name: &'static str,
+        v: impl IntoIterator<Item = bool>,
+    ) -> &mut Self {
+        self.set(
+            name,
+            Arc::new(BooleanArray::from(v.into_iter().collect::<Vec<_>>())),
+        )
+    }
+
+    pub(crate) fn strs<'a>(
+        &mut self,
+        name: &'static str,
+        v: impl IntoIterator<Item = &'a str>,
+    ) -> &mut Self {
+        self.set(name, Arc::new(StringArray::from_iter_values(v)))
+    }
+
+    pub(crate) fn binaries<'a>(
+        &mut self,
+        name: &'static str,
+        v: impl IntoIterator<Item = &'a [u8]>,
+    ) -> &mut Self {
+        self.set(name, Arc::new(BinaryArray::from_iter_values(v)))
+    }
+
+    pub(crate) fn opt_binaries<'a>(
+        &mut self,
+        name: &'static str,
+        v: impl IntoIterator<Item = Option<&'a [u8]>>,
+    ) -> &mut Self {
+        self.set(name, Arc::new(BinaryArray::from_iter(v)))
+    }
+
+    pub(crate) fn finish(&mut self, path: &Path) -> Result<RecordBatch, FormatError> {
+        let missing: Vec<&str> = (self.table.columns.iter().zip(&self.arrays))
+            .filter(|(_, a)| a.is_none())
+            .map(|(c, _)| c.name)
+            .collect();
+        if !missing.is_empty() || !self.wrong.is_empty() {
+            // Not the caller's fault: the table's write function disagrees with its declaration.
+            return Err(FormatError::invalid(format!(
+                "{}: internal error: columns {missing:?} not set, {:?} unknown or set twice",
+                path.display(),
+                self.wrong
+            )));
+        }
+        let arrays = self.arrays.iter_mut().filter_map(Option::take).collect();
+        RecordBatch::try_new(self.table.schema(), arrays).map_err(|e| FormatError::arrow(path, e))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// Reads all rows of `path` (only `columns`, if given).
+///
+/// The decoder runs under `catch_unwind`: the parquet crate is not documented to be panic-free
+/// on arbitrary input, and a damaged file must come back as an error naming it, never abort a
+/// replay.
+pub(crate) fn read_batches(
+    path: &Path,
+    columns: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>, FormatError> {
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            FormatError::corrupt(path, "missing, but the manifest lists it as complete")
+        } else {
+            FormatError::io(path, "open", e)
+        }
+    })?;
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| FormatError::parquet(path, e))?;
+        let builder = match columns {
+            Some(cols) => {
+                let mask = ProjectionMask::columns(builder.parquet_schema(), cols.iter().copied());
+                builder.with_projection(mask)
+            }
+            None => builder,
+        };
+        let reader = builder
+            .with_batch_size(READ_BATCH)
+            .build()
+            .map_err(|e| FormatError::parquet(path, e))?;
+        reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FormatError::arrow(path, e))
+    }));
+    decoded.unwrap_or_else(|_| {
+        Err(FormatError::corrupt(
+            path,
+            "the Parquet decoder panicked on this file",
+        ))
+    })
+}
+
+/// Reads a table that must hold exactly one row.
+pub(crate) fn read_one_row(path: &Path) -> Result<RecordBatch, FormatError> {
+    let mut rows: Vec<RecordBatch> = read_batches(path, None)?
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .collect();
+    match (rows.len(), rows.first().map(RecordBatch::num_rows)) {
+        (1, Some(1)) => Ok(rows.remove(0)),
+        _ => Err(FormatError::corrupt(
+            path,
+            format!(
+                "holds {} rows, expected exactly 1",
+                rows.iter().map(RecordBatch::num_rows).sum::<usize>()
+            ),
+        )),
+    }
+}
+
+/// Typed, checked access to the columns of one batch, by name.
+pub(crate) struct Cols<'a> {
+    pub batch: &'a RecordBatch,
+    pub path: &'a Path,
+}
+
+impl<'a> Cols<'a> {
+    pub(crate) fn new(batch: &'a RecordBatch, path: &'a Path) -> Self {
+        Cols { batch, path }
+    }
+
+    fn get<A: Array + 'static>(&self, name: &str, expected: &str) -> Result<&'a A, FormatError> {
+        let col = self
+            .batch
+            .column_by_name(name)
+            .ok_or_else(|| FormatError::corrupt(self.path, format!("no column `{name}`")))?;
+        col.as_any().downcast_ref::<A>().ok_or_else(|| {
+            FormatError::corrupt(
+                self.path,
+                format!(
+                    "column `{name}` has type {}, expected {expected}",
+                    col.data_type()
+                ),
+            )
+        })
+    }
+
+    /// A column that the format declares non-null; nulls in it mean the file is damaged.
+    pub(crate) fn required<A: Array + 'static>(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> Result<&'a A, FormatError> {
+        let a = self.get::<A>(name, expected)?;
+        if a.null_count() != 0 {
+            return Err(FormatError::corrupt(
+                self.path,
+                format!(
+                    "column `{name}` has {} NULLs; it must have none",
+                    a.null_count()
+                ),
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Values of a non-null u64 column.
+    pub(crate) fn u64s(&self, name: &str) -> Result<&'a [u64], FormatError> {
+        Ok(self.required::<UInt64Array>(name, "UInt64")?.values())
+    }
+
+    pub(crate) fn u32s(&self, name: &str) -> Result<&'a [u32], FormatError> {
+        Ok(self.required::<UInt32Array>(name, "UInt32")?.values())
+    }
+
+    pub(crate) fn bools(&self, name: &str) -> Result<&'a BooleanArray, FormatError> {
+        self.required::<BooleanArray>(name, "Boolean")
+    }
+
+    pub(crate) fn strs(&self, name: &str) -> Result<&'a StringArray, FormatError> {
+        self.required::<StringArray>(name, "Utf8")
+    }
+
+    pub(crate) fn opt_u64s(&self, name: &str) -> Result<&'a UInt64Array, FormatError> {
+        self.get::<UInt64Array>(name, "UInt64")
+    }
+
+    pub(crate) fn binaries(&self, name: &str) -> Result<&'a BinaryArray, FormatError> {
+        self.required::<BinaryArray>(name, "Binary")
+    }
+
+    pub(crate) fn opt_binaries(&self, name: &str) -> Result<&'a BinaryArray, FormatError> {
+        self.get::<BinaryArray>(name, "Binary")
+    }
+
+    /// A `hash` column: FixedSizeBinary of exactly [`HASH_BYTES`], NULL-free unless `nullable`.
+    pub(crate) fn hashes(
+        &self,
+        name: &str,
+        nullable: bool,
+    ) -> Result<&'a FixedSizeBinaryArray, FormatError> {
+        const TYPE: &str = "FixedSizeBinary(16)";
+        let h = if nullable {
+            self.get::<FixedSizeBinaryArray>(name, TYPE)?
+        } else {
+            self.required::<FixedSizeBinaryArray>(name, TYPE)?
+        };
+        if h.value_length() != HASH_BYTES {
+            return Err(FormatError::corrupt(
+                self.path,
+                format!(
+                    "column `{name}` is {} bytes wide, expected {HASH_BYTES}",
+                    h.value_length()
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Checks that the `column` (`checkpoint` or `interval`) holds `expected` in every row.
+    pub(crate) fn check_number(&self, column: &str, expected: u64) -> Result<(), FormatError> {
+        if let Some(bad) = self.u64s(column)?.iter().find(|&&v| v != expected) {
+            return Err(FormatError::corrupt(
+                self.path,
+                format!("column `{column}` holds {bad}, expected {expected} (misplaced file?)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Value `i` of a `hash` column checked by [`Cols::hashes`] (big-endian).
+pub(crate) fn hash_at(h: &FixedSizeBinaryArray, i: usize) -> u128 {
+    let mut b = [0u8; HASH_BYTES as usize];
+    b.copy_from_slice(h.value(i));
+    u128::from_be_bytes(b)
+}

@@ -1,0 +1,119 @@
+//! `events/interval-N.parquet`: one row per guest-initiated exit of interval N, exits ascending.
+
+use std::path::Path;
+
+use arrow_array::{Array, RecordBatch};
+
+use super::columns::{
+    read_batches, write_table, BatchBuilder, Cols, Column,
+    ColumnType::{Binary, U32, U64},
+    Settings, Table,
+};
+use crate::records::Event;
+use crate::{layout, FormatError};
+
+/// Events are written in batches of at most this many rows or [`BATCH_BYTES`] of data, so
+/// a `Binary` column's i32 offsets never overflow and memory stays bounded.
+const BATCH_ROWS: usize = 16 * 1024;
+const BATCH_BYTES: usize = 64 << 20;
+
+pub(crate) const TABLE: Table = Table {
+    dir: layout::EVENTS_DIR,
+    columns: &[
+        Column::new("interval", U64, "i."),
+        Column::new("exit", U64, "Exit count of this exit since boot."),
+        Column::new("op", U32, "Request opcode (`simuboost-abi`)."),
+        Column::new("arg0", U64, "Request arguments."),
+        Column::new("arg1", U64, "Request arguments."),
+        Column::new("arg2", U64, "Request arguments."),
+        Column::new(
+            "status",
+            U32,
+            "Status the VMM wrote into the request block.",
+        ),
+        Column::new("ret", U64, "Result the VMM wrote into the request block."),
+        Column::nullable(
+            "data_gpa",
+            U64,
+            "Guest physical address of `data`; NULL when the VMM wrote no buffer.",
+        ),
+        Column::nullable(
+            "data",
+            Binary,
+            "Bytes the VMM wrote into guest memory besides status/ret (clock value, random \
+             bytes, block-read data, ...). NULL = nothing written; an empty value is distinct \
+             from NULL.",
+        ),
+    ],
+    settings: Settings::Small,
+};
+
+fn batch(path: &Path, events: &[Event]) -> Result<RecordBatch, FormatError> {
+    BatchBuilder::new(&TABLE, events.len())
+        .u64s("interval", events.iter().map(|e| e.interval))
+        .u64s("exit", events.iter().map(|e| e.exit))
+        .u32s("op", events.iter().map(|e| e.op))
+        .u64s("arg0", events.iter().map(|e| e.args[0]))
+        .u64s("arg1", events.iter().map(|e| e.args[1]))
+        .u64s("arg2", events.iter().map(|e| e.args[2]))
+        .u32s("status", events.iter().map(|e| e.status))
+        .u64s("ret", events.iter().map(|e| e.ret))
+        .opt_u64s("data_gpa", events.iter().map(|e| e.data_gpa))
+        .opt_binaries("data", events.iter().map(|e| e.data.as_deref()))
+        .finish(path)
+}
+
+pub(crate) fn write(path: &Path, events: &[Event]) -> Result<u64, FormatError> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < events.len() && end - start < BATCH_ROWS {
+            let len = events[end].data.as_ref().map_or(0, Vec::len);
+            if end > start && bytes + len > BATCH_BYTES {
+                break;
+            }
+            bytes += len;
+            end += 1;
+        }
+        batches.push(batch(path, &events[start..end])?);
+        start = end;
+    }
+    if batches.is_empty() {
+        // An interval without exits still gets a (zero-row) file, so every complete interval
+        // has one and globs see a consistent set.
+        batches.push(RecordBatch::new_empty(TABLE.schema()));
+    }
+    write_table(path, &TABLE, &batches)
+}
+
+pub(crate) fn read(path: &Path, interval: u64) -> Result<Vec<Event>, FormatError> {
+    let mut events = Vec::new();
+    for batch in read_batches(path, None)? {
+        let cols = Cols::new(&batch, path);
+        cols.check_number("interval", interval)?;
+        let exit = cols.u64s("exit")?;
+        let op = cols.u32s("op")?;
+        let arg0 = cols.u64s("arg0")?;
+        let arg1 = cols.u64s("arg1")?;
+        let arg2 = cols.u64s("arg2")?;
+        let status = cols.u32s("status")?;
+        let ret = cols.u64s("ret")?;
+        let data_gpa = cols.opt_u64s("data_gpa")?;
+        let data = cols.opt_binaries("data")?;
+        for i in 0..batch.num_rows() {
+            events.push(Event {
+                interval,
+                exit: exit[i],
+                op: op[i],
+                args: [arg0[i], arg1[i], arg2[i]],
+                status: status[i],
+                ret: ret[i],
+                data_gpa: data_gpa.is_valid(i).then(|| data_gpa.value(i)),
+                data: data.is_valid(i).then(|| data.value(i).to_vec()),
+            });
+        }
+    }
+    Ok(events)
+}
