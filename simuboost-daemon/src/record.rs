@@ -98,6 +98,32 @@ pub enum RecordError {
     WriterThread(#[source] std::io::Error),
 }
 
+/// What a boundary harvested: the frames the checkpoint holds, and the interval's access log.
+struct Harvest {
+    frames: DirtyBitmap,
+    /// Frames the guest wrote (KVM's dirty log).
+    guest_pages: u64,
+    /// Frames the VMM wrote (device data, page-table bits it cleaned).
+    vmm_pages: u64,
+    access: Option<Vec<Access>>,
+    /// Events the tracer lost.
+    drops: u64,
+}
+
+/// What one checkpoint cost, for the run's totals.
+#[derive(Clone, Copy)]
+struct Costs {
+    checkpoint: u64,
+    initial: bool,
+    /// Guest exits at the boundary.
+    exits: u64,
+    drops: u64,
+    downtime: Duration,
+    backpressure: Duration,
+    dirty_bytes: u64,
+    traced_len: u64,
+}
+
 /// One checkpoint on its way to the writer.
 struct Job {
     state: CheckpointState,
@@ -273,12 +299,13 @@ impl Recorder {
     }
 
     /// Takes checkpoint `self.interval + 1` (or 0 before the start) while the guest is paused.
-    fn checkpoint(&mut self, machine: &mut Machine, initial: bool) -> Result<(), RecordError> {
-        let began = Instant::now();
-        self.drain_written(false)?;
+    /// The frames checkpoint `initial ? 0 : N+1` must hold, and the interval's access log:
+    /// completes the pending exit, drains the tracer, harvests the dirty log and re-arms
+    /// tracing for the next interval. The guest is paused.
+    fn harvest(&mut self, machine: &mut Machine, initial: bool) -> Result<Harvest, RecordError> {
         let mut traced = Vec::new();
         let mut drops = 0;
-        let (frames, guest_pages, vmm_pages, access) = if initial {
+        Ok(if initial {
             let mut frames = DirtyBitmap::new(self.mem_bytes / simuboost_abi::PAGE_SIZE);
             for gfn in machine.boot_frames() {
                 frames.set(gfn);
@@ -288,7 +315,13 @@ impl Recorder {
             if let Some(tracer) = &mut self.tracer {
                 tracer.drain(&mut traced)?;
             }
-            (frames, 0, 0, None)
+            Harvest {
+                frames,
+                guest_pages: 0,
+                vmm_pages: 0,
+                access: None,
+                drops: 0,
+            }
         } else {
             machine.complete_pending_exit()?;
             // The guest is paused: every event in the ring belongs to the interval just ended.
@@ -308,11 +341,29 @@ impl Recorder {
                 vmm.or(&machine.clean_page_table_bits());
                 machine.invalidate_mappings()?;
             }
-            let counts = (guest.count(), vmm.count());
+            let (guest_pages, vmm_pages) = (guest.count(), vmm.count());
             let mut frames = guest;
             frames.or(&vmm);
-            (frames, counts.0, counts.1, access)
-        };
+            Harvest {
+                frames,
+                guest_pages,
+                vmm_pages,
+                access,
+                drops,
+            }
+        })
+    }
+
+    fn checkpoint(&mut self, machine: &mut Machine, initial: bool) -> Result<(), RecordError> {
+        let began = Instant::now();
+        self.drain_written(false)?;
+        let Harvest {
+            frames,
+            guest_pages,
+            vmm_pages,
+            access,
+            drops,
+        } = self.harvest(machine, initial)?;
         let wait = Instant::now();
         let mut contents = self
             .free_buffers
@@ -380,6 +431,34 @@ impl Recorder {
             dump,
         })))?;
 
+        self.account(&Costs {
+            checkpoint,
+            initial,
+            exits: snapshot.exits,
+            drops,
+            downtime,
+            backpressure,
+            dirty_bytes,
+            traced_len,
+        });
+        self.interval_start = Instant::now();
+        self.interval_start_exit = snapshot.exits;
+        self.interval_start_ns = now_ns;
+        Ok(())
+    }
+
+    /// Adds a checkpoint to the run's totals (and warns about lost events and back-pressure).
+    fn account(&mut self, costs: &Costs) {
+        let Costs {
+            checkpoint,
+            initial,
+            exits,
+            drops,
+            downtime,
+            backpressure,
+            dirty_bytes,
+            traced_len,
+        } = *costs;
         if drops > 0 {
             tracing::warn!(
                 checkpoint,
@@ -405,20 +484,15 @@ impl Recorder {
             }
             if let Some(bar) = &self.progress {
                 bar.set_message(format!(
-                    "interval {} | exits {} | dirty {:.1} MiB | downtime {:.2} ms | written {:.1} MiB",
+                    "interval {} | exits {exits} | dirty {:.1} MiB | downtime {ms:.2} ms | \
+                     written {:.1} MiB",
                     self.interval,
-                    snapshot.exits,
                     dirty_bytes as f64 / (1 << 20) as f64,
-                    ms,
                     self.summary.bytes_written as f64 / (1 << 20) as f64
                 ));
             }
             self.interval += 1;
         }
-        self.interval_start = Instant::now();
-        self.interval_start_exit = snapshot.exits;
-        self.interval_start_ns = now_ns;
-        Ok(())
     }
 
     /// Ends the recording: waits for the writer and marks the run finished in the manifest.

@@ -4,11 +4,14 @@
 //! checkpoint.
 //!
 //! - [`restore`]: guest memory through userfaultfd: bulk installation, the miss handler.
+//! - [`engine`]: what executes the interval: a KVM VM or the functional simulator
+//!   (`simuboost-sim`, a separate GPL-2.0 process).
 //! - [`replay`]: one interval, start to verified end; the [`replay::ReplayReport`].
 //! - [`verify`]: comparing the final state with the next checkpoint.
 //! - [`parallel`]: every interval, K replay processes at a time.
 //! - [`runs`]: finding the run to replay.
 
+pub mod engine;
 pub mod parallel;
 pub mod replay;
 pub mod restore;

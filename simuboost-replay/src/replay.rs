@@ -2,23 +2,23 @@
 //! events back at the same exit counts, stop at the interval's end boundary and verify the
 //! result against checkpoint N+1.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use simuboost_abi::{pte, PAGE_SIZE};
 use simuboost_format::{FormatError, IntervalRecord, Run};
-use simuboost_vmm::devices::replay::ReplayDevice;
-use simuboost_vmm::devices::{DeviceError, DeviceEvent};
-use simuboost_vmm::machine::{
-    Machine, MachineError, MachineSnapshot, NoObserver, RunControl, RunReport,
-};
+use simuboost_vmm::devices::DeviceEvent;
+use simuboost_vmm::machine::{MachineError, MachineSnapshot};
 use simuboost_vmm::persist::{restore_events, Persist, PersistError};
-use simuboost_vmm::vstate::memory::create_guest_memory_backed;
 use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
 
-use crate::restore::{resident_bytes, LoadStats, PageSource, RestoreError, UffdMemory};
-pub use simuboost_report::replay::{Divergence, Engine, Mode, ReplayReport};
+use crate::engine::kvm::KvmEngine;
+use crate::engine::sim::SimEngine;
+use crate::engine::ReplayEngine;
+use crate::restore::{LoadStats, PageSource, RestoreError, UffdMemory};
+pub use simuboost_report::replay::{Divergence, Engine, Mode, ReplayReport, Simulation};
 
 use crate::verify;
 
@@ -79,6 +79,19 @@ pub enum ReplayError {
         /// What is wrong.
         source: PersistError,
     },
+    /// The simulator could not be started or failed (not the guest: the guest's failures are
+    /// divergences).
+    #[error(transparent)]
+    SimulatorProcess(#[from] simuboost_sim_proto::ClientError),
+    /// The simulator reported an error of its own.
+    #[error("the simulator failed: {0}")]
+    Simulator(String),
+    /// The next checkpoint's vCPU state does not decode.
+    #[error("the next checkpoint's state is corrupt: {0}")]
+    NextState(#[source] PersistError),
+    /// An engine was used out of order (a bug).
+    #[error("internal error: the replay engine was used before it was prepared")]
+    NotPrepared,
     /// The watchdog thread could not be started.
     #[error("cannot start the replay's watchdog thread: {0}")]
     Watchdog(#[source] std::io::Error),
@@ -136,17 +149,29 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// What a replay reads from the run before it touches guest memory.
-struct IntervalInputs {
-    record: IntervalRecord,
-    machine: MachineSnapshot,
-    events: Vec<DeviceEvent>,
-    /// The frames sparse mode loads (access log plus the frames the vCPU state points at).
-    working_set: Option<Vec<u64>>,
-    source: Arc<PageSource>,
+pub struct IntervalInputs {
+    /// Guest RAM, bytes.
+    pub mem_bytes: u64,
+    /// The interval's row of the intervals table.
+    pub record: IntervalRecord,
+    /// The machine at the interval's start (checkpoint N).
+    pub machine: MachineSnapshot,
+    /// The interval's events, fed back at their exits.
+    pub events: Vec<DeviceEvent>,
+    /// The eBPF working set (the access log's frames), when the run has one.
+    pub access_log: Option<Vec<u64>>,
+    /// The frames sparse mode loads: the access log plus the frames the vCPU state points at.
+    pub working_set: Option<Vec<u64>>,
+    /// Page contents as of checkpoint N.
+    pub source: Arc<PageSource>,
 }
 
 impl IntervalInputs {
-    fn read(run: &Run, interval: u64, mode: Mode) -> Result<IntervalInputs, ReplayError> {
+    fn read(
+        run: &Run,
+        interval: u64,
+        options: ReplayOptions,
+    ) -> Result<IntervalInputs, ReplayError> {
         let mem_bytes = run.manifest().meta.mem_bytes;
         let record = run.interval(interval)?;
         let state = run.state(interval)?;
@@ -156,10 +181,19 @@ impl IntervalInputs {
                 source,
             })?;
         let events = restore_events(run.events(interval)?);
-        let working_set = match mode {
+        // The simulator measures the tracer against what it sees, so it reads the access log
+        // in every mode.
+        let wants_log = options.mode == Mode::Sparse || options.engine == Engine::Sim;
+        let access_log: Option<Vec<u64>> = if wants_log {
+            run.access(interval)?
+                .map(|access| access.iter().map(|a| a.gfn).collect())
+        } else {
+            None
+        };
+        let working_set = match options.mode {
             Mode::Sparse => {
-                let access = run
-                    .access(interval)?
+                let log = access_log
+                    .as_ref()
                     .ok_or(ReplayError::NoWorkingSet(interval))?;
                 if !record.complete {
                     tracing::warn!(
@@ -168,19 +202,17 @@ impl IntervalInputs {
                          it missed are loaded on demand"
                     );
                 }
-                let mut gfns: Vec<u64> = access.iter().map(|a| a.gfn).collect();
-                gfns.extend(system_frames(&machine.vcpu, mem_bytes));
-                gfns.sort_unstable();
-                gfns.dedup();
-                Some(gfns)
+                Some(sparse_set(log, &machine.vcpu, mem_bytes))
             }
             Mode::Full | Mode::Lazy => None,
         };
         let source = Arc::new(PageSource::new(run.page_map(interval)?, run.page_store()?));
         Ok(IntervalInputs {
+            mem_bytes,
             record,
             machine,
             events,
+            access_log,
             working_set,
             source,
         })
@@ -192,7 +224,17 @@ impl IntervalInputs {
     }
 }
 
-/// Guest memory registered with userfaultfd and loaded as the mode says.
+/// The frames sparse mode loads: the access log plus the frames the vCPU state points at,
+/// sorted.
+fn sparse_set(access_log: &[u64], vcpu: &VcpuSnapshot, mem_bytes: u64) -> Vec<u64> {
+    let mut gfns = access_log.to_vec();
+    gfns.extend(system_frames(vcpu, mem_bytes));
+    gfns.sort_unstable();
+    gfns.dedup();
+    gfns
+}
+
+/// Loads guest memory as the mode says.
 fn load_memory(
     memory: &UffdMemory,
     inputs: &IntervalInputs,
@@ -215,95 +257,6 @@ fn load_memory(
     })
 }
 
-/// Aborts a run when the page server failed or the timeout passed, and keeps kicking until the
-/// run has ended (a kick can be lost just before `KVM_RUN`).
-struct Watchdog {
-    thread: std::thread::JoinHandle<()>,
-    done: mpsc::Sender<()>,
-    timed_out: Arc<AtomicBool>,
-}
-
-impl Watchdog {
-    fn start(
-        control: RunControl,
-        failed: Arc<AtomicBool>,
-        timeout: Duration,
-    ) -> Result<Watchdog, ReplayError> {
-        let (done, done_rx) = mpsc::channel::<()>();
-        let timed_out = Arc::new(AtomicBool::new(false));
-        let flag = timed_out.clone();
-        let thread = std::thread::Builder::new()
-            .name("replay-watchdog".into())
-            .spawn(move || {
-                let start = Instant::now();
-                loop {
-                    match done_rx.recv_timeout(Duration::from_millis(20)) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let expired = start.elapsed() >= timeout;
-                    if expired {
-                        flag.store(true, Ordering::SeqCst);
-                    }
-                    if expired || failed.load(Ordering::SeqCst) {
-                        control.abort();
-                    }
-                }
-            })
-            .map_err(ReplayError::Watchdog)?;
-        Ok(Watchdog {
-            thread,
-            done,
-            timed_out,
-        })
-    }
-
-    /// Stops the watchdog; true if the timeout had passed.
-    fn stop(self) -> bool {
-        // The watchdog may already have returned (a closed channel ends it the same way).
-        let _ = self.done.send(());
-        let _ = self.thread.join();
-        self.timed_out.load(Ordering::SeqCst)
-    }
-}
-
-/// Turns how the run ended into a divergence (or none), or an error that prevents a verdict.
-fn run_divergence(
-    outcome: Result<RunReport, MachineError>,
-    final_exits: u64,
-    end_exit: u64,
-    timed_out: Option<Duration>,
-) -> Result<Option<Divergence>, ReplayError> {
-    Ok(match outcome {
-        Ok(report) => match report.exit_status {
-            Some(status) if final_exits != end_exit => Some(Divergence::request(
-                final_exits,
-                format!(
-                    "the guest exited (status {status}) at exit {final_exits}, the interval ends \
-                     at exit {end_exit}"
-                ),
-            )),
-            _ => None,
-        },
-        Err(MachineError::Device(DeviceError::Divergence { exit, what })) => {
-            Some(Divergence::request(exit, what))
-        }
-        Err(MachineError::GuestCrash(crash)) => Some(Divergence::crash(
-            crash.exits,
-            crash.to_string().trim_end().to_string(),
-        )),
-        Err(MachineError::Aborted) if timed_out.is_some() => Some(Divergence::timeout(
-            final_exits,
-            format!(
-                "the interval did not end within {:.1} s (last exit {final_exits}, the interval \
-                 ends at exit {end_exit})",
-                timed_out.unwrap_or_default().as_secs_f64(),
-            ),
-        )),
-        Err(e) => return Err(e.into()),
-    })
-}
-
 /// Replays interval `interval` of `run`.
 pub fn replay_interval(
     run: &Run,
@@ -311,36 +264,78 @@ pub fn replay_interval(
     options: ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {
     check_interval(run, interval)?;
+    match options.engine {
+        Engine::Kvm => {
+            let engine = KvmEngine::new(run.manifest().meta.mem_bytes)?;
+            replay_with(run, interval, options, engine, |_, _| None)
+        }
+        Engine::Sim => {
+            let engine = SimEngine::new(run.manifest().meta.mem_bytes)?;
+            replay_with(run, interval, options, engine, simulation)
+        }
+    }
+}
+
+/// What the simulator observed, with the tracer measured against it.
+fn simulation(engine: &SimEngine, inputs: &IntervalInputs) -> Option<Simulation> {
+    let seen = engine.observations()?;
+    let mut accessed = seen.accessed.clone();
+    accessed.extend(&seen.device_written);
+    let share = |part: usize, whole: usize| part as f64 / whole.max(1) as f64;
+    let (recall, recall_log_only, precision) = match &inputs.access_log {
+        Some(log) => {
+            let sparse: BTreeSet<u64> = sparse_set(log, &inputs.machine.vcpu, inputs.mem_bytes)
+                .into_iter()
+                .collect();
+            let log: BTreeSet<u64> = log.iter().copied().collect();
+            (
+                Some(share(
+                    accessed.intersection(&sparse).count(),
+                    accessed.len(),
+                )),
+                Some(share(accessed.intersection(&log).count(), accessed.len())),
+                Some(share(log.intersection(&accessed).count(), log.len())),
+            )
+        }
+        None => (None, None, None),
+    };
+    Some(Simulation {
+        instructions: seen.instructions,
+        pages_accessed: accessed.len() as u64,
+        page_table_pages: seen.page_table_frames.len() as u64,
+        device_pages: seen.device_written.difference(&seen.accessed).count() as u64,
+        tracer_recall: recall,
+        tracer_recall_log_only: recall_log_only,
+        tracer_precision: precision,
+        sim_ms: seen.sim_ms,
+    })
+}
+
+/// Replays `interval` with `engine`: restore, run, verify.
+fn replay_with<E: ReplayEngine>(
+    run: &Run,
+    interval: u64,
+    options: ReplayOptions,
+    mut engine: E,
+    observe: impl Fn(&E, &IntervalInputs) -> Option<Simulation>,
+) -> Result<ReplayReport, ReplayError> {
     let began = Instant::now();
-    let mem_bytes = run.manifest().meta.mem_bytes;
-    let inputs = IntervalInputs::read(run, interval, options.mode)?;
+    let inputs = IntervalInputs::read(run, interval, options)?;
     let read_time = began.elapsed();
 
-    let memory = create_guest_memory_backed(mem_bytes, false).map_err(MachineError::from)?;
-    let uffd = UffdMemory::register(&memory)?;
+    let uffd = UffdMemory::register(engine.memory())?;
     let load_began = Instant::now();
     let load = load_memory(&uffd, &inputs, options.mode)?;
     let load_time = load_began.elapsed();
     let failed = Arc::new(AtomicBool::new(false));
-    let server = uffd.serve(inputs.source.clone(), failed.clone())?;
-    let control = RunControl::default();
-    let record = &inputs.record;
-    let mut machine = Machine::restore(
-        memory,
-        &inputs.machine.vcpu,
-        inputs.machine.exits,
-        Box::new(ReplayDevice::new(
-            inputs.events.clone(),
-            record.end_exit,
-            mem_bytes,
-            inputs.machine.device.clone(),
-        )),
-        control.clone(),
-    )?;
+    let peers = engine.peers()?;
+    let server = uffd.serve(inputs.source.clone(), failed.clone(), peers)?;
+    engine.prepare(&inputs)?;
     let restore_time = began.elapsed();
     tracing::debug!(
         interval,
         mode = options.mode.name(),
+        engine = options.engine.name(),
         read_ms = ms(read_time),
         load_ms = ms(load_time),
         total_ms = ms(restore_time),
@@ -350,56 +345,45 @@ pub fn replay_interval(
     let timeout = options
         .timeout
         .unwrap_or(Duration::from_secs(60) + inputs.recorded() * 20);
-    let watchdog = Watchdog::start(control, failed, timeout)?;
-    let run_began = Instant::now();
-    let outcome = machine.run(None, Duration::from_secs(1), &mut NoObserver);
-    let completed = match &outcome {
-        Ok(_) => machine.complete_pending_exit().map_err(ReplayError::from),
-        Err(_) => Ok(()),
-    };
-    let replay_time = run_began.elapsed();
-    let timed_out = watchdog.stop();
-    let final_exits = machine.guest_exits();
-    let footprint = resident_bytes(machine.memory()).map_err(ReplayError::Footprint)?;
+    let outcome = engine.run(&inputs, timeout, failed);
+    let footprint = engine.footprint();
     let server_error = server.take_error();
     let misses = server.finish()?;
     if let Some(e) = server_error {
         return Err(e.into());
     }
-    completed?;
+    let outcome = outcome?;
+    let footprint = footprint?;
 
     let verify_began = Instant::now();
-    let mut divergence = run_divergence(
-        outcome,
-        final_exits,
-        record.end_exit,
-        timed_out.then_some(timeout),
-    )?;
+    let end_exit = inputs.record.end_exit;
+    let mut divergence = outcome.divergence;
     let mut pages_checked = 0;
     if divergence.is_none() {
-        let final_state = machine.save_state()?;
         let next_state = run.state(interval + 1)?;
-        divergence = verify::verify_vcpu(&final_state.vcpu, &next_state.vcpu, record.end_exit);
+        divergence = engine.verify_registers(&next_state.vcpu, end_exit)?;
         if divergence.is_none() {
             let expected_pages = run.checkpoint_pages(interval + 1)?;
             let result = verify::verify_memory(
-                machine.memory(),
-                final_state.vcpu.sregs.cr3,
+                engine.memory(),
+                engine.final_cr3()?,
                 &inputs.source,
                 uffd.installed(),
                 &expected_pages,
-                record.end_exit,
+                end_exit,
             )?;
             pages_checked = result.pages_checked;
             divergence = result.divergence;
         }
     }
     let verify_time = verify_began.elapsed();
-    drop(machine);
+    let simulation = observe(&engine, &inputs);
+    let record = &inputs.record;
 
     Ok(ReplayReport {
         interval,
         mode: options.mode,
+        engine: options.engine,
         pages_loaded: load.pages,
         zero_pages_loaded: load.zero_pages,
         bytes_loaded: load.bytes,
@@ -410,14 +394,15 @@ pub fn replay_interval(
         misses: misses.misses,
         zero_misses: misses.zero_misses,
         footprint_bytes: footprint,
-        replay_ms: ms(replay_time),
+        replay_ms: ms(outcome.run_time),
         verify_ms: ms(verify_time),
         recorded_ms: ms(inputs.recorded()),
-        exits: final_exits.saturating_sub(record.start_exit),
+        exits: outcome.final_exits.saturating_sub(record.start_exit),
         start_exit: record.start_exit,
         end_exit: record.end_exit,
         pages_checked,
         verified: divergence.is_none(),
         divergence,
+        simulation,
     })
 }

@@ -67,6 +67,9 @@ pub struct ReplayReport {
     pub interval: u64,
     /// The mode.
     pub mode: Mode,
+    /// What executed the interval.
+    #[serde(default)]
+    pub engine: Engine,
     /// Frames installed before the replay started.
     pub pages_loaded: u64,
     /// Of those, zero pages (mapped, nothing read).
@@ -107,6 +110,34 @@ pub struct ReplayReport {
     pub verified: bool,
     /// The first divergence, if any.
     pub divergence: Option<Divergence>,
+    /// What only the simulator can tell (`--engine sim`).
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub simulation: Option<Simulation>,
+}
+
+/// What a simulated interval tells beyond "verified" (`--engine sim`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Simulation {
+    /// Instructions the interval executed, exactly.
+    pub instructions: u64,
+    /// Distinct guest frames the interval read, wrote or fetched instructions from (by the
+    /// guest's instructions, its page walks, or the device on its behalf).
+    pub pages_accessed: u64,
+    /// Of those, page-table frames read by page walks.
+    pub page_table_pages: u64,
+    /// Of those, frames only the device wrote (disk data, request results).
+    pub device_pages: u64,
+    /// Share of the accessed frames that sparse mode loads (the eBPF working set plus the
+    /// frames the vCPU state points at): 1.0 means a sparse replay cannot miss. `None` without
+    /// an access log.
+    pub tracer_recall: Option<f64>,
+    /// The same share for the eBPF working set alone, without the frames sparse mode adds from
+    /// the vCPU state (what the tracer sees by itself). `None` without an access log.
+    pub tracer_recall_log_only: Option<f64>,
+    /// Share of the eBPF working set that the interval accessed. `None` without an access log.
+    pub tracer_precision: Option<f64>,
+    /// Time the simulator spent executing (excluding waits for the replayer), milliseconds.
+    pub sim_ms: f64,
 }
 
 /// Where and how a replay left the recording.

@@ -106,6 +106,7 @@ pub struct SimProcess {
     child: Child,
     stream: UnixStream,
     build: String,
+    ram_base: u64,
     timeout: Option<Duration>,
 }
 
@@ -161,6 +162,7 @@ impl SimProcess {
             child,
             stream: ours,
             build: String::new(),
+            ram_base: 0,
             timeout: None,
         };
         let uffd = match recv_fd(sim.stream.as_fd()) {
@@ -174,8 +176,15 @@ impl SimProcess {
             }
         };
         match sim.receive()? {
-            FromSim::Ready { version, build } if version == PROTOCOL_VERSION => sim.build = build,
-            FromSim::Ready { version, build } => {
+            FromSim::Ready {
+                version,
+                build,
+                ram_base,
+            } if version == PROTOCOL_VERSION => {
+                sim.build = build;
+                sim.ram_base = ram_base;
+            }
+            FromSim::Ready { version, build, .. } => {
                 return Err(ClientError::VersionMismatch {
                     ours: PROTOCOL_VERSION,
                     theirs: version,
@@ -195,6 +204,11 @@ impl SimProcess {
     /// The simulator's build string (crate version).
     pub fn build(&self) -> &str {
         &self.build
+    }
+
+    /// Where guest RAM is mapped in the simulator (the addresses its userfaultfd reports).
+    pub fn ram_base(&self) -> u64 {
+        self.ram_base
     }
 
     /// Bounds every wait for a message (`None`: wait for ever). The simulator bounds its own

@@ -240,6 +240,9 @@ pub enum FromSim {
         version: u32,
         /// The simulator's crate version, for messages.
         build: String,
+        /// Where guest RAM is mapped in the simulator: page faults on its userfaultfd name
+        /// addresses in its address space, and the parent serves them by guest frame.
+        ram_base: u64,
     },
     /// The simulator stopped.
     Exit(Exit),

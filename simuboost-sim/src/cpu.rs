@@ -251,8 +251,13 @@ pub fn enter<D>(
         .map_err(uc_err("write DS"))?;
     uc.reg_write(R::ES, u64::from(cpu.es.selector))
         .map_err(uc_err("write ES"))?;
+    // A load checks privilege: a ring-3 state may still hold a ring-0 data selector in FS/GS
+    // (KVM keeps what the guest's ring-0 code left there; 64-bit mode ignores it but for the
+    // base). Such a selector stays null here; only the bases matter, and they are set below.
+    let cpl = u16::from(cpu.cs.dpl);
     for (reg, seg) in [(R::FS, &cpu.fs), (R::GS, &cpu.gs)] {
-        if seg.selector != 0 {
+        let rpl = seg.selector & 3;
+        if seg.selector != 0 && u16::from(seg.dpl) >= cpl.max(rpl) {
             uc.reg_write(reg, u64::from(seg.selector))
                 .map_err(uc_err("write FS/GS"))?;
         }

@@ -228,6 +228,7 @@ fn run() -> Result<(), SimError> {
         &FromSim::Ready {
             version: PROTOCOL_VERSION,
             build: format!("simuboost-sim {}", env!("CARGO_PKG_VERSION")),
+            ram_base: ram.base() as u64,
         },
     )?;
     match serve(&mut socket, ram) {

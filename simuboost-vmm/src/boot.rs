@@ -151,15 +151,18 @@ fn write_gdt(memory: &GuestMemory) -> Result<(), BootError> {
         | (((tss >> 24) & 0xff) << 56);
     let tss_high = tss >> 32;
     debug_assert_eq!(selectors::TSS, 5 * 8);
+    // Code and data descriptors carry their accessed bit already, as the page tables carry
+    // theirs: a CPU sets it on the first load, KVM's emulated `iretq` on PVM does not, and a
+    // simulator does, so a pre-set bit keeps the GDT frame identical in all of them.
     write_u64s(
         memory,
         layout::GDT,
         &[
             0,
-            0x00af_9a00_0000_ffff, // 0x08 kernel code: present, DPL 0, long mode
-            0x00cf_9200_0000_ffff, // 0x10 kernel data
-            0x00cf_f200_0000_ffff, // 0x18 user data: DPL 3
-            0x00af_fa00_0000_ffff, // 0x20 user code: DPL 3, long mode
+            0x00af_9b00_0000_ffff, // 0x08 kernel code: present, DPL 0, long mode, accessed
+            0x00cf_9300_0000_ffff, // 0x10 kernel data, accessed
+            0x00cf_f300_0000_ffff, // 0x18 user data: DPL 3, accessed
+            0x00af_fb00_0000_ffff, // 0x20 user code: DPL 3, long mode, accessed
             tss_low,
             tss_high,
         ],

@@ -24,6 +24,9 @@ pub enum Benchmark {
     /// Sparse replay: sparse vs full vs lazy restore (footprint, restore time), restore
     /// throughput vs memcpy, restore time early vs late in a long run, parallel replay speedup.
     Replay,
+    /// The simulator engine: simulated vs KVM replay time of the same intervals, instructions
+    /// per second, sparse vs full vs lazy restore into the simulator, tracer recall/precision.
+    Sim,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
@@ -32,6 +35,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Record => crate::bench_record::run(json),
         Benchmark::Trace => crate::bench_record::trace(json),
         Benchmark::Replay => crate::bench_replay::run(json),
+        Benchmark::Sim => crate::bench_sim::run(json),
     }
 }
 

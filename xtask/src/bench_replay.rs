@@ -30,8 +30,8 @@ const MIB: f64 = (1u64 << 20) as f64;
 const SEED: &str = "1";
 
 /// A recorded run kept on disk for replays.
-struct Recording {
-    dir: PathBuf,
+pub(crate) struct Recording {
+    pub(crate) dir: PathBuf,
     mem_bytes: u64,
     /// Complete checkpoints (manifest): intervals `0..checkpoints - 1` can be replayed.
     checkpoints: u64,
@@ -39,24 +39,24 @@ struct Recording {
 }
 
 impl Recording {
-    fn intervals(&self) -> u64 {
+    pub(crate) fn intervals(&self) -> u64 {
         self.checkpoints.saturating_sub(1)
     }
 
-    fn remove(self) -> Result<()> {
+    pub(crate) fn remove(self) -> Result<()> {
         fs::remove_dir_all(&self.dir)
             .with_context(|| format!("cannot remove {}", self.dir.display()))
     }
 }
 
-fn scratch() -> Result<PathBuf> {
+pub(crate) fn scratch() -> Result<PathBuf> {
     let dir = root().join("target").join("bench").join("replay");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
 
 /// Records a run into `dir` (replacing it) with the eBPF tracer on, and keeps it.
-fn record(dir: &Path, args: &[&str]) -> Result<Recording> {
+pub(crate) fn record(dir: &Path, args: &[&str]) -> Result<Recording> {
     eprintln!("bench replay: recording {}", args.join(" "));
     let mut args = args.to_vec();
     args.extend(["--seed", SEED]);
@@ -102,7 +102,7 @@ fn num(v: &Value, key: &str) -> f64 {
 
 /// Runs `simuboost-replay --run DIR ARGS --json`; returns its rows and its wall time in seconds.
 /// Fails unless the process succeeded and every replay verified.
-fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayReport>, f64)> {
+pub(crate) fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayReport>, f64)> {
     let start = Instant::now();
     let out = Command::new(binary("simuboost-replay", true))
         .arg("--run")
@@ -160,7 +160,7 @@ fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayReport>, f64)> {
 }
 
 /// Median; the mean of the middle two for an even count.
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -236,7 +236,7 @@ fn busy_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
 /// final one (which ends wherever the guest stopped), never interval 0 (it includes boot).
 /// Workloads set up their data first (kvstore clears and fills its table), so early intervals
 /// are not representative.
-fn steady_intervals(intervals: u64) -> Vec<u64> {
+pub(crate) fn steady_intervals(intervals: u64) -> Vec<u64> {
     let end = intervals.saturating_sub(1);
     (end.saturating_sub(3).max(1)..end).collect()
 }

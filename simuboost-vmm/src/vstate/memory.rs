@@ -26,6 +26,14 @@ pub enum MemoryError {
         /// The size asked for.
         bytes: u64,
     },
+    /// The memory file behind shared guest RAM could not be created.
+    #[error("could not create a {bytes}-byte memory file for shared guest memory: {source}")]
+    SharedFile {
+        /// The size asked for.
+        bytes: u64,
+        /// What the kernel said.
+        source: std::io::Error,
+    },
     /// mmap failed.
     #[error("could not map {bytes} bytes of guest memory: {source}")]
     Map {
@@ -67,6 +75,39 @@ pub fn create_guest_memory_backed(
         libc::madvise(host.cast(), size as usize, libc::MADV_HUGEPAGE);
     }
     Ok(memory)
+}
+
+/// Maps `bytes` of zeroed guest RAM backed by a new memory file (memfd) and shared, so that
+/// another process can map the same RAM (the simulator engine); returns the mapping and the
+/// file. 4 KiB pages, like [`create_guest_memory_backed`] without huge pages.
+pub fn create_shared_guest_memory(bytes: u64) -> Result<(GuestMemory, std::fs::File), MemoryError> {
+    if !bytes.is_multiple_of(MEM_ALIGN) || !(MIN_MEM_BYTES..=layout::MAX_MEM_BYTES).contains(&bytes)
+    {
+        return Err(MemoryError::BadSize { bytes });
+    }
+    // SAFETY: the name is a valid NUL-terminated string; memfd_create has no other
+    // preconditions and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"simuboost-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::SharedFile {
+            bytes,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(bytes)
+        .map_err(|source| MemoryError::SharedFile { bytes, source })?;
+    let shared = file
+        .try_clone()
+        .map_err(|source| MemoryError::SharedFile { bytes, source })?;
+    let memory = GuestMemoryMmap::from_ranges_with_files([(
+        GuestAddress(0),
+        bytes as usize,
+        Some(vm_memory::FileOffset::new(shared, 0)),
+    )])
+    .map_err(|source| MemoryError::Map { bytes, source })?;
+    Ok((memory, file))
 }
 
 /// An empty buffer with room for at least `bytes`, whose page-aligned part is advised to be

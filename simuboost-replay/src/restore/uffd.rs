@@ -1,0 +1,298 @@
+//! Guest memory registered with userfaultfd, and the bulk installation of pages into it.
+
+use std::sync::Arc;
+
+use userfaultfd::{IoctlFlags, Uffd, UffdBuilder};
+
+use simuboost_format::PAGE_SIZE;
+use simuboost_vmm::vstate::memory::{host_region, huge_page_buffer, GuestMemory};
+
+use super::{
+    describe_uffd_error, runs, uffd_error, InstalledFrames, LoadStats, PageSource, RestoreError,
+    CHUNK_PAGES, PAGE,
+};
+
+/// Guest memory registered with userfaultfd.
+pub struct UffdMemory {
+    pub(super) uffd: Arc<Uffd>,
+    pub(super) base: usize,
+    pub(super) frames: u64,
+    pub(super) installed: Arc<InstalledFrames>,
+}
+
+impl UffdMemory {
+    /// Registers all of `memory` (which nothing may have touched yet) in missing mode.
+    pub fn register(memory: &GuestMemory) -> Result<UffdMemory, RestoreError> {
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            // KVM touches guest memory from the kernel (get_user_pages); those faults must come
+            // to us too.
+            .user_mode_only(false)
+            .create()
+            .map_err(uffd_error("create"))?;
+        let (base, size) = host_region(memory);
+        let ioctls = uffd
+            .register(base.cast(), size as usize)
+            .map_err(uffd_error("register guest memory"))?;
+        let needed = IoctlFlags::COPY | IoctlFlags::ZEROPAGE | IoctlFlags::WAKE;
+        if !ioctls.contains(needed) {
+            return Err(RestoreError::Userfaultfd {
+                what: "register guest memory",
+                detail: format!("the kernel offers {ioctls:?}, COPY, ZEROPAGE and WAKE are needed"),
+            });
+        }
+        let frames = size / PAGE;
+        Ok(UffdMemory {
+            uffd: Arc::new(uffd),
+            base: base as usize,
+            frames,
+            installed: Arc::new(InstalledFrames::new(frames)),
+        })
+    }
+
+    /// Which frames are installed.
+    pub fn installed(&self) -> &Arc<InstalledFrames> {
+        &self.installed
+    }
+
+    fn host(&self, gfn: u64) -> *mut libc::c_void {
+        (self.base + (gfn * PAGE) as usize) as *mut libc::c_void
+    }
+
+    /// Installs the frames from `gfn` on with the contents `src` (whole pages).
+    fn copy(&self, src: &[u8], gfn: u64, wake: bool) -> Result<(), RestoreError> {
+        install_copy(&self.uffd, src, self.host(gfn), gfn, wake)
+    }
+
+    fn zero(&self, gfn: u64, count: u64, wake: bool) -> Result<(), RestoreError> {
+        install_zero(&self.uffd, self.host(gfn), gfn, count, wake)
+    }
+
+    /// Installs frames `gfns` (ascending, below guest memory size) with their contents from
+    /// `source`, in bulk: every page is read (from the mmapped pages.bin, else one `pread` per
+    /// run of consecutive slots) and checked against its hash, then one copy per run of
+    /// consecutive frames. Frames already installed are skipped.
+    pub fn install(&self, source: &PageSource, gfns: &[u64]) -> Result<LoadStats, RestoreError> {
+        let mut stats = LoadStats::default();
+        let mut data: Vec<(u64, u64, u128)> = Vec::with_capacity(gfns.len());
+        let mut zeros: Vec<u64> = Vec::new();
+        for &gfn in gfns.iter().filter(|&&g| g < self.frames) {
+            if self.installed.contains(gfn) {
+                continue;
+            }
+            match source.map.entry(gfn) {
+                Some((slot, hash)) => data.push((gfn, slot, hash)),
+                None => zeros.push(gfn),
+            }
+        }
+        STAGING.with(|staging| {
+            let mut staging = staging.borrow_mut();
+            self.install_pages(source, &data, &mut staging)
+        })?;
+        for (first, count) in runs(&zeros) {
+            self.zero(zeros[first], count as u64, false)?;
+        }
+        for &(gfn, _, _) in &data {
+            self.installed.insert(gfn);
+        }
+        for &gfn in &zeros {
+            self.installed.insert(gfn);
+        }
+        stats.pages = (data.len() + zeros.len()) as u64;
+        stats.zero_pages = zeros.len() as u64;
+        stats.bytes = data.len() as u64 * PAGE;
+        Ok(stats)
+    }
+
+    /// Copies the pages `data` (`(gfn, slot, hash)`, gfns ascending) into guest memory through
+    /// `staging`, a chunk at a time.
+    fn install_pages(
+        &self,
+        source: &PageSource,
+        data: &[(u64, u64, u128)],
+        staging: &mut Staging,
+    ) -> Result<(), RestoreError> {
+        let (mut slots, mut hashes, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in data.chunks(CHUNK_PAGES) {
+            slots.clear();
+            hashes.clear();
+            frames.clear();
+            for &(gfn, slot, hash) in chunk {
+                frames.push(gfn);
+                slots.push(slot);
+                hashes.push(hash);
+            }
+            let buffer = staging.get(chunk.len());
+            if source.mapped.is_some() {
+                for (i, page) in buffer.chunks_exact_mut(PAGE_SIZE).enumerate() {
+                    source.read_page(slots[i], hashes[i], frames[i], page)?;
+                }
+            } else {
+                source
+                    .store
+                    .read_pages_verified(&slots, &hashes, &frames, buffer)?;
+            }
+            for (first, count) in runs(&frames) {
+                let offset = first * PAGE_SIZE;
+                self.copy(
+                    &buffer[offset..offset + count * PAGE_SIZE],
+                    frames[first],
+                    false,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps the zero page at every frame not installed yet, in as few calls as possible: what a
+    /// dense restore leaves as fresh (zero) anonymous memory.
+    pub fn install_zero_rest(&self) -> Result<u64, RestoreError> {
+        let mut installed = 0;
+        let mut gfn = 0;
+        while gfn < self.frames {
+            if self.installed.contains(gfn) {
+                gfn += 1;
+                continue;
+            }
+            let first = gfn;
+            while gfn < self.frames && !self.installed.contains(gfn) {
+                gfn += 1;
+            }
+            self.zero(first, gfn - first, false)?;
+            installed += gfn - first;
+        }
+        for gfn in 0..self.frames {
+            self.installed.insert(gfn);
+        }
+        Ok(installed)
+    }
+}
+
+pub(super) fn install_copy(
+    uffd: &Uffd,
+    src: &[u8],
+    dst: *mut libc::c_void,
+    gfn: u64,
+    wake: bool,
+) -> Result<(), RestoreError> {
+    let mut done = 0usize;
+    while done < src.len() {
+        // SAFETY: `dst + done .. dst + src.len()` lies inside the registered guest RAM mapping
+        // (callers pass frames below its size) and `src` is a live buffer of that length.
+        // UFFDIO_COPY only fills pages that are not present; it never overwrites.
+        let result = unsafe {
+            uffd.copy(
+                src[done..].as_ptr().cast(),
+                dst.cast::<u8>().add(done).cast(),
+                src.len() - done,
+                wake,
+            )
+        };
+        match result {
+            Ok(n) => done += n,
+            Err(userfaultfd::Error::PartiallyCopied(n)) => done += n,
+            Err(userfaultfd::Error::CopyFailed(errno)) if errno as i32 == libc::EEXIST => {
+                // Some page of the range is already there (another fault raced us); install
+                // the rest page by page, leaving present pages alone.
+                let page_gfn = gfn + (done / PAGE_SIZE) as u64;
+                let dst_page = (dst as usize + done) as *mut libc::c_void;
+                // SAFETY: as above, one page.
+                let single =
+                    unsafe { uffd.copy(src[done..].as_ptr().cast(), dst_page, PAGE_SIZE, wake) };
+                match single {
+                    Ok(_) => {}
+                    Err(userfaultfd::Error::CopyFailed(errno)) if errno as i32 == libc::EEXIST => {
+                        if wake {
+                            let _ = uffd.wake(dst_page, PAGE_SIZE);
+                        }
+                    }
+                    Err(e) => {
+                        return Err(RestoreError::Install {
+                            gfn: page_gfn,
+                            what: "UFFDIO_COPY",
+                            detail: describe_uffd_error(&e),
+                        })
+                    }
+                }
+                done += PAGE_SIZE;
+            }
+            Err(e) => {
+                return Err(RestoreError::Install {
+                    gfn: gfn + (done / PAGE_SIZE) as u64,
+                    what: "UFFDIO_COPY",
+                    detail: describe_uffd_error(&e),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn install_zero(
+    uffd: &Uffd,
+    dst: *mut libc::c_void,
+    gfn: u64,
+    count: u64,
+    wake: bool,
+) -> Result<(), RestoreError> {
+    // SAFETY: `count` frames from `dst` lie inside the registered guest RAM mapping; the
+    // ioctl maps the shared zero page only where nothing is present.
+    match unsafe { uffd.zeropage(dst, (count * PAGE) as usize, wake) } {
+        Ok(_) => Ok(()),
+        Err(userfaultfd::Error::ZeropageFailed(errno))
+            if errno as i32 == libc::EEXIST && count == 1 =>
+        {
+            if wake {
+                let _ = uffd.wake(dst, PAGE_SIZE);
+            }
+            Ok(())
+        }
+        Err(userfaultfd::Error::ZeropageFailed(errno)) if errno as i32 == libc::EEXIST => {
+            for i in 0..count {
+                install_zero(
+                    uffd,
+                    (dst as usize + (i * PAGE) as usize) as *mut libc::c_void,
+                    gfn + i,
+                    1,
+                    wake,
+                )?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(RestoreError::Install {
+            gfn,
+            what: "UFFDIO_ZEROPAGE",
+            detail: describe_uffd_error(&e),
+        }),
+    }
+}
+
+thread_local! {
+    /// Each thread's staging buffer, kept between restores: first touches of fresh memory are
+    /// expensive on this kind of host (~10 µs per 4 KiB page), and `--all` restores many
+    /// intervals per worker thread.
+    static STAGING: std::cell::RefCell<Staging> = const { std::cell::RefCell::new(Staging { buffer: Vec::new() }) };
+}
+
+/// A buffer for bulk loads, backed by huge pages where possible.
+struct Staging {
+    buffer: Vec<u8>,
+}
+
+impl Staging {
+    fn allocate(pages: usize) -> Vec<u8> {
+        let mut buffer = huge_page_buffer(pages * PAGE_SIZE);
+        buffer.resize(pages * PAGE_SIZE, 0);
+        buffer
+    }
+
+    fn get(&mut self, pages: usize) -> &mut [u8] {
+        if self.buffer.len() < pages * PAGE_SIZE {
+            // Exactly what is asked (at most a chunk): a small working set should not pay for
+            // populating a whole chunk.
+            self.buffer = Staging::allocate(pages);
+        }
+        &mut self.buffer[..pages * PAGE_SIZE]
+    }
+}
