@@ -231,18 +231,29 @@ pub fn enter<D>(
         .filter_map(|&sel| descriptor_gpa(ram, cpu.cr3, cpu.gdt, sel))
         .filter_map(|gpa| ram.read_u64(gpa).map(|v| (gpa, v)))
         .collect();
-    uc.emu_start(STUB_GPA, NEVER, timeout_us, 1)
-        .map_err(|e| SimError::Entry(format!("the entry stub's iretq failed: {e:?}")))?;
+    let stub = uc.emu_start(STUB_GPA, NEVER, timeout_us, 1);
     for &(gpa, value) in &descriptors {
         ram.write_u64(gpa, value);
     }
     let rip = uc.reg_read(R::RIP).map_err(uc_err("read RIP"))?;
     let cs = uc.reg_read(R::CS).map_err(uc_err("read CS"))?;
-    if rip != cpu.rip || cs != u64::from(cpu.cs.selector) {
-        return Err(SimError::Entry(format!(
-            "the entry stub ended at {cs:#x}:{rip:#x}, not {:#x}:{:#x}",
-            cpu.cs.selector, cpu.rip
-        )));
+    let entered = rip == cpu.rip && cs == u64::from(cpu.cs.selector);
+    match stub {
+        // unicorn may already try the first instruction at the new RIP after the count runs
+        // out; if that faults (a state whose RIP is not mapped), the entry itself succeeded and
+        // the first run reports the guest's exception.
+        Err(e) if !entered => {
+            return Err(SimError::Entry(format!(
+                "the entry stub's iretq failed: {e:?}"
+            )))
+        }
+        Ok(()) if !entered => {
+            return Err(SimError::Entry(format!(
+                "the entry stub ended at {cs:#x}:{rip:#x}, not {:#x}:{:#x}",
+                cpu.cs.selector, cpu.rip
+            )))
+        }
+        _ => {}
     }
 
     // iretq zeroes data selectors that are not valid at the new CPL; reload what the checkpoint

@@ -112,7 +112,7 @@ fn kvstore_simulates_in_all_modes() {
 
 #[test]
 fn sort_simulates_in_all_modes() {
-    all_modes_simulate("sort", &["--work", "2", "--interval-exits", "40"]);
+    all_modes_simulate("sort", &["--duration", "800ms", "--interval", "200ms"]);
 }
 
 #[test]
