@@ -36,6 +36,10 @@ pub struct TraceConfig {
 /// One frame touched by the traced VM, as the programs report it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
 pub struct TouchEvent {
     /// Guest frame number.
     pub gfn: u64,
@@ -47,6 +51,7 @@ pub struct TouchEvent {
 
 /// Size of a [`TouchEvent`] in the ring.
 pub const TOUCH_EVENT_SIZE: usize = 16;
+const _: () = assert!(core::mem::size_of::<TouchEvent>() == TOUCH_EVENT_SIZE);
 
 /// Which tracepoint reported a frame.
 #[repr(u32)]

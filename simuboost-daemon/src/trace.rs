@@ -13,9 +13,10 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use simuboost_common::{
-    Counter, Source, TraceConfig, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, PROGRAMS, REPORTED_MAP,
-    TOUCH_EVENT_SIZE,
+    Counter, Source, TouchEvent, TraceConfig, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, PROGRAMS,
+    REPORTED_MAP, TOUCH_EVENT_SIZE,
 };
+use zerocopy::FromBytes;
 
 /// The eBPF object, built from simuboost-ebpf by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SIMUBOOST_EBPF_OBJECT"));
@@ -255,14 +256,11 @@ impl Tracer {
         // double report of a lost race on the generation array.
         let mut seen = HashSet::new();
         while let Some(item) = self.events.next() {
-            // A `TouchEvent`: gfn (u64) at 0, source (u32) at 8, flags (u32) at 12.
-            let (Some(gfn), Some(source)) = (item.get(0..8), item.get(8..12)) else {
+            let Ok((event, _)) = TouchEvent::read_from_prefix(&item) else {
                 continue;
             };
-            let gfn = u64::from_ne_bytes(gfn.try_into().unwrap_or_default());
-            let source = u32::from_ne_bytes(source.try_into().unwrap_or_default());
-            if Source::from_raw(source).is_some() && seen.insert(gfn) {
-                frames.push(gfn);
+            if Source::from_raw(event.source).is_some() && seen.insert(event.gfn) {
+                frames.push(event.gfn);
             }
         }
         if let Some(logger) = &mut self.logger {

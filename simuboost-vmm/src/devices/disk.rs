@@ -9,6 +9,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 use simuboost_abi::{WorkloadId, PAGE_SIZE};
 
 /// Disk block size.
@@ -54,33 +56,49 @@ pub struct DiskHeader {
     pub seed: u64,
 }
 
+/// Block 0's header as stored (little-endian fields, as the guest and host both are).
+#[repr(C)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct StoredHeader {
+    magic: [u8; 8],
+    version: u32,
+    /// A [`WorkloadId`] as `u32`, 0 for none.
+    workload: u32,
+    data_bytes: u64,
+    seed: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<StoredHeader>() == 32);
+
 impl DiskHeader {
     fn encode(&self) -> Vec<u8> {
+        let stored = StoredHeader {
+            magic: DISK_MAGIC,
+            version: DISK_VERSION,
+            workload: self.workload.map_or(0, |w| w as u32),
+            data_bytes: self.data_bytes,
+            seed: self.seed,
+        };
         let mut block = vec![0u8; BLOCK_SIZE as usize];
-        block[0..8].copy_from_slice(&DISK_MAGIC);
-        block[8..12].copy_from_slice(&DISK_VERSION.to_le_bytes());
-        block[12..16].copy_from_slice(&self.workload.map_or(0, |w| w as u32).to_le_bytes());
-        block[16..24].copy_from_slice(&self.data_bytes.to_le_bytes());
-        block[24..32].copy_from_slice(&self.seed.to_le_bytes());
+        block[..std::mem::size_of::<StoredHeader>()].copy_from_slice(stored.as_bytes());
         block
     }
 
     fn decode(block: &[u8]) -> Option<Result<DiskHeader, String>> {
-        if block.len() < 32 || block[0..8] != DISK_MAGIC {
+        let (stored, _) = StoredHeader::read_from_prefix(block).ok()?;
+        if stored.magic != DISK_MAGIC {
             return None;
         }
-        let u32_at = |i: usize| u32::from_le_bytes(block[i..i + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |i: usize| u64::from_le_bytes(block[i..i + 8].try_into().unwrap_or([0; 8]));
-        let version = u32_at(8);
-        if version != DISK_VERSION {
+        if stored.version != DISK_VERSION {
             return Some(Err(format!(
-                "header version {version} is not supported (this build reads version {DISK_VERSION})"
+                "header version {} is not supported (this build reads version {DISK_VERSION})",
+                stored.version
             )));
         }
         Some(Ok(DiskHeader {
-            workload: WorkloadId::from_raw(u32_at(12)),
-            data_bytes: u64_at(16),
-            seed: u64_at(24),
+            workload: WorkloadId::from_raw(stored.workload),
+            data_bytes: stored.data_bytes,
+            seed: stored.seed,
         }))
     }
 }
