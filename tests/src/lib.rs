@@ -64,6 +64,59 @@ pub fn record(dir: &Path, args: &[&str]) -> Finished {
     )
 }
 
+/// Records `workload` into `dir` in a VM of `mem` (plus `extra` flags) and expects success.
+pub fn record_workload(dir: &Path, workload: &str, mem: &str, extra: &[&str]) {
+    let args: Vec<&str> = ["--workload", workload, "--mem", mem]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    record(dir, &args).expect_code(0);
+}
+
+/// Copies a run directory (tests damage copies, never the original).
+pub fn copy_run(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(
+        status.success(),
+        "cp -a {} {} failed",
+        from.display(),
+        to.display()
+    );
+}
+
+/// Rewrites one cell of a Parquet table with pyarrow, keeping its schema: how the tests craft
+/// damaged or altered runs.
+pub fn alter_cell(table: &Path, row: usize, column: &str, value: u64) {
+    let script = format!(
+        r#"
+import pyarrow as pa, pyarrow.parquet as pq
+t = pq.read_table({path:?})
+col = t.column({column:?}).to_pylist()
+col[{row}] = {value}
+i = t.schema.get_field_index({column:?})
+t = t.set_column(i, t.schema.field(i), pa.array(col, type=t.schema.field(i).type))
+pq.write_table(t, {path:?})
+"#,
+        path = table.display().to_string()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pyarrow rewrite of {} failed: {}",
+        table.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The daemon's summary of the run in `dir` (`summary.json`).
 pub fn summary(dir: &Path) -> RunSummary {
     let path = dir.join("summary.json");

@@ -6,23 +6,19 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
 
 use simuboost_format::Run;
 use simuboost_report::replay::ReplayReport;
-use simuboost_tests::{kvm_and_root_available, replay, replay_reports, Finished};
+use simuboost_tests::{
+    alter_cell, copy_run, kvm_and_root_available, record_workload, replay, replay_reports, Finished,
+};
 
 const SMALL_MEM: &str = "64M";
 
 /// Records `workload` into `dir` in a small VM (plus `extra` flags).
 fn record(dir: &Path, workload: &str, extra: &[&str]) {
-    let args: Vec<&str> = ["--workload", workload, "--mem", SMALL_MEM]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect();
-    simuboost_tests::record(dir, &args).expect_code(0);
+    record_workload(dir, workload, SMALL_MEM, extra);
 }
 
 /// Replays every interval of the run in `mode` and checks that each verified; returns the
@@ -142,42 +138,13 @@ fn pattern_sparse_replay_has_no_misses() {
     );
 }
 
-/// Copies a run directory (the tests damage copies, never the original).
-fn copy_run(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp runs");
-    assert!(status.success(), "cp -a failed");
-}
-
-/// Rewrites one cell of an events table with pyarrow, keeping its schema.
+/// Rewrites one cell of an events table.
 fn alter_event(run: &Path, interval: u64, row: usize, column: &str, value: u64) {
-    let path = run
-        .join("events")
-        .join(format!("interval-{interval:06}.parquet"));
-    let script = format!(
-        r#"
-import pyarrow as pa, pyarrow.parquet as pq
-t = pq.read_table({path:?})
-col = t.column({column:?}).to_pylist()
-col[{row}] = {value}
-i = t.schema.get_field_index({column:?})
-t = t.set_column(i, t.schema.field(i), pa.array(col, type=t.schema.field(i).type))
-pq.write_table(t, {path:?})
-"#,
-        path = path.display().to_string()
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "pyarrow rewrite failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    alter_cell(
+        &simuboost_format::layout::events_table(run, interval),
+        row,
+        column,
+        value,
     );
 }
 

@@ -10,18 +10,15 @@ use std::process::Command;
 
 use simuboost_format::Run;
 use simuboost_report::replay::{Engine, ReplayReport, Simulation};
-use simuboost_tests::{binary, kvm_and_root_available, replay, replay_reports};
+use simuboost_tests::{
+    alter_cell, binary, copy_run, kvm_and_root_available, record_workload, replay, replay_reports,
+};
 
 const SMALL_MEM: &str = "64M";
 
 /// Records `workload` into `dir` in a small VM (plus `extra` flags).
 fn record(dir: &Path, workload: &str, extra: &[&str]) {
-    let args: Vec<&str> = ["--workload", workload, "--mem", SMALL_MEM]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect();
-    simuboost_tests::record(dir, &args).expect_code(0);
+    record_workload(dir, workload, SMALL_MEM, extra);
 }
 
 fn simulation(report: &ReplayReport) -> &Simulation {
@@ -170,42 +167,6 @@ fn pattern_tracer_is_exact_and_counts_repeat() {
     assert_eq!(
         simulation(again).pages_accessed,
         simulation(&first[&1]).pages_accessed
-    );
-}
-
-/// Copies a run directory (the tests damage copies, never the original).
-fn copy_run(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp runs");
-    assert!(status.success(), "cp -a failed");
-}
-
-/// Rewrites one cell of a Parquet table with pyarrow, keeping its schema.
-fn alter_cell(path: &Path, row: usize, column: &str, value: u64) {
-    let script = format!(
-        r#"
-import pyarrow as pa, pyarrow.parquet as pq
-t = pq.read_table({path:?})
-col = t.column({column:?}).to_pylist()
-col[{row}] = {value}
-i = t.schema.get_field_index({column:?})
-t = t.set_column(i, t.schema.field(i), pa.array(col, type=t.schema.field(i).type))
-pq.write_table(t, {path:?})
-"#,
-        path = path.display().to_string()
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "pyarrow rewrite failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
