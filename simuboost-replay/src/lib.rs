@@ -6,10 +6,10 @@
 //! - [`restore`]: guest memory through userfaultfd: bulk installation, the miss handler.
 //! - [`replay`]: one interval, start to verified end; the [`replay::ReplayReport`].
 //! - [`verify`]: comparing the final state with the next checkpoint.
-//! - [`parallel`]: every interval, K replay processes at a time.
+//! - [`executor`]: every interval, on local processes or a Slurm cluster.
 //! - [`runs`]: finding the run to replay.
 
-pub mod parallel;
+pub mod executor;
 pub mod replay;
 pub mod restore;
 pub mod runs;
