@@ -8,11 +8,11 @@
 //!   (`simuboost-sim`, a separate GPL-2.0 process).
 //! - [`replay`]: one interval, start to verified end; the [`replay::ReplayReport`].
 //! - [`verify`]: comparing the final state with the next checkpoint.
-//! - [`parallel`]: every interval, K replay processes at a time.
+//! - [`executor`]: every interval, on local processes or a Slurm cluster.
 //! - [`runs`]: finding the run to replay.
 
 pub mod engine;
-pub mod parallel;
+pub mod executor;
 pub mod replay;
 pub mod restore;
 pub mod runs;

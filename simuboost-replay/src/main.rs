@@ -1,15 +1,20 @@
 //! `simuboost-replay`: replays intervals of a recorded run and verifies them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use simuboost_format::Run;
-use simuboost_replay::parallel::{child_args, replay_all, IntervalOutcome, Workers};
+use simuboost_replay::executor::local::LocalExecutor;
+use simuboost_replay::executor::slurm::{SlurmExecutor, SlurmOptions};
+use simuboost_replay::executor::{child_args, Executor, IntervalOutcome, ReplayTask};
 use simuboost_replay::replay::check_interval;
 use simuboost_replay::runs::{newest_run, DEFAULT_RUNS_DIR};
 use simuboost_replay::{replay_interval, Engine, Mode, ReplayOptions, ReplayReport};
@@ -44,9 +49,39 @@ struct Args {
     /// simulator `simuboost-sim`: exact instruction count and accessed frames).
     #[arg(long, value_enum, default_value = "kvm")]
     engine: Engine,
-    /// With --all: replays running at once [default: 1].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    /// With --all: replays running at once [default: 1 locally; for Slurm, no limit but the
+    /// cluster's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     jobs: Option<u64>,
+    /// With --all: where the replays run: `local` (child processes on this machine) or
+    /// `slurm` (one Slurm job array task per interval, submitted with sbatch).
+    #[arg(long, value_enum, default_value = "local")]
+    executor: ExecutorKind,
+    /// With --all: replay each interval as soon as the recorder commits its end checkpoint,
+    /// and end when the run is finished and every interval replayed.
+    #[arg(long, requires = "all")]
+    follow: bool,
+    /// With --follow: give up when the run has not grown for this long and is not finished
+    /// (the recorder probably died) [default: 30 s plus 10 times the interval length].
+    #[arg(long, requires = "follow", value_parser = humantime::parse_duration)]
+    follow_timeout: Option<Duration>,
+    /// Slurm: directory for the batch script and the tasks' logs, outside the run and visible
+    /// to the compute nodes [default: ./simuboost-slurm/<run>-<time>].
+    #[arg(long)]
+    slurm_dir: Option<PathBuf>,
+    /// Slurm: an extra sbatch argument, as given (repeatable), e.g. `--slurm-arg=--qos=long`.
+    #[arg(long = "slurm-arg", allow_hyphen_values = true)]
+    slurm_args: Vec<String>,
+    /// Slurm: the partition to submit to.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm: time limit per task (sbatch --time), e.g. `10m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    time_limit: Option<Duration>,
+    /// Slurm: memory per task, e.g. `2G` [default: what the replay needs: guest RAM for
+    /// `full`, about twice the largest working set for `sparse`/`lazy`, plus 256 MiB].
+    #[arg(long, value_parser = parse_mem)]
+    mem_per_task: Option<u64>,
     /// Give up on an interval that has not ended after this long (default: one minute plus
     /// 20 times its recorded length), e.g. `30s`.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -59,10 +94,39 @@ struct Args {
     verbose: u8,
 }
 
+/// Where `--all` runs its replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExecutorKind {
+    /// Child processes on this machine.
+    Local,
+    /// A Slurm job array.
+    Slurm,
+}
+
+/// A size such as `2G` or `512MiB`, in bytes.
+fn parse_mem(text: &str) -> Result<u64, String> {
+    parse_size::parse_size(text).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.jobs.is_some() && !args.all {
         usage_error("--jobs applies to --all (one interval is one replay)");
+    }
+    if args.executor == ExecutorKind::Slurm && !args.all {
+        usage_error("--executor applies to --all");
+    }
+    if args.executor != ExecutorKind::Slurm
+        && (args.slurm_dir.is_some()
+            || !args.slurm_args.is_empty()
+            || args.partition.is_some()
+            || args.time_limit.is_some()
+            || args.mem_per_task.is_some())
+    {
+        usage_error(
+            "--slurm-dir, --slurm-arg, --partition, --time-limit and --mem-per-task need \
+             --executor slurm",
+        );
     }
     if args.all && args.mode.len() > 1 {
         usage_error("--all replays in one mode; give one --mode");
@@ -101,10 +165,9 @@ fn run(args: &Args) -> anyhow::Result<u8> {
         Some(dir) => dir.clone(),
         None => newest_run(std::path::Path::new(DEFAULT_RUNS_DIR))?,
     };
-    let run = Run::open(&dir)?;
     match args.interval {
-        Some(interval) => replay_one(args, &run, interval),
-        None => replay_every(args, &run),
+        Some(interval) => replay_one(args, &Run::open(&dir)?, interval),
+        None => replay_every(args, &dir),
     }
 }
 
@@ -203,14 +266,94 @@ fn print_comparison(run: &Run, reports: &[ReplayReport]) {
     }
 }
 
-fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
-    let count = run.interval_count();
-    if count == 0 {
-        anyhow::bail!("{} has no complete interval to replay", run.dir().display());
-    }
+/// How long `--follow` waits for a run that does not grow before concluding that its recorder
+/// died: 30 s plus 10 intervals (a checkpoint can take a while to write).
+fn default_follow_timeout(run: Option<&Run>) -> Duration {
+    let interval = run.map_or(0, |r| r.manifest().meta.interval_ns);
+    Duration::from_secs(30) + Duration::from_nanos(interval.saturating_mul(10))
+}
+
+fn make_executor(args: &Args, task: ReplayTask, mode: Mode) -> anyhow::Result<Box<dyn Executor>> {
+    Ok(match args.executor {
+        ExecutorKind::Local => Box::new(LocalExecutor::new(task, args.jobs.unwrap_or(1) as usize)?),
+        ExecutorKind::Slurm => {
+            let dir = match &args.slurm_dir {
+                Some(dir) => std::path::absolute(dir)
+                    .with_context(|| format!("cannot resolve {}", dir.display()))?,
+                None => {
+                    let name = task
+                        .run_dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "run".to_string());
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis();
+                    std::path::absolute("simuboost-slurm")
+                        .context("cannot resolve ./simuboost-slurm")?
+                        .join(format!("{name}-{now}"))
+                }
+            };
+            if dir.starts_with(&task.run_dir) {
+                anyhow::bail!(
+                    "the Slurm directory {} is inside the run: a replay never writes into a run; \
+                     give another --slurm-dir",
+                    dir.display()
+                );
+            }
+            let options = SlurmOptions {
+                dir,
+                jobs: args.jobs.map(|j| j as usize),
+                partition: args.partition.clone(),
+                time_limit: args.time_limit,
+                mem_per_task_mib: args.mem_per_task.map(|b| b.div_ceil(1 << 20)),
+                mode,
+                extra_args: args.slurm_args.clone(),
+                poll: Duration::from_millis(250),
+            };
+            let executor = SlurmExecutor::new(task, options)?;
+            eprintln!(
+                "simuboost-replay: Slurm batch script and task logs in {}",
+                executor.dir().display()
+            );
+            Box::new(executor)
+        }
+    })
+}
+
+fn replay_every(args: &Args, dir: &Path) -> anyhow::Result<u8> {
     let mode = args.mode.first().copied().unwrap_or(Mode::Sparse);
+    // The tasks may run in another working directory (or on another node): an absolute path.
+    let run_dir =
+        std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    // Without --follow the run must be there, complete intervals and all.
+    let mut run = if args.follow {
+        Run::open(&run_dir).ok()
+    } else {
+        let run = Run::open(&run_dir)?;
+        if run.interval_count() == 0 {
+            anyhow::bail!("{} has no complete interval to replay", run.dir().display());
+        }
+        Some(run)
+    };
+    let task = ReplayTask {
+        exe: std::env::current_exe().context("cannot find this executable to start replays")?,
+        run_dir: run_dir.clone(),
+        child_args: child_args(mode, args.engine, args.timeout),
+    };
+    let mut executor = make_executor(args, task, mode)?;
+    // SIGINT/SIGTERM: cancel what is queued or running (scancel for Slurm) and stop; a second
+    // signal ends the process at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+            .context("cannot install a signal handler")?;
+    }
+
     let bar = (!args.json).then(|| {
-        let bar = ProgressBar::new(count);
+        let bar = ProgressBar::new(run.as_ref().map_or(0, Run::interval_count));
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} intervals {msg}",
@@ -219,54 +362,122 @@ fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
         );
         bar
     });
+    let began = Instant::now();
+    let mut outcomes: Vec<IntervalOutcome> = Vec::new();
     let mut failures = 0u64;
-    let workers = Workers {
-        exe: std::env::current_exe().context("cannot find this executable to start replays")?,
-        jobs: args.jobs.unwrap_or(1) as usize,
-        child_args: child_args(mode, args.engine, args.timeout),
-    };
-    let (outcomes, wall) = replay_all(
-        run.dir(),
-        0..count,
-        &workers,
-        |outcome: &IntervalOutcome| {
-            let ok = matches!(&outcome.result, Ok(r) if r.verified);
-            if !ok {
-                failures += 1;
-            }
-            if args.json {
-                match &outcome.result {
-                    Ok(report) => match serde_json::to_string(report) {
-                        Ok(line) => println!("{line}"),
-                        Err(e) => eprintln!("simuboost-replay: cannot encode a report: {e}"),
-                    },
-                    Err(e) => println!(
-                        "{}",
-                        serde_json::json!({"interval": outcome.interval, "error": e})
-                    ),
-                }
-            }
+    let mut submitted = 0u64;
+    let mut finished = !args.follow;
+    let mut last_growth = Instant::now();
+    let mut stalled: Option<Duration> = None;
+    if !args.follow {
+        submitted = run.as_ref().map_or(0, Run::interval_count);
+        executor.submit(0..submitted)?;
+    }
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            executor.cancel();
             if let Some(bar) = &bar {
-                bar.set_message(if failures == 0 {
-                    "all verified".to_string()
-                } else {
-                    format!("{failures} FAILED")
-                });
-                bar.inc(1);
+                bar.abandon();
             }
-        },
-    );
+            anyhow::bail!(
+                "interrupted: {} of {submitted} submitted intervals replayed; the rest were \
+                 cancelled",
+                outcomes.len()
+            );
+        }
+        if !finished && stalled.is_none() {
+            // The manifest is replaced atomically as the last step of each checkpoint, so a
+            // fresh open sees only committed intervals. Not there yet or momentarily unreadable:
+            // try again on the next round, within the stall timeout.
+            match Run::open(&run_dir) {
+                Ok(fresh) => {
+                    let count = fresh.interval_count();
+                    if count > submitted {
+                        executor.submit(submitted..count)?;
+                        submitted = count;
+                        last_growth = Instant::now();
+                        if let Some(bar) = &bar {
+                            bar.set_length(count);
+                        }
+                    }
+                    finished = fresh.manifest().finished;
+                    run = Some(fresh);
+                }
+                Err(e) => tracing::debug!(error = %e, "the run cannot be opened yet"),
+            }
+            let limit = args
+                .follow_timeout
+                .unwrap_or_else(|| default_follow_timeout(run.as_ref()));
+            if !finished && last_growth.elapsed() > limit {
+                stalled = Some(limit);
+            }
+        }
+        if (finished || stalled.is_some()) && executor.outstanding() == 0 {
+            break;
+        }
+        let wait = Duration::from_millis(if finished { 500 } else { 100 });
+        let Some(outcome) = executor.next(wait)? else {
+            continue;
+        };
+        let ok = matches!(&outcome.result, Ok(r) if r.verified);
+        if !ok {
+            failures += 1;
+        }
+        if args.json {
+            match &outcome.result {
+                Ok(report) => match serde_json::to_string(report) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => eprintln!("simuboost-replay: cannot encode a report: {e}"),
+                },
+                Err(e) => println!(
+                    "{}",
+                    serde_json::json!({"interval": outcome.interval, "error": e})
+                ),
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.set_message(if failures == 0 {
+                "all verified".to_string()
+            } else {
+                format!("{failures} FAILED")
+            });
+            bar.inc(1);
+        }
+        outcomes.push(outcome);
+    }
+    let wall = began.elapsed();
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    if outcomes.len() as u64 != count {
+    outcomes.sort_by_key(|o| o.interval);
+    if let Some(limit) = stalled {
+        if !args.json {
+            if let Some(run) = &run {
+                print_summary(run, &outcomes, wall, &how(args, executor.as_ref()));
+            }
+        }
         anyhow::bail!(
-            "only {} of {count} intervals were replayed (replay workers could not start)",
+            "{} has not grown for {} and is not finished: the recorder probably died; {} \
+             interval(s) replayed ({failures} failed)",
+            run_dir.display(),
+            humantime::format_duration(limit),
             outcomes.len()
         );
     }
+    let Some(run) = run else {
+        anyhow::bail!("{} is not a run", run_dir.display());
+    };
+    if outcomes.len() as u64 != submitted {
+        anyhow::bail!(
+            "only {} of {submitted} intervals were replayed",
+            outcomes.len()
+        );
+    }
+    if submitted == 0 {
+        anyhow::bail!("{} has no complete interval to replay", run.dir().display());
+    }
     if !args.json {
-        print_summary(run, &outcomes, wall, args.jobs.unwrap_or(1));
+        print_summary(&run, &outcomes, wall, &how(args, executor.as_ref()));
     }
     Ok(if failures == 0 {
         EXIT_OK
@@ -275,7 +486,16 @@ fn replay_every(args: &Args, run: &Run) -> anyhow::Result<u8> {
     })
 }
 
-fn print_summary(run: &Run, outcomes: &[IntervalOutcome], wall: Duration, jobs: u64) {
+/// "with 2 local job(s)", "on Slurm", for the summary line.
+fn how(args: &Args, executor: &dyn Executor) -> String {
+    match args.jobs {
+        Some(jobs) => format!("with {jobs} {} job(s)", executor.name()),
+        None if executor.name() == "local" => "with 1 local job".to_string(),
+        None => format!("with {}", executor.name()),
+    }
+}
+
+fn print_summary(run: &Run, outcomes: &[IntervalOutcome], wall: Duration, how: &str) {
     println!(
         "{:>8} {:>8} {:>10} {:>10} {:>8} {:>12} {:>10}  result",
         "interval", "exits", "restore ms", "replay ms", "misses", "footprint MiB", "loaded MiB"
@@ -308,8 +528,8 @@ fn print_summary(run: &Run, outcomes: &[IntervalOutcome], wall: Duration, jobs: 
         .filter(|o| matches!(&o.result, Ok(r) if r.verified))
         .count();
     println!(
-        "{verified} of {} intervals of {} verified; wall time {:.2} s with {jobs} job(s) \
-         ({:.2} s of replay work)",
+        "{verified} of {} intervals of {} verified; wall time {:.2} s {how} ({:.2} s of replay \
+         work)",
         outcomes.len(),
         run.dir().display(),
         wall.as_secs_f64(),

@@ -23,6 +23,19 @@ const APT_PACKAGES: &[&str] = &[
     "libclang-22-dev",
     // cmake: unicorn-engine's build script compiles its bundled C sources (simuboost-sim).
     "cmake",
+    // A one-node Slurm cluster for the Slurm executor's tests and benchmark (started by the
+    // tests themselves on 127.0.0.1, never as a system service).
+    "slurmctld",
+    "slurmd",
+    "slurm-client",
+    "munge",
+];
+/// Files the packages above install: any missing one means `apt-get install` runs.
+const APT_PROVIDES: &[&str] = &[
+    "/usr/sbin/slurmctld",
+    "/usr/sbin/slurmd",
+    "/usr/bin/sbatch",
+    "/usr/sbin/munged",
 ];
 const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow"];
 
@@ -95,9 +108,13 @@ pub fn run() -> Result<()> {
     let polly = format!("{llvm_prefix}/lib/libPolly.a");
     let libclang = format!("{llvm_prefix}/lib/libclang.so");
     if step(
-        &format!("LLVM {LLVM_VERSION} development files (bpf-linker) and libclang (bindgen)"),
-        [&llvm_config, &polly, &libclang]
-            .iter()
+        &format!(
+            "LLVM {LLVM_VERSION} development files (bpf-linker), libclang (bindgen), cmake, \
+             Slurm and munge (executor tests)"
+        ),
+        [llvm_config.as_str(), &polly, &libclang]
+            .into_iter()
+            .chain(APT_PROVIDES.iter().copied())
             .all(|path| std::path::Path::new(path).exists()),
     ) {
         run_command(Command::new("apt-get").args(["update", "-q"]))?;
