@@ -24,6 +24,9 @@ pub enum Benchmark {
     /// Sparse replay: sparse vs full vs lazy restore (footprint, restore time), restore
     /// throughput vs memcpy, restore time early vs late in a long run, parallel replay speedup.
     Replay,
+    /// Executors and pipelining: Slurm overhead per task vs the local executor, and
+    /// `--all --follow` during the recording vs record-then-replay.
+    Scale,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
@@ -32,6 +35,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Record => crate::bench_record::run(json),
         Benchmark::Trace => crate::bench_record::trace(json),
         Benchmark::Replay => crate::bench_replay::run(json),
+        Benchmark::Scale => crate::bench_scale::run(json),
     }
 }
 
