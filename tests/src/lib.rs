@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use simuboost_report::daemon::RunSummary;
 use simuboost_report::replay::ReplayReport;
 
+pub mod slurm;
+
 /// Environment variable that turns a missing /dev/kvm or missing root from a visible skip into
 /// a failure (CI sets it: CI machines have KVM and run as root).
 pub const REQUIRE_KVM_ENV: &str = "SIMUBOOST_REQUIRE_KVM";
@@ -24,7 +26,7 @@ fn test_name() -> String {
 
 /// Skips (a visible `SKIPPED` line, false) or, when [`REQUIRE_KVM_ENV`] is set, fails the
 /// running test for lack of `what`.
-fn skip(what: &str) -> bool {
+pub(crate) fn skip(what: &str) -> bool {
     let test = test_name();
     if std::env::var_os(REQUIRE_KVM_ENV).is_some_and(|v| v != "0") {
         panic!("{test}: {what}, and {REQUIRE_KVM_ENV} is set");

@@ -27,6 +27,9 @@ pub enum Benchmark {
     /// The simulator engine: simulated vs KVM replay time of the same intervals, instructions
     /// per second, sparse vs full vs lazy restore into the simulator, tracer recall/precision.
     Sim,
+    /// Executors and pipelining: Slurm overhead per task vs the local executor, and
+    /// `--all --follow` during the recording vs record-then-replay.
+    Scale,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
@@ -36,6 +39,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Trace => crate::bench_record::trace(json),
         Benchmark::Replay => crate::bench_replay::run(json),
         Benchmark::Sim => crate::bench_sim::run(json),
+        Benchmark::Scale => crate::bench_scale::run(json),
     }
 }
 

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_record;
 mod bench_replay;
+mod bench_scale;
 mod bench_sim;
 mod setup;
 
