@@ -9,6 +9,7 @@
 //! - [`parallel`]: every interval, K replay processes at a time.
 //! - [`runs`]: finding the run to replay.
 
+pub mod analysis;
 pub mod parallel;
 pub mod replay;
 pub mod restore;
