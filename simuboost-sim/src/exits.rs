@@ -203,7 +203,14 @@ impl Sim {
                                 .ram
                                 .contains(t.page, PAGE_SIZE)
                                 .then_some(t.page / PAGE_SIZE);
-                            let mut perms = Prot::ALL.0;
+                            // Without the working set: grant writes only to a write fill, so
+                            // that the first write to a frame fills again and the walk sets the
+                            // PTE's dirty bit (as a CPU re-walks a clean TLB entry).
+                            let mut perms = if access == Access::Write {
+                                Prot::ALL.0
+                            } else {
+                                Prot::READ.0 | Prot::EXEC.0
+                            };
                             if let Some(g) = gfn {
                                 d.virt_of.insert(g * PAGE_SIZE, vaddr & !(PAGE_SIZE - 1));
                             }
