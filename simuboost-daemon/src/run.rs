@@ -242,6 +242,11 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         disk_image: args.disk.as_ref().map(|p| p.display().to_string()),
     };
     let recorder = start_recorder(args, &run_dir, meta, tracer)?;
+    if recorder.is_some() {
+        // The run keeps the guest it booted, so that a simulator replay can symbolise it.
+        simuboost_format::write_guest_image(&run_dir, &guest_image)
+            .context("cannot copy the guest image into the run")?;
+    }
     let disk = prepare_disk(args, workload, &run_dir, seed)?;
     let control = RunControl::default();
     install_signal_handlers(&control)?;

@@ -19,6 +19,10 @@ pub const EVENTS_DIR: &str = "events";
 pub const INTERVALS_DIR: &str = "intervals";
 /// Optional debug full-memory dumps.
 pub const DUMPS_DIR: &str = "dumps";
+/// A copy of the guest ELF the run booted, written once at creation (hash in the manifest's
+/// `meta.guest_image_xxh3`): what symbolises simulator analyses. Runs recorded before it
+/// existed lack it.
+pub const GUEST_IMAGE: &str = "guest.elf";
 /// Access log (working set) of each interval, when the run was recorded with a tracer.
 pub const ACCESS_DIR: &str = "access";
 
@@ -47,6 +51,11 @@ pub fn interval_name(n: u64) -> String {
 
 pub fn manifest(run: &Path) -> PathBuf {
     run.join(MANIFEST)
+}
+
+/// `<run>/guest.elf`
+pub fn guest_image(run: &Path) -> PathBuf {
+    run.join(GUEST_IMAGE)
 }
 
 pub fn pages(run: &Path) -> PathBuf {

@@ -63,7 +63,7 @@ pub use records::{
     GeneralRegs, IntervalRecord, VcpuState,
 };
 pub use tables::PageRow;
-pub use writer::{CheckpointInput, RunWriter, DEFAULT_CONSOLIDATE_EVERY};
+pub use writer::{write_guest_image, CheckpointInput, RunWriter, DEFAULT_CONSOLIDATE_EVERY};
 
 /// Version of the format written by this crate. Readers reject any other version: the format
 /// changes by bumping this number, never silently.

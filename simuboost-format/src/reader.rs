@@ -32,6 +32,28 @@ impl Run {
         })
     }
 
+    /// The guest ELF the run booted (`guest.elf`), checked against the manifest's
+    /// `meta.guest_image_xxh3`; `None` for a run recorded without the copy.
+    pub fn guest_image(&self) -> Result<Option<Vec<u8>>, FormatError> {
+        let path = layout::guest_image(&self.dir);
+        let image = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FormatError::io(&path, "read", e)),
+        };
+        let hash = format!("{:032x}", crate::page_hash(&image));
+        if hash != self.manifest().meta.guest_image_xxh3 {
+            return Err(FormatError::corrupt(
+                &path,
+                format!(
+                    "its xxh3 is {hash}, the manifest says {}: not the guest this run booted",
+                    self.manifest().meta.guest_image_xxh3
+                ),
+            ));
+        }
+        Ok(Some(image))
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

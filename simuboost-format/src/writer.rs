@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::sync_dir;
+use crate::fsutil::{sync_dir, write_atomic};
 use crate::manifest::{Manifest, RunMeta};
 use crate::pages::{is_zero_page, page_hash, PageMap};
 use crate::records::{
@@ -121,6 +121,24 @@ struct Undo {
     /// Set once the manifest write has started: if it failed after its rename (in the directory
     /// fsync), the checkpoint may be visible to readers, so its files and pages must stay.
     keep_disk: bool,
+}
+
+/// Writes the copy of the guest ELF into a run created by [`RunWriter::create`] (once, right
+/// after it): refuses an image whose hash is not the manifest's `meta.guest_image_xxh3`.
+pub fn write_guest_image(dir: &Path, image: &[u8]) -> Result<(), FormatError> {
+    let manifest = Manifest::read(dir)?;
+    let hash = format!("{:032x}", crate::page_hash(image));
+    if hash != manifest.meta.guest_image_xxh3 {
+        return Err(FormatError::invalid(format!(
+            "the guest image's xxh3 is {hash}, the manifest says {}",
+            manifest.meta.guest_image_xxh3
+        )));
+    }
+    let path = layout::guest_image(dir);
+    write_atomic(&path, |file, path| {
+        std::io::Write::write_all(file, image).map_err(|e| FormatError::io(path, "write", e))
+    })?;
+    sync_dir(dir)
 }
 
 impl RunWriter {

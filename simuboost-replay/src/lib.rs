@@ -11,6 +11,7 @@
 //! - [`executor`]: every interval, on local processes or a Slurm cluster.
 //! - [`runs`]: finding the run to replay.
 
+pub mod analysis;
 pub mod engine;
 pub mod executor;
 pub mod replay;

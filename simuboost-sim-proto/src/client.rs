@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 use crate::frame::{read_frame, write_frame, FrameError};
-use crate::{recv_fd, Exit, Final, FrameRun, FromSim, Start, ToSim, PROTOCOL_VERSION};
+use crate::{recv_fd, Exit, Final, FrameRun, FromSim, Start, ToSim, TraceBatch, PROTOCOL_VERSION};
 
 /// File name of the simulator binary.
 pub const SIM_BINARY: &str = "simuboost-sim";
@@ -59,6 +59,9 @@ pub enum ClientError {
     /// The socket failed, or a message was malformed.
     #[error("talking to the simulator failed: {0}")]
     Frame(#[from] FrameError),
+    /// The caller's trace sink refused a batch (e.g. writing the trace file failed).
+    #[error("handling the simulator's trace failed: {0}")]
+    TraceSink(String),
     /// Some other OS call failed.
     #[error("{what} failed: {source}")]
     Os {
@@ -230,13 +233,41 @@ impl SimProcess {
         self.send(&ToSim::Start(Box::new(start.clone())))
     }
 
-    /// Waits for the simulator's next exit.
+    /// Waits for the simulator's next exit. Without the trace analysis: a trace batch is a
+    /// protocol error here (use [`SimProcess::next_exit_with`]).
     pub fn next_exit(&mut self) -> Result<Exit, ClientError> {
-        match self.receive()? {
-            FromSim::Exit(exit) => Ok(exit),
-            other => Err(ClientError::Unexpected(format!(
-                "{other:?} instead of an exit"
-            ))),
+        self.next_exit_with(&mut |batch: TraceBatch| {
+            Err(format!(
+                "{} trace rows arrived but no trace was asked for",
+                batch.len()
+            ))
+        })
+    }
+
+    /// Waits for the simulator's next exit, handing every trace batch that arrives before it
+    /// to `sink` (in order; the batch is the caller's to keep). An error from `sink` ends the
+    /// wait with [`ClientError::TraceSink`] (the simulator is left to be killed on drop).
+    pub fn next_exit_with(
+        &mut self,
+        sink: &mut dyn FnMut(TraceBatch) -> Result<(), String>,
+    ) -> Result<Exit, ClientError> {
+        loop {
+            match self.receive()? {
+                FromSim::Exit(exit) => return Ok(exit),
+                FromSim::Trace(batch) if batch.is_consistent() => {
+                    sink(batch).map_err(ClientError::TraceSink)?
+                }
+                FromSim::Trace(_) => {
+                    return Err(ClientError::Unexpected(
+                        "a trace batch whose columns differ in length".into(),
+                    ))
+                }
+                other => {
+                    return Err(ClientError::Unexpected(format!(
+                        "{other:?} instead of an exit"
+                    )))
+                }
+            }
         }
     }
 

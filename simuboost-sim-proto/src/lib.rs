@@ -20,19 +20,25 @@
 //! ```text
 //! parent                         simulator
 //!   Start ───────────────────────►  runs to the next doorbell write
+//!         ◄─────────────────────── Trace(batch) ... (only with the trace analysis)
 //!         ◄─────────────────────── Exit::Doorbell { gpa, instructions }
 //!   (device works on shared RAM)
 //!   Resume { written } ──────────►  invalidates those frames, runs on
 //!         ◄─────────────────────── Exit::Doorbell / Crash / Error
 //!   Finish ──────────────────────►
-//!         ◄─────────────────────── Final { cpu, instructions, accessed, ... }
+//!         ◄─────────────────────── Final { cpu, instructions, accessed, analysis, ... }
 //! ```
 #![deny(missing_docs)]
 
+mod analysis;
 mod client;
 mod fdpass;
 mod frame;
 
+pub use analysis::{
+    AccessKind, AnalysisRequest, AnalysisResults, BlockCache, BlockCount, CacheConfig, CacheLevel,
+    CacheResults, CustomResult, LevelCounts, PageCount, TraceBatch, TraceRequest, TraceSummary,
+};
 pub use client::{locate_binary, ClientError, SimProcess, SIM_BINARY, SIM_ENV};
 pub use fdpass::{recv_fd, send_fd};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
@@ -41,7 +47,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the messages below. The simulator announces it in [`FromSim::Ready`] and the
 /// client refuses a simulator that speaks another one (a stale binary next to a new replayer).
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: analyses ([`Start::analyses`], [`FromSim::Trace`], [`Final::analysis`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One segment register, a faithful mirror of KVM's `kvm_segment`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +161,9 @@ pub struct Start {
     pub count_instructions: bool,
     /// Record the exact set of frames the interval accessed.
     pub working_set: bool,
+    /// Analyses to run (issue 11); their results come in [`Final::analysis`], the trace in
+    /// [`FromSim::Trace`] batches before each exit.
+    pub analyses: AnalysisRequest,
 }
 
 /// Parent → simulator.
@@ -229,6 +240,8 @@ pub struct Final {
     pub page_table_frames: Vec<u64>,
     /// Time spent simulating (excluding waits for the parent), in milliseconds.
     pub sim_ms: f64,
+    /// Results of the analyses [`Start::analyses`] asked for.
+    pub analysis: AnalysisResults,
 }
 
 /// Simulator → parent.
@@ -244,6 +257,10 @@ pub enum FromSim {
         /// addresses in its address space, and the parent serves them by guest frame.
         ram_base: u64,
     },
+    /// Rows of the memory trace, sent while the guest runs (whenever the simulator's buffer is
+    /// full) and before each [`FromSim::Exit`] (the rest): only when [`Start::analyses`] asks
+    /// for the trace.
+    Trace(TraceBatch),
     /// The simulator stopped.
     Exit(Exit),
     /// The reply to [`ToSim::Finish`].

@@ -16,18 +16,124 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use iced_x86::{Decoder, DecoderOptions};
 use simuboost_abi::PAGE_SIZE;
-use simuboost_sim_proto::{AccessedFrame, Final};
+use simuboost_sim_proto::{AccessKind, AccessedFrame, Final};
 
 use crate::paging::{self, Access, Controls, Ram};
 
+/// A basic block as the hooks see it: decoded once, then cached.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockInfo {
+    /// Virtual address of the first instruction.
+    pub vaddr: u64,
+    /// Bytes of code.
+    pub size: u32,
+    /// Instructions.
+    pub icount: u32,
+    /// The (at most two) pages the block's instructions start in, in order: virtual page,
+    /// guest-physical page and the number of instructions whose first byte lies in it. Only
+    /// `pages[..parts]` are valid.
+    pub pages: [BlockPage; 2],
+    /// Valid entries of `pages`.
+    pub parts: u8,
+}
+
+/// One page of a block's code (see [`BlockInfo::pages`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockPage {
+    /// Virtual page address.
+    pub vpage: u64,
+    /// Guest-physical page address.
+    pub ppage: u64,
+    /// Instructions starting in it.
+    pub instructions: u32,
+}
+
+impl BlockInfo {
+    /// The parts actually used.
+    pub fn parts(&self) -> &[BlockPage] {
+        &self.pages[..usize::from(self.parts).min(2)]
+    }
+
+    /// Guest-physical address of the code byte at virtual `vaddr` inside the block.
+    #[inline]
+    pub fn paddr(&self, vaddr: u64) -> u64 {
+        let vpage = vaddr & !(PAGE_SIZE - 1);
+        let page = self
+            .parts()
+            .iter()
+            .find(|p| p.vpage == vpage)
+            .map_or(vpage, |p| p.ppage);
+        page | (vaddr & (PAGE_SIZE - 1))
+    }
+}
+
+/// One memory access by a guest instruction, to RAM (the doorbell's MMIO store is not one).
+#[derive(Clone, Copy, Debug)]
+pub struct MemAccess {
+    /// Instructions executed in the interval up to and including the accessing one: exact when
+    /// an analysis asks for [`Needs::instructions`], else the count at the block's entry.
+    pub icount: u64,
+    /// The accessing instruction: exact with [`Needs::instructions`], else the block's start.
+    pub rip: u64,
+    /// Start of the basic block executing.
+    pub block: u64,
+    /// Virtual address (see [`crate::exits`]: recovered from the TLB fill that mapped the
+    /// frame last).
+    pub vaddr: u64,
+    /// Guest-physical address.
+    pub paddr: u64,
+    /// Bytes.
+    pub size: u8,
+    /// Read, write or fetch.
+    pub kind: AccessKind,
+}
+
+/// The hooks an analysis needs; the simulator installs the union (each costs speed, see
+/// docs/ANALYSES.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// [`Analysis::on_block`] (a block hook).
+    pub blocks: bool,
+    /// [`Analysis::on_access`] for data reads and writes (memory hooks, a TLB hook).
+    pub accesses: bool,
+    /// [`Analysis::on_access`] for every instruction fetch, and an exact `rip`/`icount` in
+    /// every access (a per-instruction code hook: the most expensive).
+    pub instructions: bool,
+}
+
+impl Needs {
+    /// Both sets of hooks.
+    pub fn union(self, other: Needs) -> Needs {
+        Needs {
+            blocks: self.blocks || other.blocks,
+            accesses: self.accesses || other.accesses,
+            instructions: self.instructions || other.instructions,
+        }
+    }
+}
+
 /// A pluggable observer of the simulated interval. The simulator calls the hooks it needs from
-/// unicorn's callbacks; later analyses (memory traces, cache models) plug in here.
+/// unicorn's callbacks (see [`Analysis::needs`]); `builtin` holds the analyses of issue 11 and
+/// docs/ANALYSES.md shows how to add one.
 pub trait Analysis {
-    /// A block of `icount` instructions at virtual address `vaddr` starts executing.
-    fn on_block(&mut self, _vaddr: u64, _icount: u32) {}
+    /// The hooks this analysis needs.
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+    /// A block starts executing.
+    fn on_block(&mut self, _block: &BlockInfo) {}
+    /// A memory access (see [`Needs`] for which ones arrive).
+    fn on_access(&mut self, _access: &MemAccess) {}
     /// A TLB fill for an `access` of guest frame `gfn` (`None`: not RAM) whose walk read the
     /// page-table frames `tables`.
     fn on_fill(&mut self, _gfn: Option<u64>, _access: Access, _tables: &[u64]) {}
+    /// The run stopped inside the last block entered, after `executed` of its instructions
+    /// (the doorbell store): undo what `on_block` counted for the rest.
+    fn on_stop(&mut self, _block: &BlockInfo, _executed: u32) {}
+    /// The guest is about to leave (an exit): send whatever is buffered.
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Forget everything observed so far (after the entry stub).
     fn reset(&mut self) {}
     /// Adds the results to the interval's outcome.
@@ -53,7 +159,7 @@ impl Hasher for AddrHasher {
     }
 }
 
-type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
+pub type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
 
 /// Controls for reading code: no permission checks, no accessed bits (unicorn already fetched it).
 fn code_controls(cr3: u64) -> Controls {
@@ -80,49 +186,63 @@ pub fn code_bytes(ram: &Ram, cr3: u64, vaddr: u64, len: u64) -> Option<Vec<u8>> 
     Some(out)
 }
 
-/// Counts the instructions in `code` (starting at `ip`) up to `len` bytes.
-fn count_instructions(code: &[u8], ip: u64, len: usize) -> u32 {
-    let mut decoder = Decoder::with_ip(64, &code[..len.min(code.len())], ip, DecoderOptions::NONE);
-    let mut n = 0;
-    while decoder.can_decode() {
-        let _ = decoder.decode();
-        n += 1;
-    }
-    n
-}
-
 /// The exact instruction count.
 #[derive(Default)]
 pub struct InstructionCounter {
-    /// Instruction count of each block seen, by start address.
-    blocks: AddrMap<u32>,
+    /// Each block seen, by start address.
+    blocks: AddrMap<BlockInfo>,
     /// Frames the cached blocks were decoded from (a device write to one drops the cache).
     code_gfns: HashSet<u64>,
     /// Instructions of every block entered (the last one whole).
     total: u64,
-    /// The block entered last: address and instruction count.
-    last: Option<(u64, u32)>,
+    /// The block entered last.
+    last: Option<BlockInfo>,
 }
 
 impl InstructionCounter {
-    /// The instruction count of the block at `vaddr`, if decoded before.
+    /// The block at `vaddr`, if decoded before.
     #[inline]
-    pub fn cached(&self, vaddr: u64) -> Option<u32> {
+    pub fn cached(&self, vaddr: u64) -> Option<BlockInfo> {
         self.blocks.get(&vaddr).copied()
     }
 
-    /// Decodes the block at `vaddr` of `size` bytes and caches its count.
-    pub fn decode(&mut self, ram: &Ram, cr3: u64, vaddr: u64, size: u32) -> Option<u32> {
+    /// Decodes the block at `vaddr` of `size` bytes and caches it.
+    pub fn decode(&mut self, ram: &Ram, cr3: u64, vaddr: u64, size: u32) -> Option<BlockInfo> {
         let code = code_bytes(ram, cr3, vaddr, u64::from(size))?;
-        let n = count_instructions(&code, vaddr, code.len());
-        let last = vaddr + u64::from(size.max(1)) - 1;
-        for page in [vaddr, last] {
-            if let Ok(t) = paging::walk(ram, code_controls(cr3), page, Access::Fetch, false) {
-                self.code_gfns.insert(t.page / PAGE_SIZE);
+        let mut info = BlockInfo {
+            vaddr,
+            size,
+            ..BlockInfo::default()
+        };
+        let mut decoder = Decoder::with_ip(64, &code, vaddr, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            let vpage = decoder.decode().ip() & !(PAGE_SIZE - 1);
+            info.icount += 1;
+            let parts = usize::from(info.parts);
+            match info.pages[..parts].iter_mut().find(|p| p.vpage == vpage) {
+                Some(p) => p.instructions += 1,
+                None if parts < 2 => {
+                    let t =
+                        paging::walk(ram, code_controls(cr3), vpage, Access::Fetch, false).ok()?;
+                    self.code_gfns.insert(t.page / PAGE_SIZE);
+                    info.pages[parts] = BlockPage {
+                        vpage,
+                        ppage: t.page,
+                        instructions: 1,
+                    };
+                    info.parts += 1;
+                }
+                // A block of at most a few hundred bytes spans at most two pages.
+                None => return None,
             }
         }
-        self.blocks.insert(vaddr, n);
-        Some(n)
+        // The block's last byte may lie on a page no instruction starts in.
+        let last = vaddr + u64::from(size.max(1)) - 1;
+        if let Ok(t) = paging::walk(ram, code_controls(cr3), last, Access::Fetch, false) {
+            self.code_gfns.insert(t.page / PAGE_SIZE);
+        }
+        self.blocks.insert(vaddr, info);
+        Some(info)
     }
 
     /// Instructions executed, the last block counted whole.
@@ -132,31 +252,26 @@ impl InstructionCounter {
 
     /// The run stopped at the instruction at `rip`, which executed, inside the last block:
     /// replaces the last block's whole count by the instructions up to and including it.
-    /// Returns false if `rip` is not an instruction boundary of that block.
-    pub fn stopped_at(&mut self, ram: &Ram, cr3: u64, rip: u64) -> bool {
-        let Some((start, icount)) = self.last.take() else {
-            return false;
-        };
-        let Some(len) = rip.checked_sub(start) else {
-            return false;
-        };
-        let Some(code) = code_bytes(ram, cr3, start, len + 15) else {
-            return false;
-        };
-        let mut decoder = Decoder::with_ip(64, &code, start, DecoderOptions::NONE);
-        let mut n = 0u64;
+    /// Returns the block and how many of its instructions executed, or `None` if `rip` is not
+    /// an instruction boundary of that block.
+    pub fn stopped_at(&mut self, ram: &Ram, cr3: u64, rip: u64) -> Option<(BlockInfo, u32)> {
+        let block = self.last.take()?;
+        let len = rip.checked_sub(block.vaddr)?;
+        let code = code_bytes(ram, cr3, block.vaddr, len + 15)?;
+        let mut decoder = Decoder::with_ip(64, &code, block.vaddr, DecoderOptions::NONE);
+        let mut n = 0u32;
         while decoder.can_decode() {
             let insn = decoder.decode();
             n += 1;
             if insn.ip() == rip {
-                self.total = self.total - u64::from(icount) + n;
-                return true;
+                self.total = self.total - u64::from(block.icount) + u64::from(n);
+                return Some((block, n));
             }
             if insn.ip() > rip {
                 break;
             }
         }
-        false
+        None
     }
 
     /// Whether a cached block was decoded from frame `gfn`.
@@ -175,9 +290,9 @@ impl InstructionCounter {
 
 impl Analysis for InstructionCounter {
     #[inline]
-    fn on_block(&mut self, vaddr: u64, icount: u32) {
-        self.total += u64::from(icount);
-        self.last = Some((vaddr, icount));
+    fn on_block(&mut self, block: &BlockInfo) {
+        self.total += u64::from(block.icount);
+        self.last = Some(*block);
     }
     fn reset(&mut self) {
         self.total = 0;

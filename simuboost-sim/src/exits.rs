@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use iced_x86::{Decoder, DecoderOptions, OpKind};
 use simuboost_abi::{DOORBELL_GPA, PAGE_SIZE};
-use simuboost_sim_proto::{CpuState, Exit, Final, FrameRun, Start};
+use simuboost_sim_proto::{AccessKind, AnalysisResults, CpuState, Exit, Final, FrameRun, Start};
 use unicorn_engine::{
-    uc_error, Arch, MemType, Mode, Prot, Query, RegisterX86, TlbEntry, TlbType, Unicorn,
+    uc_error, Arch, HookType, MemType, Mode, Prot, Query, RegisterX86, TlbEntry, TlbType, Unicorn,
 };
 
-use crate::analysis::{self, Analyses, Analysis, InstructionCounter, WorkingSet};
+use crate::analysis::{
+    self, AddrMap, Analyses, Analysis, BlockInfo, InstructionCounter, MemAccess, Needs, WorkingSet,
+};
 use crate::cpu;
 use crate::paging::{self, Access, Ram};
 use crate::SimError;
@@ -36,6 +38,54 @@ pub struct Hooked {
     stop: Option<Stop>,
     /// The last failed TLB fill: address, access, page-fault error code.
     fill_fault: Option<(u64, Access, u64)>,
+    /// What the analyses' access hooks need to know: the block and instruction executing.
+    ctx: AccessCtx,
+    /// Guest-physical page → the virtual page the last TLB fill mapped it at. unicorn's memory
+    /// hooks report only the physical address; the trace wants the virtual one too. Exact
+    /// unless the guest maps one frame at two virtual pages at the same time (then the most
+    /// recently filled one is reported).
+    virt_of: AddrMap<u64>,
+}
+
+/// The instruction and block executing, for [`MemAccess`].
+#[derive(Default)]
+struct AccessCtx {
+    block: BlockInfo,
+    /// Exact with the code hook, else the block's start.
+    rip: u64,
+    /// Instructions so far (the current one included) with the code hook, else at block entry.
+    icount: u64,
+}
+
+impl Hooked {
+    /// Hands a data access to the analyses (RAM only: the doorbell's MMIO store is not one).
+    #[inline]
+    fn data_access(&mut self, kind: MemType, paddr: u64, size: usize) {
+        if !self.ram.contains(paddr, 1) {
+            return;
+        }
+        let page = paddr & !(PAGE_SIZE - 1);
+        let vaddr = self
+            .virt_of
+            .get(&page)
+            .map_or(paddr, |v| v | (paddr & (PAGE_SIZE - 1)));
+        let access = MemAccess {
+            icount: self.ctx.icount,
+            rip: self.ctx.rip,
+            block: self.ctx.block.vaddr,
+            vaddr,
+            paddr,
+            size: size.min(255) as u8,
+            kind: if kind == MemType::WRITE {
+                AccessKind::Write
+            } else {
+                AccessKind::Read
+            },
+        };
+        for a in &mut self.analyses.extra {
+            a.on_access(&access);
+        }
+    }
 }
 
 /// One simulated interval.
@@ -64,11 +114,19 @@ fn access_of(t: MemType) -> Access {
 
 impl Sim {
     /// Sets unicorn up on `ram` for `start` and enters its CPU state.
-    pub fn new(ram: Ram, start: &Start) -> Result<Sim, SimError> {
+    /// `extra`: the analyses of [`Start::analyses`] (see [`crate::builtin::from_request`]).
+    pub fn new(ram: Ram, start: &Start, extra: Vec<Box<dyn Analysis>>) -> Result<Sim, SimError> {
+        let needs = extra
+            .iter()
+            .fold(Needs::default(), |n, a| n.union(a.needs()));
+        // Blocks are decoded by the counter, so any block-level analysis brings it along.
+        let counting = start.count_instructions || needs.blocks || needs.instructions;
+        // Memory hooks report physical addresses; the TLB hook tells the virtual ones.
+        let tlb_hook = start.working_set || needs.accesses || needs.instructions;
         let analyses = Analyses {
-            counter: start.count_instructions.then(InstructionCounter::default),
+            counter: counting.then(InstructionCounter::default),
             working_set: start.working_set.then(|| WorkingSet::new(ram.frames())),
-            extra: Vec::new(),
+            extra,
         };
         let hooked = Hooked {
             ram,
@@ -76,10 +134,12 @@ impl Sim {
             doorbell_low: None,
             stop: None,
             fill_fault: None,
+            ctx: AccessCtx::default(),
+            virt_of: AddrMap::default(),
         };
         let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, hooked)
             .map_err(uc_err("create the x86-64 engine"))?;
-        if start.working_set {
+        if tlb_hook {
             uc.ctl_set_tlb_type(TlbType::VIRTUAL)
                 .map_err(uc_err("select the virtual TLB"))?;
         }
@@ -129,7 +189,7 @@ impl Sim {
             let _ = uc.emu_stop();
         })
         .map_err(uc_err("add the interrupt hook"))?;
-        if start.working_set {
+        if tlb_hook {
             uc.add_tlb_hook(
                 1,
                 0,
@@ -143,7 +203,17 @@ impl Sim {
                                 .ram
                                 .contains(t.page, PAGE_SIZE)
                                 .then_some(t.page / PAGE_SIZE);
-                            let mut perms = Prot::READ.0;
+                            // Without the working set: grant writes only to a write fill, so
+                            // that the first write to a frame fills again and the walk sets the
+                            // PTE's dirty bit (as a CPU re-walks a clean TLB entry).
+                            let mut perms = if access == Access::Write {
+                                Prot::ALL.0
+                            } else {
+                                Prot::READ.0 | Prot::EXEC.0
+                            };
+                            if let Some(g) = gfn {
+                                d.virt_of.insert(g * PAGE_SIZE, vaddr & !(PAGE_SIZE - 1));
+                            }
                             if let Some(ws) = &mut d.analyses.working_set {
                                 ws.on_fill(gfn, access, &t.tables[..t.levels]);
                                 // Grant only the kinds already seen, so a new kind fills again.
@@ -176,19 +246,19 @@ impl Sim {
             )
             .map_err(uc_err("add the TLB hook"))?;
         }
-        if start.count_instructions {
+        if counting {
             uc.add_block_hook(
                 1,
                 0,
-                |uc: &mut Unicorn<'_, Hooked>, vaddr: u64, size: u32| {
+                move |uc: &mut Unicorn<'_, Hooked>, vaddr: u64, size: u32| {
                     let cached = uc
                         .get_data()
                         .analyses
                         .counter
                         .as_ref()
                         .and_then(|c| c.cached(vaddr));
-                    let icount = match cached {
-                        Some(n) => n,
+                    let block = match cached {
+                        Some(b) => b,
                         None => {
                             let cr3 = uc.reg_read(RegisterX86::CR3).unwrap_or(0);
                             let d = uc.get_data_mut();
@@ -199,9 +269,16 @@ impl Sim {
                                 .as_mut()
                                 .and_then(|c| c.decode(&ram, cr3, vaddr, size))
                             {
-                                Some(n) => n,
+                                Some(b) => b,
                                 // Code outside RAM: only the entry stub, which is not counted.
-                                None if !ram.contains(vaddr, 1) && vaddr >= cpu::STUB_GPA => 1,
+                                None if !ram.contains(vaddr, 1) && vaddr >= cpu::STUB_GPA => {
+                                    BlockInfo {
+                                        vaddr,
+                                        size,
+                                        icount: 1,
+                                        ..BlockInfo::default()
+                                    }
+                                }
                                 None => {
                                     d.stop = Some(Stop::Decode(vaddr));
                                     let _ = uc.emu_stop();
@@ -212,14 +289,56 @@ impl Sim {
                     };
                     let d = uc.get_data_mut();
                     if let Some(c) = &mut d.analyses.counter {
-                        c.on_block(vaddr, icount);
+                        if !needs.instructions {
+                            // Without the code hook, accesses carry the count at block entry.
+                            d.ctx.icount = c.total() + 1;
+                            d.ctx.rip = vaddr;
+                        }
+                        c.on_block(&block);
                     }
+                    d.ctx.block = block;
                     for a in &mut d.analyses.extra {
-                        a.on_block(vaddr, icount);
+                        a.on_block(&block);
                     }
                 },
             )
             .map_err(uc_err("add the block hook"))?;
+        }
+        if needs.accesses || needs.instructions {
+            uc.add_mem_hook(
+                HookType::MEM_READ | HookType::MEM_WRITE,
+                1,
+                0,
+                |uc: &mut Unicorn<'_, Hooked>, kind: MemType, paddr: u64, size: usize, _: i64| {
+                    uc.get_data_mut().data_access(kind, paddr, size);
+                    true
+                },
+            )
+            .map_err(uc_err("add the memory hooks"))?;
+        }
+        if needs.instructions {
+            uc.add_code_hook(1, 0, |uc: &mut Unicorn<'_, Hooked>, rip: u64, size: u32| {
+                let d = uc.get_data_mut();
+                d.ctx.icount += 1;
+                d.ctx.rip = rip;
+                let paddr = d.ctx.block.paddr(rip);
+                if !d.ram.contains(paddr, 1) {
+                    return;
+                }
+                let access = MemAccess {
+                    icount: d.ctx.icount,
+                    rip,
+                    block: d.ctx.block.vaddr,
+                    vaddr: rip,
+                    paddr,
+                    size: size.min(255) as u8,
+                    kind: AccessKind::Fetch,
+                };
+                for a in &mut d.analyses.extra {
+                    a.on_access(&access);
+                }
+            })
+            .map_err(uc_err("add the code hook"))?;
         }
         let timeout_us = start.timeout_ms.saturating_mul(1000);
         cpu::enter(&mut uc, &ram, &start.cpu, timeout_us)?;
@@ -230,12 +349,13 @@ impl Sim {
         d.analyses.each(|a| a.reset());
         d.stop = None;
         d.fill_fault = None;
+        d.ctx = AccessCtx::default();
         Ok(Sim {
             uc,
             input: start.cpu.clone(),
             timeout_us,
             sim_time: Duration::ZERO,
-            counting: start.count_instructions,
+            counting,
         })
     }
 
@@ -252,6 +372,14 @@ impl Sim {
             .counter
             .as_ref()
             .map_or(0, |c| c.total())
+    }
+
+    /// Lets the analyses send what they buffered (the trace) before an exit is reported.
+    pub fn flush_analyses(&mut self) -> Result<(), SimError> {
+        for a in &mut self.uc.get_data_mut().analyses.extra {
+            a.flush().map_err(SimError::Analysis)?;
+        }
+        Ok(())
     }
 
     /// Runs the guest from its current RIP to the next exit.
@@ -364,10 +492,13 @@ impl Sim {
         if self.counting {
             let d = self.uc.get_data_mut();
             if let Some(c) = &mut d.analyses.counter {
-                if !c.stopped_at(&ram, cr3, rip) {
+                let Some((block, executed)) = c.stopped_at(&ram, cr3, rip) else {
                     return Err(SimError::Entry(format!(
                         "the doorbell store at {rip:#x} is not inside the last block entered"
                     )));
+                };
+                for a in &mut d.analyses.extra {
+                    a.on_stop(&block, executed);
                 }
             }
         }
@@ -433,6 +564,7 @@ impl Sim {
             accessed: Vec::new(),
             page_table_frames: Vec::new(),
             sim_ms: self.sim_time.as_secs_f64() * 1000.0,
+            analysis: AnalysisResults::default(),
         };
         self.uc.get_data_mut().analyses.each(|a| a.finish(&mut out));
         Ok(out)

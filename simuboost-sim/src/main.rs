@@ -14,10 +14,14 @@
 //! protocol runs over the Unix stream socket (see `simuboost-sim-proto`). Exit status 0 after a
 //! `Final`, 1 on any error (also reported as `Exit::Error` while the parent listens).
 //!
-//! Modules: `cpu` (state in and out), `exits` (running to the next exit), `analysis`
-//! (instruction count, working set), `paging` (RAM and the page walk).
+//! Modules: `cpu` (state in and out), `exits` (running to the next exit and the hooks),
+//! `analysis` (the [`analysis::Analysis`] trait, instruction count, working set), `builtin`
+//! (the `blocks`, `pages`, `trace` and `cache` analyses), `cache` (the cache model), `paging`
+//! (RAM and the page walk).
 
 mod analysis;
+mod builtin;
+mod cache;
 mod cpu;
 mod exits;
 mod paging;
@@ -69,6 +73,9 @@ pub enum SimError {
     /// The CPU state could not be entered, or the simulation went somewhere it cannot follow.
     #[error("{0}")]
     Entry(String),
+    /// An analysis could not be set up or failed (a bad cache geometry, the trace's socket).
+    #[error("analysis: {0}")]
+    Analysis(String),
 }
 
 fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SimError {
@@ -190,9 +197,12 @@ fn serve(socket: &mut UnixStream, ram: Ram) -> Result<(), SimError> {
             ram.bytes()
         )));
     }
-    let mut sim = Sim::new(ram, &start)?;
+    let extra = builtin::from_request(&start.analyses, || socket.try_clone())
+        .map_err(SimError::Analysis)?;
+    let mut sim = Sim::new(ram, &start, extra)?;
     loop {
         let exit = sim.run()?;
+        sim.flush_analyses()?;
         let resumable = matches!(exit, Exit::Doorbell { .. });
         send(socket, &FromSim::Exit(exit))?;
         match read_frame::<ToSim>(socket)? {

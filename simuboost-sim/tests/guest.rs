@@ -30,8 +30,9 @@ use std::thread::JoinHandle;
 
 use simuboost_abi::DOORBELL_GPA;
 use simuboost_sim_proto::{
-    AccessedFrame, ClientError, CpuState, DescriptorTable, Exit, FrameRun, Segment, SimProcess,
-    Start, PROTOCOL_VERSION,
+    AccessKind, AccessedFrame, AnalysisRequest, BlockCount, CacheConfig, CacheLevel, ClientError,
+    CpuState, DescriptorTable, Exit, Final, FrameRun, LevelCounts, PageCount, Segment, SimProcess,
+    Start, TraceBatch, TraceRequest, PROTOCOL_VERSION,
 };
 use userfaultfd::{Event, Uffd};
 
@@ -334,13 +335,26 @@ fn start_msg() -> Start {
         timeout_ms: 5000,
         count_instructions: true,
         working_set: true,
+        analyses: AnalysisRequest::default(),
     }
 }
 
 /// Runs to doorbell 2 (rewriting code page B and writing the device page at doorbell 1).
 fn run_to_second_doorbell(guest: &Guest, sim: &mut SimProcess) -> (u64, u64) {
-    sim.start(&start_msg()).unwrap();
-    let Exit::Doorbell { gpa, instructions } = sim.next_exit().unwrap() else {
+    run_to_second_doorbell_with(guest, sim, &start_msg(), &mut |b: TraceBatch| {
+        Err(format!("{} unexpected trace rows", b.len()))
+    })
+}
+
+/// [`run_to_second_doorbell`] with any start message; trace batches go to `sink`.
+fn run_to_second_doorbell_with(
+    guest: &Guest,
+    sim: &mut SimProcess,
+    start: &Start,
+    sink: &mut dyn FnMut(TraceBatch) -> Result<(), String>,
+) -> (u64, u64) {
+    sim.start(start).unwrap();
+    let Exit::Doorbell { gpa, instructions } = sim.next_exit_with(sink).unwrap() else {
         panic!("expected doorbell 1")
     };
     assert_eq!(gpa, REQ);
@@ -360,7 +374,7 @@ fn run_to_second_doorbell(guest: &Guest, sim: &mut SimProcess) -> (u64, u64) {
         },
     ])
     .unwrap();
-    let Exit::Doorbell { gpa, instructions } = sim.next_exit().unwrap() else {
+    let Exit::Doorbell { gpa, instructions } = sim.next_exit_with(sink).unwrap() else {
         panic!("expected doorbell 2")
     };
     assert_eq!(
@@ -542,6 +556,390 @@ fn speed() {
             "count={count} working_set={ws}: {n} instructions in {:.1} ms = {:.0} M/s",
             out.sim_ms,
             n as f64 / out.sim_ms / 1000.0
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Analyses (issue 11), on the same two doorbells. Counted by hand from the program at the top:
+// - data: the loop reads SRC 10 times and reads and writes DST 10 times (`add [rdi], rax`);
+//   each `call` writes the stack frame 0x2f, the `ret` reads it; `mov rax, [rdx]` reads DEV
+//   once. The doorbell stores go to MMIO, not RAM: no access.
+// - fetches: 45 instructions start in page A, 5 in page B (2 + ret + 2), 50 in all.
+
+/// Every analysis with a 1 KiB, 2-way, 64-byte-line L1 (8 sets).
+fn analyses_start(batch_rows: u32, limit: u64) -> Start {
+    let mut start = start_msg();
+    start.analyses = AnalysisRequest {
+        blocks: true,
+        pages: true,
+        trace: Some(TraceRequest { limit, batch_rows }),
+        cache: Some(CacheConfig {
+            levels: vec![CacheLevel {
+                size: 1024,
+                ways: 2,
+                line: 64,
+            }],
+        }),
+        custom: vec!["sizes".into()],
+    };
+    start
+}
+
+/// Runs the two doorbells with `start`, returning the outcome and the trace rows received.
+fn analyse(start: &Start) -> (Final, TraceBatch, usize) {
+    let guest = Guest::new(&INSTALLED);
+    let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+    let _handler = MissHandler::start(uffd, guest.image.clone());
+    let mut trace = TraceBatch::default();
+    let mut batches = 0;
+    run_to_second_doorbell_with(&guest, &mut sim, start, &mut |b: TraceBatch| {
+        batches += 1;
+        trace.icount.extend(&b.icount);
+        trace.rip.extend(&b.rip);
+        trace.vaddr.extend(&b.vaddr);
+        trace.paddr.extend(&b.paddr);
+        trace.size.extend(&b.size);
+        trace.kind.extend(&b.kind);
+        Ok(())
+    });
+    let out = sim.finish().unwrap();
+    (out, trace, batches)
+}
+
+#[test]
+fn blocks_counts_every_block_and_adds_up_to_the_instruction_count() {
+    let (out, _, _) = analyse(&analyses_start(1000, 0));
+    let b = |vaddr, size, icount, executions, instructions| BlockCount {
+        vaddr,
+        size,
+        icount,
+        executions,
+        instructions,
+    };
+    assert_eq!(
+        out.analysis.blocks,
+        vec![
+            b(CODE_A, 15, 5, 1, 5),      // mov ecx; first iteration
+            b(CODE_A + 5, 10, 4, 9, 36), // the other nine
+            b(CODE_A + 15, 15, 2, 1, 2), // movabs; call
+            b(CODE_A + 30, 8, 2, 1, 2),  // mov rax, [rdx]; call
+            b(CODE_B, 11, 3, 2, 4),      // stopped after the doorbell store, twice
+            b(CODE_B + 10, 1, 1, 1, 1),  // the ret after doorbell 1
+        ]
+    );
+    let sum: u64 = out.analysis.blocks.iter().map(|b| b.instructions).sum();
+    assert_eq!(sum, out.instructions);
+    assert_eq!(sum, 50);
+}
+
+#[test]
+fn pages_counts_reads_writes_and_fetches_per_frame() {
+    let (out, _, _) = analyse(&analyses_start(1000, 0));
+    let p = |gfn, reads, writes, fetches| PageCount {
+        gfn,
+        reads,
+        writes,
+        fetches,
+    };
+    assert_eq!(
+        out.analysis.pages,
+        vec![
+            p(0x10, 0, 0, 45),
+            p(0x11, 0, 0, 5),
+            p(0x20, 10, 0, 0),
+            p(0x21, 10, 10, 0),
+            p(0x23, 1, 0, 0),
+            p(0x2f, 1, 2, 0),
+        ]
+    );
+    // The same frames as the working set, with the same kinds.
+    let kinds: Vec<AccessedFrame> = out
+        .analysis
+        .pages
+        .iter()
+        .map(|p| AccessedFrame {
+            gfn: p.gfn,
+            read: p.reads > 0,
+            write: p.writes > 0,
+            fetch: p.fetches > 0,
+        })
+        .collect();
+    assert_eq!(kinds, out.accessed);
+}
+
+#[test]
+fn trace_rows_add_up_to_the_page_counts() {
+    // 7-row batches: several full ones are sent mid-run, the rest at each exit.
+    let (out, trace, batches) = analyse(&analyses_start(7, 0));
+    assert!(trace.is_consistent());
+    assert_eq!(trace.len(), 84, "34 data accesses + 50 fetches");
+    assert!(batches >= 84 / 7, "{batches} batches");
+    assert_eq!(
+        out.analysis.trace.unwrap(),
+        simuboost_sim_proto::TraceSummary {
+            rows: 84,
+            dropped: 0
+        }
+    );
+    let mut per_frame = std::collections::BTreeMap::<u64, [u64; 3]>::new();
+    for i in 0..trace.len() {
+        let kind = AccessKind::from_u8(trace.kind[i]).unwrap();
+        per_frame.entry(trace.paddr[i] >> 12).or_default()[kind as usize] += 1;
+        // The guest is identity-mapped.
+        assert_eq!(trace.vaddr[i], trace.paddr[i]);
+    }
+    let pages: Vec<PageCount> = per_frame
+        .into_iter()
+        .map(|(gfn, c)| PageCount {
+            gfn,
+            reads: c[0],
+            writes: c[1],
+            fetches: c[2],
+        })
+        .collect();
+    assert_eq!(pages, out.analysis.pages);
+    // Instruction counts rise by one per fetch and end at the doorbell store.
+    let fetches: Vec<u64> = (0..trace.len())
+        .filter(|&i| trace.kind[i] == AccessKind::Fetch as u8)
+        .map(|i| trace.icount[i])
+        .collect();
+    assert_eq!(fetches, (1..=50).collect::<Vec<u64>>());
+    // The loop's first read: instruction 2, at A+5, of SRC, 8 bytes.
+    let first_read = (0..trace.len())
+        .find(|&i| trace.kind[i] == AccessKind::Read as u8)
+        .unwrap();
+    assert_eq!(
+        (
+            trace.icount[first_read],
+            trace.rip[first_read],
+            trace.paddr[first_read],
+            trace.size[first_read]
+        ),
+        (2, CODE_A + 5, SRC, 8)
+    );
+    // The last fetch is the doorbell store, 3 bytes at B+7.
+    let last = trace.len() - 1;
+    assert_eq!(
+        (trace.kind[last], trace.rip[last], trace.size[last]),
+        (AccessKind::Fetch as u8, CODE_B + 7, 3)
+    );
+}
+
+#[test]
+fn trace_limit_bounds_the_rows() {
+    let (out, trace, _) = analyse(&analyses_start(16, 20));
+    assert_eq!(trace.len(), 20);
+    let summary = out.analysis.trace.unwrap();
+    assert_eq!((summary.rows, summary.dropped), (20, 64));
+    // The other analyses saw everything.
+    assert_eq!(
+        out.analysis.pages.iter().map(|p| p.fetches).sum::<u64>(),
+        50
+    );
+}
+
+#[test]
+fn cache_hits_and_misses_equal_the_data_accesses() {
+    let (out, trace, _) = analyse(&analyses_start(1000, 0));
+    let data = trace
+        .kind
+        .iter()
+        .filter(|&&k| k != AccessKind::Fetch as u8)
+        .count() as u64;
+    assert_eq!(data, 34);
+    let cache = out.analysis.cache.unwrap();
+    // By hand (8 sets; SRC, DST and DEV share set 0, the stack line is in set 7): compulsory
+    // misses for SRC, DST and the stack, then DEV evicts SRC: 4 misses, 30 hits.
+    assert_eq!(
+        cache.totals,
+        vec![LevelCounts {
+            hits: 30,
+            misses: 4
+        }]
+    );
+    let per_block: Vec<(u64, u64, u64)> = cache
+        .blocks
+        .iter()
+        .map(|b| (b.vaddr, b.levels[0].hits, b.levels[0].misses))
+        .collect();
+    assert_eq!(
+        per_block,
+        vec![
+            (CODE_A, 1, 2),
+            (CODE_A + 5, 27, 0),
+            (CODE_A + 15, 0, 1),
+            (CODE_A + 30, 1, 1),
+            (CODE_B + 10, 1, 0),
+        ]
+    );
+    // Two levels: L2 sees exactly L1's misses.
+    let mut start = analyses_start(1000, 0);
+    start.analyses.cache = Some(CacheConfig {
+        levels: vec![
+            CacheLevel {
+                size: 128,
+                ways: 1,
+                line: 64,
+            },
+            CacheLevel {
+                size: 4096,
+                ways: 4,
+                line: 64,
+            },
+        ],
+    });
+    let (out, _, _) = analyse(&start);
+    let t = out.analysis.cache.unwrap().totals;
+    assert_eq!(t[0].hits + t[0].misses, 34);
+    assert_eq!(t[1].hits + t[1].misses, t[0].misses);
+    assert_eq!(t[1].misses, 4, "L2 holds all four lines");
+}
+
+#[test]
+fn a_custom_analysis_reports_its_rows() {
+    let (out, _, _) = analyse(&analyses_start(1000, 0));
+    assert_eq!(out.analysis.custom.len(), 1);
+    assert_eq!(out.analysis.custom[0].name, "sizes");
+    assert_eq!(
+        out.analysis.custom[0].rows,
+        vec![("read 8".to_string(), 22), ("write 8".to_string(), 12)]
+    );
+}
+
+#[test]
+fn the_same_analysis_twice_gives_identical_results() {
+    let (a, ta, _) = analyse(&analyses_start(7, 0));
+    let (b, tb, _) = analyse(&analyses_start(7, 0));
+    assert_eq!(a.analysis, b.analysis);
+    assert_eq!(ta, tb);
+    assert_eq!(a.instructions, b.instructions);
+}
+
+#[test]
+fn an_unknown_analysis_or_a_bad_cache_is_a_clear_error() {
+    for (edit, expect) in [
+        (
+            Box::new(|s: &mut Start| s.analyses.custom = vec!["nope".into()])
+                as Box<dyn Fn(&mut Start)>,
+            "no analysis named \"nope\"",
+        ),
+        (
+            Box::new(|s: &mut Start| {
+                s.analyses.cache = Some(CacheConfig {
+                    levels: vec![CacheLevel {
+                        size: 1000,
+                        ways: 2,
+                        line: 64,
+                    }],
+                })
+            }),
+            "power of two",
+        ),
+    ] {
+        let guest = Guest::new(&INSTALLED);
+        let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+        let _handler = MissHandler::start(uffd, guest.image.clone());
+        let mut start = start_msg();
+        edit(&mut start);
+        sim.start(&start).unwrap();
+        match sim.next_exit() {
+            Ok(Exit::Error { message }) => assert!(message.contains(expect), "{message}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+/// Simulation speed per analysis level on the loop (4-instruction blocks, 3 data accesses per
+/// iteration: a worst case for per-access hooks).
+/// `cargo test --release -p simuboost-sim --test guest -- --ignored --nocapture analysis_speed`
+#[test]
+#[ignore = "a measurement, not a test"]
+fn analysis_speed() {
+    let cache = Some(CacheConfig {
+        levels: vec![CacheLevel {
+            size: 32 * 1024,
+            ways: 8,
+            line: 64,
+        }],
+    });
+    let trace = Some(TraceRequest {
+        limit: 0,
+        batch_rows: 64 * 1024,
+    });
+    let levels: [(&str, AnalysisRequest); 6] = [
+        ("count only", AnalysisRequest::default()),
+        (
+            "blocks",
+            AnalysisRequest {
+                blocks: true,
+                ..AnalysisRequest::default()
+            },
+        ),
+        (
+            "pages",
+            AnalysisRequest {
+                pages: true,
+                ..AnalysisRequest::default()
+            },
+        ),
+        (
+            "cache",
+            AnalysisRequest {
+                cache: cache.clone(),
+                ..AnalysisRequest::default()
+            },
+        ),
+        (
+            "trace",
+            AnalysisRequest {
+                trace,
+                ..AnalysisRequest::default()
+            },
+        ),
+        (
+            "all",
+            AnalysisRequest {
+                blocks: true,
+                pages: true,
+                trace,
+                cache,
+                custom: Vec::new(),
+            },
+        ),
+    ];
+    for (name, request) in levels {
+        let iterations = 5_000_000u32;
+        let guest = Guest::new(&INSTALLED);
+        let image = image_with(iterations);
+        guest.write(CODE_A, &image[CODE_A as usize..CODE_A as usize + PAGE]);
+        let (mut sim, uffd) = SimProcess::spawn(&binary(), guest.memfd.as_fd()).unwrap();
+        let _handler = MissHandler::start(uffd, guest.image.clone());
+        let mut start = start_msg();
+        start.analyses = request;
+        start.timeout_ms = 120_000;
+        sim.start(&start).unwrap();
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let t0 = std::time::Instant::now();
+        let exit = sim
+            .next_exit_with(&mut |b: TraceBatch| {
+                rows += b.len() as u64;
+                // What the batch costs on the wire, roughly (bincode varints).
+                bytes += b.len() as u64 * 20;
+                Ok(())
+            })
+            .unwrap();
+        let wall = t0.elapsed();
+        assert!(matches!(exit, Exit::Doorbell { .. }), "{exit:?}");
+        let out = sim.finish().unwrap();
+        let n = 4 * u64::from(iterations) + 5;
+        assert_eq!(out.instructions, n);
+        eprintln!(
+            "{name:>10}: {n} instructions in {:.0} ms (wall {:.0} ms) = {:.1} M instr/s; trace rows {rows} (~{} MB on the wire)",
+            out.sim_ms,
+            wall.as_secs_f64() * 1000.0,
+            n as f64 / out.sim_ms / 1000.0,
+            bytes >> 20
         );
     }
 }

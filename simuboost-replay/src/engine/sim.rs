@@ -21,8 +21,8 @@ use userfaultfd::Uffd;
 
 use simuboost_format::{GeneralRegs, VcpuState};
 use simuboost_sim_proto::{
-    ClientError, CpuState, DescriptorTable, Exit, Final, FrameRun, Segment, SimProcess, Start,
-    PROTOCOL_VERSION,
+    AnalysisRequest, ClientError, CpuState, DescriptorTable, Exit, Final, FrameRun, Segment,
+    SimProcess, Start, PROTOCOL_VERSION,
 };
 use simuboost_vmm::devices::replay::ReplayDevice;
 use simuboost_vmm::devices::{Device, DeviceAction, DeviceError};
@@ -225,6 +225,9 @@ impl ReplayEngine for SimEngine {
                 .unwrap_or(u64::MAX),
             count_instructions: true,
             working_set: true,
+            // The analyses (blocks, pages, trace, cache) are not requested from the command line
+            // yet; see docs/ANALYSES.md.
+            analyses: AnalysisRequest::default(),
         };
         let began = Instant::now();
         self.process()?.start(&start)?;

@@ -1,0 +1,269 @@
+//! The analyses a simulated interval can run (issue 11), as the protocol carries them: what the
+//! parent asks for in [`crate::Start::analyses`], the memory trace the simulator streams in
+//! [`crate::FromSim::Trace`] batches while it runs, and the per-interval results in
+//! [`crate::Final::analysis`]. Plain records only: the replayer turns them into Parquet (the
+//! simulator links nothing that writes it, see the crate's licence note).
+
+use serde::{Deserialize, Serialize};
+
+/// Which analyses to run. All off is the plain replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalysisRequest {
+    /// Execution and instruction counts per basic block ([`BlockCount`]).
+    pub blocks: bool,
+    /// Reads, writes and instruction fetches per guest frame ([`PageCount`]).
+    pub pages: bool,
+    /// The memory access stream ([`TraceBatch`]).
+    pub trace: Option<TraceRequest>,
+    /// A set-associative cache model fed by the data accesses ([`CacheResults`]).
+    pub cache: Option<CacheConfig>,
+    /// Analyses added to the simulator by name (docs/ANALYSES.md, "Write your own"); their
+    /// results come as [`CustomResult`]s.
+    pub custom: Vec<String>,
+}
+
+impl AnalysisRequest {
+    /// Whether any analysis is on.
+    pub fn any(&self) -> bool {
+        self.blocks
+            || self.pages
+            || self.trace.is_some()
+            || self.cache.is_some()
+            || !self.custom.is_empty()
+    }
+}
+
+/// How to stream the trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRequest {
+    /// Stop recording after this many rows (0: no limit). The analyses that do not write the
+    /// trace keep running; [`TraceSummary::dropped`] counts what was not sent.
+    pub limit: u64,
+    /// Rows per [`TraceBatch`] (the simulator's buffer; it is reused, never grown).
+    pub batch_rows: u32,
+}
+
+/// One cache level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheLevel {
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Ways per set (associativity); `size / (ways * line)` sets, a power of two.
+    pub ways: u32,
+    /// Line size in bytes, a power of two.
+    pub line: u32,
+}
+
+impl CacheLevel {
+    /// Number of sets, if the geometry is valid (non-zero, powers of two, size divisible).
+    pub fn sets(&self) -> Option<u64> {
+        let (ways, line) = (u64::from(self.ways), u64::from(self.line));
+        if ways == 0 || !line.is_power_of_two() || self.size == 0 {
+            return None;
+        }
+        let way_bytes = ways.checked_mul(line)?;
+        if !self.size.is_multiple_of(way_bytes) {
+            return None;
+        }
+        let sets = self.size / way_bytes;
+        sets.is_power_of_two().then_some(sets)
+    }
+}
+
+/// The cache model: one or two levels (L1, then L2 on an L1 miss), LRU, write-allocate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    /// L1 first; at most two.
+    pub levels: Vec<CacheLevel>,
+}
+
+/// Kind of a memory access, as [`TraceBatch::kind`] stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum AccessKind {
+    /// Data read.
+    Read = 0,
+    /// Data write.
+    Write = 1,
+    /// Instruction fetch (one per executed instruction, its length as the size).
+    Fetch = 2,
+}
+
+impl AccessKind {
+    /// The name used in output files (`read`, `write`, `fetch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::Read => "read",
+            AccessKind::Write => "write",
+            AccessKind::Fetch => "fetch",
+        }
+    }
+
+    /// From the byte [`TraceBatch::kind`] stores.
+    pub fn from_u8(v: u8) -> Option<AccessKind> {
+        match v {
+            0 => Some(AccessKind::Read),
+            1 => Some(AccessKind::Write),
+            2 => Some(AccessKind::Fetch),
+            _ => None,
+        }
+    }
+}
+
+/// A batch of trace rows, column by column (every vector has the same length). The simulator
+/// fills one preallocated batch and sends it when full or at an exit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceBatch {
+    /// Instructions executed in the interval up to and including the accessing instruction.
+    pub icount: Vec<u64>,
+    /// Virtual address of the accessing instruction.
+    pub rip: Vec<u64>,
+    /// Virtual address accessed.
+    pub vaddr: Vec<u64>,
+    /// Guest-physical address accessed.
+    pub paddr: Vec<u64>,
+    /// Bytes accessed.
+    pub size: Vec<u8>,
+    /// [`AccessKind`] as its `u8`.
+    pub kind: Vec<u8>,
+}
+
+impl TraceBatch {
+    /// An empty batch with room for `rows` rows.
+    pub fn with_capacity(rows: usize) -> TraceBatch {
+        TraceBatch {
+            icount: Vec::with_capacity(rows),
+            rip: Vec::with_capacity(rows),
+            vaddr: Vec::with_capacity(rows),
+            paddr: Vec::with_capacity(rows),
+            size: Vec::with_capacity(rows),
+            kind: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.icount.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.icount.is_empty()
+    }
+
+    /// Removes every row, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.icount.clear();
+        self.rip.clear();
+        self.vaddr.clear();
+        self.paddr.clear();
+        self.size.clear();
+        self.kind.clear();
+    }
+
+    /// Whether every column has the same length (checked on receipt).
+    pub fn is_consistent(&self) -> bool {
+        let n = self.icount.len();
+        [
+            self.rip.len(),
+            self.vaddr.len(),
+            self.paddr.len(),
+            self.size.len(),
+            self.kind.len(),
+        ]
+        .iter()
+        .all(|&l| l == n)
+    }
+}
+
+/// One basic block's counts in the interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlockCount {
+    /// Virtual address of the block's first instruction.
+    pub vaddr: u64,
+    /// Bytes of code in the block.
+    pub size: u32,
+    /// Instructions in the block.
+    pub icount: u32,
+    /// Times the block was entered.
+    pub executions: u64,
+    /// Instructions executed in it (executions × icount, less what a stop inside it left out).
+    pub instructions: u64,
+}
+
+/// One guest frame's access counts in the interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PageCount {
+    /// Guest frame number.
+    pub gfn: u64,
+    /// Data reads by guest instructions.
+    pub reads: u64,
+    /// Data writes by guest instructions.
+    pub writes: u64,
+    /// Instructions executed whose first byte lies in the frame.
+    pub fetches: u64,
+}
+
+/// Hits and misses of one cache level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelCounts {
+    /// Accesses that found their line.
+    pub hits: u64,
+    /// Accesses that did not (and were passed to the next level).
+    pub misses: u64,
+}
+
+/// The cache model's counts for the accesses made by one basic block's instructions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockCache {
+    /// Virtual address of the block.
+    pub vaddr: u64,
+    /// Per level, L1 first.
+    pub levels: Vec<LevelCounts>,
+}
+
+/// The cache model's results.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheResults {
+    /// The geometry simulated.
+    pub levels: Vec<CacheLevel>,
+    /// Totals per level, L1 first. An access that spans two lines counts once per line.
+    pub totals: Vec<LevelCounts>,
+    /// Per basic block, sorted by address (blocks without data accesses left out).
+    pub blocks: Vec<BlockCache>,
+}
+
+/// What the trace sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    /// Rows sent in [`TraceBatch`]es.
+    pub rows: u64,
+    /// Rows not sent because of [`TraceRequest::limit`].
+    pub dropped: u64,
+}
+
+/// The result of an analysis added by name: a table of (key, value) rows, which the replayer
+/// writes as `<name>` Parquet like the built-in ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomResult {
+    /// The analysis's name, as requested.
+    pub name: String,
+    /// Its rows, in the order it chose.
+    pub rows: Vec<(String, u64)>,
+}
+
+/// The analyses' results of one interval, in [`crate::Final::analysis`]. Each part is empty when
+/// its analysis was off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalysisResults {
+    /// Per basic block, sorted by address.
+    pub blocks: Vec<BlockCount>,
+    /// Per accessed frame, sorted by gfn.
+    pub pages: Vec<PageCount>,
+    /// The cache model.
+    pub cache: Option<CacheResults>,
+    /// The trace.
+    pub trace: Option<TraceSummary>,
+    /// Analyses added by name, in request order.
+    pub custom: Vec<CustomResult>,
+}
