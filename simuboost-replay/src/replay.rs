@@ -364,9 +364,10 @@ fn replay_with<E: ReplayEngine>(
         divergence = engine.verify_registers(&next_state.vcpu, end_exit)?;
         if divergence.is_none() {
             let expected_pages = run.checkpoint_pages(interval + 1)?;
+            let cr3 = engine.final_cr3()?;
             let result = verify::verify_memory(
                 engine.memory(),
-                engine.final_cr3()?,
+                cr3,
                 &inputs.source,
                 uffd.installed(),
                 &expected_pages,

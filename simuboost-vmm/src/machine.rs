@@ -170,8 +170,8 @@ impl fmt::Display for CrashReport {
     }
 }
 
-/// Names of the x86 exception vectors, for crash reports.
-fn exception_name(vector: u32) -> &'static str {
+/// Names of the x86 exception vectors, for crash reports (the KVM and simulator engines').
+pub fn exception_name(vector: u32) -> &'static str {
     match vector {
         0 => "#DE divide error",
         1 => "#DB debug",

@@ -176,6 +176,34 @@ impl Persist for MachineSnapshot {
     }
 }
 
+/// The stored form of `event`, as part of `interval` (moved, not cloned: an interval's disk
+/// reads can be hundreds of MiB).
+fn stored_event(event: DeviceEvent, interval: u64) -> Event {
+    Event {
+        interval,
+        exit: event.exit,
+        op: event.op,
+        args: event.args,
+        status: event.status,
+        ret: event.ret,
+        data_gpa: event.data_gpa,
+        data: event.data,
+    }
+}
+
+/// The event a stored one describes.
+fn device_event(saved: Event) -> DeviceEvent {
+    DeviceEvent {
+        exit: saved.exit,
+        op: saved.op,
+        args: saved.args,
+        status: saved.status,
+        ret: saved.ret,
+        data_gpa: saved.data_gpa,
+        data: saved.data,
+    }
+}
+
 /// An event is stored with the interval it falls in.
 impl Persist for DeviceEvent {
     type State = Event;
@@ -184,28 +212,11 @@ impl Persist for DeviceEvent {
     type Error = std::convert::Infallible;
 
     fn save(&self) -> Event {
-        Event {
-            interval: 0,
-            exit: self.exit,
-            op: self.op,
-            args: self.args,
-            status: self.status,
-            ret: self.ret,
-            data_gpa: self.data_gpa,
-            data: self.data.clone(),
-        }
+        stored_event(self.clone(), 0)
     }
 
     fn restore(_: (), saved: &Event) -> Result<DeviceEvent, Self::Error> {
-        Ok(DeviceEvent {
-            exit: saved.exit,
-            op: saved.op,
-            args: saved.args,
-            status: saved.status,
-            ret: saved.ret,
-            data_gpa: saved.data_gpa,
-            data: saved.data.clone(),
-        })
+        Ok(device_event(saved.clone()))
     }
 }
 
@@ -213,34 +224,13 @@ impl Persist for DeviceEvent {
 pub fn save_events(interval: u64, events: Vec<DeviceEvent>) -> Vec<Event> {
     events
         .into_iter()
-        // Moved, not cloned: an interval's disk reads can be hundreds of MiB.
-        .map(|e| Event {
-            interval,
-            exit: e.exit,
-            op: e.op,
-            args: e.args,
-            status: e.status,
-            ret: e.ret,
-            data_gpa: e.data_gpa,
-            data: e.data,
-        })
+        .map(|e| stored_event(e, interval))
         .collect()
 }
 
 /// Events read back from a run, for a replay.
 pub fn restore_events(saved: Vec<Event>) -> Vec<DeviceEvent> {
-    saved
-        .into_iter()
-        .map(|e| DeviceEvent {
-            exit: e.exit,
-            op: e.op,
-            args: e.args,
-            status: e.status,
-            ret: e.ret,
-            data_gpa: e.data_gpa,
-            data: e.data,
-        })
-        .collect()
+    saved.into_iter().map(device_event).collect()
 }
 
 #[cfg(test)]

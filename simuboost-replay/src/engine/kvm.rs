@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use simuboost_format::VcpuState;
 use simuboost_vmm::devices::replay::ReplayDevice;
 use simuboost_vmm::devices::DeviceError;
-use simuboost_vmm::machine::{Machine, MachineError, NoObserver, RunControl, RunReport};
+use simuboost_vmm::machine::{
+    Machine, MachineError, MachineSnapshot, NoObserver, RunControl, RunReport,
+};
 use simuboost_vmm::vstate::memory::{create_guest_memory_backed, GuestMemory};
 
 use super::{ReplayEngine, RunOutcome};
@@ -21,6 +23,8 @@ pub struct KvmEngine {
     memory: GuestMemory,
     machine: Option<Machine>,
     control: RunControl,
+    /// The machine's state after the run, saved once for both verification steps.
+    final_state: Option<MachineSnapshot>,
 }
 
 impl KvmEngine {
@@ -32,11 +36,17 @@ impl KvmEngine {
             memory,
             machine: None,
             control: RunControl::default(),
+            final_state: None,
         })
     }
 
-    fn machine(&self) -> Result<&Machine, ReplayError> {
-        self.machine.as_ref().ok_or(ReplayError::NotPrepared)
+    /// The machine's state after the run (saved on first use).
+    fn final_state(&mut self) -> Result<&MachineSnapshot, ReplayError> {
+        if self.final_state.is_none() {
+            let machine = self.machine.as_ref().ok_or(ReplayError::NotPrepared)?;
+            self.final_state = Some(machine.save_state()?);
+        }
+        self.final_state.as_ref().ok_or(ReplayError::NotPrepared)
     }
 }
 
@@ -102,12 +112,12 @@ impl ReplayEngine for KvmEngine {
         expected: &VcpuState,
         end_exit: u64,
     ) -> Result<Option<Divergence>, ReplayError> {
-        let state = self.machine()?.save_state()?;
+        let state = self.final_state()?;
         Ok(verify::verify_vcpu(&state.vcpu, expected, end_exit))
     }
 
-    fn final_cr3(&self) -> Result<u64, ReplayError> {
-        Ok(self.machine()?.save_state()?.vcpu.sregs.cr3)
+    fn final_cr3(&mut self) -> Result<u64, ReplayError> {
+        Ok(self.final_state()?.vcpu.sregs.cr3)
     }
 
     fn footprint(&self) -> Result<u64, ReplayError> {

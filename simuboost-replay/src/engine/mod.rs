@@ -60,7 +60,7 @@ pub trait ReplayEngine {
 
     /// The final CR3: the root of the page tables whose frames verification compares with
     /// accessed/dirty bits masked.
-    fn final_cr3(&self) -> Result<u64, ReplayError>;
+    fn final_cr3(&mut self) -> Result<u64, ReplayError>;
 
     /// Guest memory resident at the end, bytes.
     fn footprint(&self) -> Result<u64, ReplayError>;

@@ -26,7 +26,7 @@ use simuboost_sim_proto::{
 };
 use simuboost_vmm::devices::replay::ReplayDevice;
 use simuboost_vmm::devices::{Device, DeviceAction, DeviceError};
-use simuboost_vmm::machine::MachineError;
+use simuboost_vmm::machine::{exception_name, MachineError};
 use simuboost_vmm::persist::Persist;
 use simuboost_vmm::vstate::dirty::DirtyBitmap;
 use simuboost_vmm::vstate::memory::{create_shared_guest_memory, GuestMemory};
@@ -270,7 +270,7 @@ impl ReplayEngine for SimEngine {
             .map(|(name, have, want)| register_divergence(name, have, want, end_exit)))
     }
 
-    fn final_cr3(&self) -> Result<u64, ReplayError> {
+    fn final_cr3(&mut self) -> Result<u64, ReplayError> {
         Ok(self.outcome()?.cpu.cr3)
     }
 
@@ -310,29 +310,6 @@ fn frame_runs(written: &DirtyBitmap) -> Vec<FrameRun> {
         }
     }
     runs
-}
-
-fn exception_name(vector: u32) -> &'static str {
-    match vector {
-        0 => "#DE divide error",
-        1 => "#DB debug",
-        3 => "#BP breakpoint",
-        4 => "#OF overflow",
-        5 => "#BR bound range",
-        6 => "#UD invalid opcode",
-        7 => "#NM device not available",
-        8 => "#DF double fault",
-        10 => "#TS invalid TSS",
-        11 => "#NP segment not present",
-        12 => "#SS stack fault",
-        13 => "#GP general protection",
-        14 => "#PF page fault",
-        16 => "#MF x87 error",
-        17 => "#AC alignment check",
-        18 => "#MC machine check",
-        19 => "#XM SIMD error",
-        _ => "exception",
-    }
 }
 
 fn segment(s: &kvm_segment) -> Segment {
