@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use simuboost_format::Run;
+use simuboost_replay::analysis::{summary_table, Analyses, AnalysisOptions, IntervalSummary};
 use simuboost_replay::executor::local::LocalExecutor;
 use simuboost_replay::executor::slurm::{SlurmExecutor, SlurmOptions};
 use simuboost_replay::executor::{child_args, Executor, IntervalOutcome, ReplayTask};
@@ -86,6 +87,23 @@ struct Args {
     /// 20 times its recorded length), e.g. `30s`.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// With --engine sim: analyses to run on each interval, written as Parquet files to
+    /// --out: any of `blocks`, `pages`, `trace`, `cache`, comma-separated, or `all`
+    /// (docs/ANALYSES.md).
+    #[arg(long, value_parser = check_analysis_list, requires = "out")]
+    analysis: Option<String>,
+    /// With --analysis: the directory for the results (created if needed; never inside the
+    /// run).
+    #[arg(long, requires = "analysis")]
+    out: Option<PathBuf>,
+    /// With --analysis trace: write at most N trace rows per interval (0: no limit). A
+    /// one-second interval makes ~10^9 rows.
+    #[arg(long, requires = "analysis")]
+    trace_limit: Option<u64>,
+    /// With --analysis cache: the cache levels, `SIZE:WAYS:LINE` for L1, optionally
+    /// `,SIZE:WAYS:LINE` for L2 [default: 32K:8:64].
+    #[arg(long, value_parser = check_cache, requires = "analysis")]
+    cache: Option<String>,
     /// Print one JSON object per replay instead of the tables.
     #[arg(long)]
     json: bool,
@@ -101,6 +119,55 @@ enum ExecutorKind {
     Local,
     /// A Slurm job array.
     Slurm,
+}
+
+/// `--analysis`: checked here, kept as given (the `--all` children get it as it is).
+fn check_analysis_list(text: &str) -> Result<String, String> {
+    AnalysisOptions::parse_list(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--cache`: checked here, kept as given.
+fn check_cache(text: &str) -> Result<String, String> {
+    AnalysisOptions::parse_cache(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The analysis options the flags give, if `--analysis` was given.
+fn analysis_options(args: &Args) -> anyhow::Result<Option<AnalysisOptions>> {
+    let Some(list) = &args.analysis else {
+        return Ok(None);
+    };
+    let mut options = AnalysisOptions::parse_list(list)?;
+    if let Some(cache) = &args.cache {
+        options.cache_levels = AnalysisOptions::parse_cache(cache)?;
+    }
+    options.trace_limit = args.trace_limit.unwrap_or(0);
+    Ok(Some(options))
+}
+
+/// The analysis flags as the `--all` children get them (`--out` made absolute).
+fn analysis_child_args(args: &Args) -> anyhow::Result<Vec<String>> {
+    let (Some(list), Some(out)) = (&args.analysis, &args.out) else {
+        return Ok(Vec::new());
+    };
+    let out =
+        std::path::absolute(out).with_context(|| format!("cannot resolve {}", out.display()))?;
+    let mut child = vec![
+        "--analysis".to_string(),
+        list.clone(),
+        "--out".to_string(),
+        out.display().to_string(),
+    ];
+    if let Some(limit) = args.trace_limit {
+        child.extend(["--trace-limit".to_string(), limit.to_string()]);
+    }
+    if let Some(cache) = &args.cache {
+        child.extend(["--cache".to_string(), cache.clone()]);
+    }
+    Ok(child)
 }
 
 /// A size such as `2G` or `512MiB`, in bytes.
@@ -130,6 +197,18 @@ fn main() -> ExitCode {
     }
     if args.all && args.mode.len() > 1 {
         usage_error("--all replays in one mode; give one --mode");
+    }
+    if args.analysis.is_some() && args.engine != Engine::Sim {
+        usage_error("--analysis runs in the simulator: add --engine sim");
+    }
+    if let Some(list) = &args.analysis {
+        let chosen = AnalysisOptions::parse_list(list).unwrap_or_default();
+        if args.trace_limit.is_some() && !chosen.trace {
+            usage_error("--trace-limit applies to --analysis trace");
+        }
+        if args.cache.is_some() && !chosen.cache {
+            usage_error("--cache applies to --analysis cache");
+        }
     }
     let level = match args.verbose {
         0 => "warn",
@@ -171,19 +250,21 @@ fn run(args: &Args) -> anyhow::Result<u8> {
     }
 }
 
-fn options(args: &Args, mode: Mode) -> ReplayOptions {
-    ReplayOptions {
-        mode,
-        engine: args.engine,
-        timeout: args.timeout,
-    }
-}
-
 fn replay_one(args: &Args, run: &Run, interval: u64) -> anyhow::Result<u8> {
     check_interval(run, interval)?;
+    let analyses = match (analysis_options(args)?, &args.out) {
+        (Some(options), Some(out)) => Some(Arc::new(Analyses::prepare(run, out, options)?)),
+        _ => None,
+    };
     let mut reports = Vec::new();
     for &mode in &args.mode {
-        let report = replay_interval(run, interval, options(args, mode))
+        let options = ReplayOptions {
+            mode,
+            engine: args.engine,
+            timeout: args.timeout,
+            analyses: analyses.clone(),
+        };
+        let report = replay_interval(run, interval, options)
             .with_context(|| format!("replaying interval {interval} ({} mode)", mode.name()))?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
@@ -192,12 +273,28 @@ fn replay_one(args: &Args, run: &Run, interval: u64) -> anyhow::Result<u8> {
     }
     if !args.json {
         print_comparison(run, &reports);
+        if let Some(analyses) = &analyses {
+            print_analyses(analyses.output.dir(), reports.iter().take(1));
+        }
     }
     Ok(if reports.iter().all(|r| r.verified) {
         EXIT_OK
     } else {
         EXIT_DIVERGED
     })
+}
+
+/// The analyses' summary table and where their files are.
+fn print_analyses<'a>(dir: &Path, reports: impl Iterator<Item = &'a ReplayReport>) {
+    let summaries: Vec<IntervalSummary> = reports
+        .filter_map(|r| r.simulation.as_ref()?.analysis.clone())
+        .collect();
+    if summaries.is_empty() {
+        println!("no analyses were written (no interval ran to its end)");
+        return;
+    }
+    print!("{}", summary_table(&summaries));
+    println!("analyses written to {}", dir.display());
 }
 
 fn mib(bytes: u64) -> String {
@@ -340,8 +437,18 @@ fn replay_every(args: &Args, dir: &Path) -> anyhow::Result<u8> {
     let task = ReplayTask {
         exe: std::env::current_exe().context("cannot find this executable to start replays")?,
         run_dir: run_dir.clone(),
-        child_args: child_args(mode, args.engine, args.timeout),
+        child_args: [
+            child_args(mode, args.engine, args.timeout),
+            analysis_child_args(args)?,
+        ]
+        .concat(),
     };
+    // The parent prepares the output directory (and refuses one inside the run) before any
+    // child starts; the children write into it.
+    // (With --follow before the run exists, the first child does.)
+    if let (Some(options), Some(out), Some(run)) = (analysis_options(args)?, &args.out, &run) {
+        Analyses::prepare(run, out, options)?;
+    }
     let mut executor = make_executor(args, task, mode)?;
     // SIGINT/SIGTERM: cancel what is queued or running (scancel for Slurm) and stop; a second
     // signal ends the process at once.
@@ -478,6 +585,9 @@ fn replay_every(args: &Args, dir: &Path) -> anyhow::Result<u8> {
     }
     if !args.json {
         print_summary(&run, &outcomes, wall, &how(args, executor.as_ref()));
+        if let Some(out) = &args.out {
+            print_analyses(out, outcomes.iter().filter_map(|o| o.result.as_ref().ok()));
+        }
     }
     Ok(if failures == 0 {
         EXIT_OK

@@ -20,10 +20,11 @@ use crate::engine::ReplayEngine;
 use crate::restore::{LoadStats, PageSource, RestoreError, UffdMemory};
 pub use simuboost_report::replay::{Divergence, Engine, Mode, ReplayReport, Simulation};
 
+use crate::analysis::Analyses;
 use crate::verify;
 
 /// How to replay.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct ReplayOptions {
     /// What to load up front.
     pub mode: Mode,
@@ -32,6 +33,8 @@ pub struct ReplayOptions {
     /// Give up (and report a divergence) if the interval has not ended after this long;
     /// `None`: one minute plus 20 times the interval's recorded length.
     pub timeout: Option<Duration>,
+    /// The analyses to run (`--engine sim` only) and where their results go.
+    pub analyses: Option<Arc<Analyses>>,
 }
 
 /// Errors that prevent a replay (as opposed to a replay that ran and diverged).
@@ -83,6 +86,9 @@ pub enum ReplayError {
     /// divergences).
     #[error(transparent)]
     SimulatorProcess(#[from] simuboost_sim_proto::ClientError),
+    /// The analyses' output could not be written.
+    #[error("writing the analyses: {0}")]
+    Analysis(#[source] crate::analysis::OutputError),
     /// The simulator reported an error of its own.
     #[error("the simulator failed: {0}")]
     Simulator(String),
@@ -170,7 +176,7 @@ impl IntervalInputs {
     fn read(
         run: &Run,
         interval: u64,
-        options: ReplayOptions,
+        options: &ReplayOptions,
     ) -> Result<IntervalInputs, ReplayError> {
         let mem_bytes = run.manifest().meta.mem_bytes;
         let record = run.interval(interval)?;
@@ -270,7 +276,7 @@ pub fn replay_interval(
             replay_with(run, interval, options, engine, |_, _| None)
         }
         Engine::Sim => {
-            let engine = SimEngine::new(run.manifest().meta.mem_bytes)?;
+            let engine = SimEngine::new(run.manifest().meta.mem_bytes, options.analyses.clone())?;
             replay_with(run, interval, options, engine, simulation)
         }
     }
@@ -308,6 +314,7 @@ fn simulation(engine: &SimEngine, inputs: &IntervalInputs) -> Option<Simulation>
         tracer_recall_log_only: recall_log_only,
         tracer_precision: precision,
         sim_ms: seen.sim_ms,
+        analysis: seen.analysis,
     })
 }
 
@@ -320,7 +327,7 @@ fn replay_with<E: ReplayEngine>(
     observe: impl Fn(&E, &IntervalInputs) -> Option<Simulation>,
 ) -> Result<ReplayReport, ReplayError> {
     let began = Instant::now();
-    let inputs = IntervalInputs::read(run, interval, options)?;
+    let inputs = IntervalInputs::read(run, interval, &options)?;
     let read_time = began.elapsed();
 
     let uffd = UffdMemory::register(engine.memory())?;

@@ -138,6 +138,40 @@ pub struct Simulation {
     pub tracer_precision: Option<f64>,
     /// Time the simulator spent executing (excluding waits for the replayer), milliseconds.
     pub sim_ms: f64,
+    /// What `--analysis` found (docs/ANALYSES.md); absent without `--analysis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSummary>,
+}
+
+/// One interval's analyses in brief (`--analysis`): the `--all` summary table, the JSON lines
+/// and `DIR/summary/interval-N.json` show it. The full results are the Parquet files in
+/// `files`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisSummary {
+    /// The interval.
+    pub interval: u64,
+    /// Instructions executed.
+    pub instructions: u64,
+    /// Seconds spent simulating.
+    pub sim_seconds: f64,
+    /// Distinct frames read, written or fetched from (`pages`).
+    pub working_set_frames: Option<u64>,
+    /// The functions with the most instructions, most first (`blocks`), at most 5.
+    pub top_functions: Vec<(String, u64)>,
+    /// L1 misses / (hits + misses) (`cache`).
+    pub cache_l1_miss_rate: Option<f64>,
+    /// L2 misses / (hits + misses), if modelled.
+    pub cache_l2_miss_rate: Option<f64>,
+    /// Rows in the trace file (`trace`).
+    pub trace_rows: Option<u64>,
+    /// Rows `--trace-limit` left out.
+    pub trace_dropped: Option<u64>,
+    /// Size of the trace file in bytes.
+    pub trace_bytes: Option<u64>,
+    /// Why blocks are not symbolised, if they are not.
+    pub warning: Option<String>,
+    /// Files written, relative to the output directory.
+    pub files: Vec<String>,
 }
 
 /// Where and how a replay left the recording.

@@ -119,6 +119,33 @@ pq.write_table(t, {path:?})
     );
 }
 
+/// Runs `sql` in DuckDB (python3's `duckdb` module, which `cargo xtask setup` installs) and
+/// returns the rows, each value as Python's `str()` of it (`None` for NULL).
+pub fn duckdb_rows(sql: &str) -> Vec<Vec<String>> {
+    let script = r#"
+import sys, json, duckdb
+rows = duckdb.connect().execute(sys.stdin.read()).fetchall()
+print(json.dumps([[str(v) for v in r] for r in rows]))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    std::io::Write::write_all(child.stdin.as_mut().expect("piped stdin"), sql.as_bytes())
+        .expect("the query is written to python3");
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("python3 finishes");
+    assert!(
+        out.status.success(),
+        "DuckDB query failed (is duckdb installed? `cargo xtask setup`):\n{sql}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python3 printed JSON rows")
+}
+
 /// The daemon's summary of the run in `dir` (`summary.json`).
 pub fn summary(dir: &Path) -> RunSummary {
     let path = dir.join("summary.json");

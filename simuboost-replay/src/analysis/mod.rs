@@ -14,10 +14,52 @@ pub use output::{table_path, AnalysisOutput, IntervalSummary, OutputError, Trace
 pub use session::{summary_table, IntervalAnalysis};
 pub use symbols::{Symbols, SymbolsError};
 
+use std::path::Path;
+
+use simuboost_format::Run;
 use simuboost_sim_proto::{AnalysisRequest, CacheConfig, CacheLevel, TraceRequest};
 
 /// Rows per trace batch the simulator sends (its buffer): 64 Ki rows, ~2 MiB.
 pub const TRACE_BATCH_ROWS: u32 = 64 * 1024;
+
+/// The analyses of a replay: which to run and where their results go (`--analysis`,
+/// `--out`). Shared by the modes of one command.
+pub struct Analyses {
+    /// What to run.
+    pub options: AnalysisOptions,
+    /// Where the results go, with the guest's symbols.
+    pub output: AnalysisOutput,
+}
+
+impl Analyses {
+    /// Prepares `out` for the analyses of intervals of `run`, with the symbols of the guest
+    /// the run recorded (`guest.elf`). Without usable symbols the analyses still run, and
+    /// blocks are written unsymbolised with a warning (printed here and kept in each summary).
+    pub fn prepare(
+        run: &Run,
+        out: &Path,
+        options: AnalysisOptions,
+    ) -> Result<Analyses, OutputError> {
+        let symbols = match run.guest_image() {
+            Ok(Some(image)) => Symbols::from_elf(&image).map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    simuboost_format::layout::guest_image(run.dir()).display()
+                )
+            }),
+            Ok(None) => Err(format!(
+                "{} has no guest.elf (it was recorded before runs kept their guest)",
+                run.dir().display()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let output = AnalysisOutput::create(out, run.dir(), symbols)?;
+        if let Some(warning) = output.warning() {
+            eprintln!("simuboost-replay: warning: {warning}");
+        }
+        Ok(Analyses { options, output })
+    }
+}
 
 /// Errors in the analysis options.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use serde::Serialize;
 use simuboost_sim_proto::{AccessKind, Final, TraceBatch};
 
 use super::Symbols;
@@ -64,6 +63,25 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ou
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// `path` made absolute with its symbolic links resolved, for as much of it as exists.
+fn resolve(path: &Path) -> Result<PathBuf, OutputError> {
+    let absolute = std::path::absolute(path).map_err(io("resolve", path))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize().map_err(io("resolve", existing))?;
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
 }
 
 fn pq(path: &Path) -> impl Fn(String) -> OutputError + '_ {
@@ -226,9 +244,11 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 /// A Parquet file being written under a temporary name.
+/// A file that is dropped unfinished (the replay failed) leaves no temporary file behind.
 struct ParquetFile {
     path: PathBuf,
-    writer: ArrowWriter<File>,
+    /// `None` once finished.
+    writer: Option<ArrowWriter<File>>,
     schema: SchemaRef,
 }
 
@@ -247,7 +267,7 @@ impl ParquetFile {
             .map_err(|e| pq(&path)(e.to_string()))?;
         Ok(ParquetFile {
             path,
-            writer,
+            writer: Some(writer),
             schema,
         })
     }
@@ -255,15 +275,22 @@ impl ParquetFile {
     fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), OutputError> {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| pq(&self.path)(e.to_string()))?;
-        self.writer
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| pq(&self.path)("written after it was finished".to_string()))?;
+        writer
             .write(&batch)
             .map_err(|e| pq(&self.path)(e.to_string()))
     }
 
     /// Closes the file and renames it into place; returns its size.
-    fn finish(self) -> Result<u64, OutputError> {
-        let file = self
+    fn finish(mut self) -> Result<u64, OutputError> {
+        let writer = self
             .writer
+            .take()
+            .ok_or_else(|| pq(&self.path)("finished twice".to_string()))?;
+        let file = writer
             .into_inner()
             .map_err(|e| pq(&self.path)(e.to_string()))?;
         file.sync_all().map_err(io("fsync", &self.path))?;
@@ -271,6 +298,17 @@ impl ParquetFile {
         let tmp = tmp_path(&self.path);
         std::fs::rename(&tmp, &self.path).map_err(io("rename", &tmp))?;
         Ok(size)
+    }
+}
+
+impl Drop for ParquetFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let tmp = tmp_path(&self.path);
+            if let Err(e) = std::fs::remove_file(&tmp) {
+                tracing::debug!(path = %tmp.display(), error = %e, "removing an unfinished file");
+            }
+        }
     }
 }
 
@@ -348,33 +386,7 @@ impl TraceWriter {
 }
 
 /// What one interval's analyses found, as the summary JSON and the `--all` table show it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct IntervalSummary {
-    /// The interval.
-    pub interval: u64,
-    /// Instructions executed.
-    pub instructions: u64,
-    /// Seconds spent simulating.
-    pub sim_seconds: f64,
-    /// Distinct frames read, written or fetched from (`pages`).
-    pub working_set_frames: Option<u64>,
-    /// The functions with the most instructions, most first (`blocks`), at most 5.
-    pub top_functions: Vec<(String, u64)>,
-    /// L1 misses / (hits + misses) (`cache`).
-    pub cache_l1_miss_rate: Option<f64>,
-    /// L2 misses / (hits + misses), if modelled.
-    pub cache_l2_miss_rate: Option<f64>,
-    /// Rows in the trace file and rows left out by `--trace-limit` (`trace`).
-    pub trace_rows: Option<u64>,
-    /// Rows `--trace-limit` left out.
-    pub trace_dropped: Option<u64>,
-    /// Size of the trace file in bytes.
-    pub trace_bytes: Option<u64>,
-    /// Why blocks are not symbolised, if they are not.
-    pub warning: Option<String>,
-    /// Files written, relative to the output directory.
-    pub files: Vec<String>,
-}
+pub use simuboost_report::replay::AnalysisSummary as IntervalSummary;
 
 /// The output directory of an analysis run.
 pub struct AnalysisOutput {
@@ -392,13 +404,14 @@ impl AnalysisOutput {
         run: &Path,
         symbols: Result<Symbols, String>,
     ) -> Result<AnalysisOutput, OutputError> {
-        std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-        let out = dir.canonicalize().map_err(io("resolve", dir))?;
+        // Checked before anything is created, so that a refused --out leaves no trace.
+        let out = resolve(dir)?;
         if let Ok(run) = run.canonicalize() {
             if out.starts_with(&run) {
                 return Err(OutputError::InsideRun { out, run });
             }
         }
+        std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
         let (symbols, warning) = match symbols {
             Ok(s) => (Some(s), None),
             Err(why) => (None, Some(format!("blocks are not symbolised: {why}"))),

@@ -31,7 +31,12 @@ impl Symbols {
             .filter(|s| s.st_type() == sym::STT_FUNC && s.st_value != 0)
             .filter_map(|s| {
                 let name = elf.strtab.get_at(s.st_name)?;
-                Some((s.st_value, s.st_size, name.to_string()))
+                // Rust names demangled without their hash: `simuboost_workloads::sort::merge`.
+                Some((
+                    s.st_value,
+                    s.st_size,
+                    format!("{:#}", rustc_demangle::demangle(name)),
+                ))
             })
             .collect();
         if functions.is_empty() {
@@ -92,6 +97,15 @@ mod tests {
         assert_eq!(s.lookup(0x10ff), Some(("b", 0xbf)), "sizeless: up to c");
         assert_eq!(s.lookup(0xfff), None);
         assert_eq!(s.lookup(0x1110), None);
+    }
+
+    #[test]
+    fn rust_names_are_demangled() {
+        let name = "_ZN19simuboost_workloads7pattern10step_pages17h8d8737c310542ef0E";
+        assert_eq!(
+            format!("{:#}", rustc_demangle::demangle(name)),
+            "simuboost_workloads::pattern::step_pages"
+        );
     }
 
     #[test]

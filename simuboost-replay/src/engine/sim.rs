@@ -34,6 +34,7 @@ use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
 
 use super::kvm::{early_exit, timeout_message};
 use super::{ReplayEngine, RunOutcome};
+use crate::analysis::{Analyses, IntervalAnalysis, IntervalSummary};
 use crate::replay::{IntervalInputs, ReplayError};
 use crate::restore::{shared_resident_bytes, PeerUffd};
 use crate::verify::{self, Divergence};
@@ -56,6 +57,10 @@ pub struct SimEngine {
     outcome: Option<Final>,
     /// Frames the device wrote during the interval.
     device_written: BTreeSet<u64>,
+    /// The analyses to run, if any (`--analysis`).
+    analyses: Option<Arc<Analyses>>,
+    /// What they found, once the interval ran to its end.
+    analysis: Option<IntervalSummary>,
 }
 
 /// What a simulated interval tells (beyond the verification every engine gets).
@@ -71,11 +76,14 @@ pub struct Observations {
     pub device_written: BTreeSet<u64>,
     /// Time the simulator spent executing.
     pub sim_ms: f64,
+    /// What the analyses found (`--analysis`).
+    pub analysis: Option<IntervalSummary>,
 }
 
 impl SimEngine {
-    /// Guest RAM for a simulated replay: a memory file both processes map.
-    pub fn new(mem_bytes: u64) -> Result<SimEngine, ReplayError> {
+    /// Guest RAM for a simulated replay: a memory file both processes map. `analyses`: what
+    /// to run on the interval besides the replay, and where the results go.
+    pub fn new(mem_bytes: u64, analyses: Option<Arc<Analyses>>) -> Result<SimEngine, ReplayError> {
         let (memory, file) = create_shared_guest_memory(mem_bytes).map_err(MachineError::from)?;
         Ok(SimEngine {
             memory,
@@ -83,6 +91,8 @@ impl SimEngine {
             process: None,
             outcome: None,
             device_written: BTreeSet::new(),
+            analyses,
+            analysis: None,
         })
     }
 
@@ -106,10 +116,12 @@ impl SimEngine {
             page_table_frames,
             device_written: self.device_written.clone(),
             sim_ms: outcome.sim_ms,
+            analysis: self.analysis.clone(),
         })
     }
 
-    /// Runs the simulator through the interval's exits; `None` when it reached the end.
+    /// Runs the simulator through the interval's exits; `None` when it reached the end. Trace
+    /// batches that arrive on the way go to `analysis`.
     fn drive(
         &mut self,
         inputs: &IntervalInputs,
@@ -117,6 +129,7 @@ impl SimEngine {
         timeout: Duration,
         failed: &AtomicBool,
         exits: &mut u64,
+        mut analysis: Option<&mut IntervalAnalysis<'_>>,
     ) -> Result<Option<Divergence>, ReplayError> {
         let end_exit = inputs.record.end_exit;
         let deadline = Instant::now() + timeout;
@@ -128,7 +141,11 @@ impl SimEngine {
             let left = deadline.saturating_duration_since(Instant::now());
             let process = self.process()?;
             process.set_timeout(Some(left.max(Duration::from_millis(1))))?;
-            let exit = match process.next_exit() {
+            let next = match analysis.as_deref_mut() {
+                Some(analysis) => process.next_exit_with(&mut |batch| analysis.trace_batch(batch)),
+                None => process.next_exit(),
+            };
+            let exit = match next {
                 Ok(exit) => exit,
                 Err(ClientError::Timeout(_)) => {
                     return Ok(Some(Divergence::timeout(
@@ -215,7 +232,7 @@ impl ReplayEngine for SimEngine {
             inputs.mem_bytes,
             inputs.machine.device.clone(),
         );
-        let start = Start {
+        let mut start = Start {
             version: PROTOCOL_VERSION,
             mem_bytes: inputs.mem_bytes,
             cpu: cpu_state(&inputs.machine.vcpu),
@@ -225,14 +242,32 @@ impl ReplayEngine for SimEngine {
                 .unwrap_or(u64::MAX),
             count_instructions: true,
             working_set: true,
-            // The analyses (blocks, pages, trace, cache) are not requested from the command line
-            // yet; see docs/ANALYSES.md.
             analyses: AnalysisRequest::default(),
         };
+        // The trace streams into its file while the simulator runs; the other analyses come
+        // with the final state.
+        let analyses = self.analyses.clone();
+        let mut analysis = match &analyses {
+            Some(a) => Some(
+                IntervalAnalysis::begin(&a.output, &a.options, inputs.record.interval)
+                    .map_err(ReplayError::Analysis)?,
+            ),
+            None => None,
+        };
+        if let Some(analysis) = &analysis {
+            start.analyses = analysis.request();
+        }
         let began = Instant::now();
         self.process()?.start(&start)?;
         let mut exits = inputs.machine.exits;
-        let result = self.drive(inputs, &mut device, timeout, &failed, &mut exits);
+        let result = self.drive(
+            inputs,
+            &mut device,
+            timeout,
+            &failed,
+            &mut exits,
+            analysis.as_mut(),
+        );
         let run_time = began.elapsed();
         let divergence = match result {
             Ok(divergence) => divergence,
@@ -242,7 +277,12 @@ impl ReplayEngine for SimEngine {
             }
         };
         if divergence.is_none() && !failed.load(Ordering::SeqCst) {
-            self.outcome = Some(self.process()?.finish()?);
+            let outcome = self.process()?.finish()?;
+            // Analyses are written only for an interval that ran to its end.
+            if let Some(analysis) = analysis {
+                self.analysis = Some(analysis.finish(&outcome).map_err(ReplayError::Analysis)?);
+            }
+            self.outcome = Some(outcome);
         }
         self.stop();
         Ok(RunOutcome {
