@@ -7,7 +7,7 @@ use iced_x86::{Decoder, DecoderOptions, OpKind};
 use simuboost_abi::{DOORBELL_GPA, PAGE_SIZE};
 use simuboost_sim_proto::{AccessKind, AnalysisResults, CpuState, Exit, Final, FrameRun, Start};
 use unicorn_engine::{
-    uc_error, Arch, HookType, MemType, Mode, Prot, Query, RegisterX86, TlbEntry, TlbType, Unicorn,
+    uc_error, Arch, HookType, MemType, Mode, Prot, RegisterX86, TlbEntry, TlbType, Unicorn,
 };
 
 use crate::analysis::{
@@ -15,6 +15,7 @@ use crate::analysis::{
 };
 use crate::cpu;
 use crate::paging::{self, Access, Ram};
+use crate::watchdog::Watchdog;
 use crate::SimError;
 
 /// Why a hook stopped the guest.
@@ -90,6 +91,8 @@ impl Hooked {
 
 /// One simulated interval.
 pub struct Sim {
+    /// Declared before `uc`: dropped (its thread joined) before the engine it stops.
+    watchdog: Watchdog,
     uc: Unicorn<'static, Hooked>,
     input: CpuState,
     timeout_us: u64,
@@ -350,7 +353,12 @@ impl Sim {
         d.stop = None;
         d.fill_fault = None;
         d.ctx = AccessCtx::default();
+        let watchdog = Watchdog::start(uc.get_handle()).map_err(|e| SimError::Unicorn {
+            what: "start the watchdog thread",
+            detail: e.to_string(),
+        })?;
         Ok(Sim {
+            watchdog,
             uc,
             input: start.cpu.clone(),
             timeout_us,
@@ -392,7 +400,10 @@ impl Sim {
             d.doorbell_low = None;
         }
         let t0 = Instant::now();
-        let result = self.uc.emu_start(begin, cpu::NEVER, self.timeout_us, 0);
+        // No unicorn timeout (it polls every 2 µs from a thread of its own): the watchdog.
+        self.watchdog.arm(Duration::from_micros(self.timeout_us));
+        let result = self.uc.emu_start(begin, cpu::NEVER, 0, 0);
+        let timed_out = self.watchdog.disarm();
         self.sim_time += t0.elapsed();
         let stop = self.uc.get_data_mut().stop.take();
         let rip = self.rip()?;
@@ -460,7 +471,7 @@ impl Sim {
                 what: "run",
                 detail: format!("{e:?}"),
             }),
-            Ok(()) if self.uc.query(Query::TIMEOUT).unwrap_or(0) != 0 => Ok(Exit::Error {
+            Ok(()) if timed_out => Ok(Exit::Error {
                 message: format!(
                     "no exit within {} ms (at {rip:#x}): the replay diverged or spins",
                     self.timeout_us / 1000

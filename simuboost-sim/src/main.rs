@@ -25,6 +25,7 @@ mod cache;
 mod cpu;
 mod exits;
 mod paging;
+mod watchdog;
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;

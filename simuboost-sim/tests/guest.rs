@@ -270,10 +270,12 @@ impl MissHandler {
                 let b = *base.get_or_insert_with(|| find_base(addr));
                 let off = (addr - b) as usize;
                 let src = &image[off..off + PAGE];
-                // SAFETY: src is a whole page; addr is a page in the simulator's registered range.
-                let _ = unsafe { uffd.copy(src.as_ptr().cast(), addr as *mut _, PAGE, true) };
+                // Counted before the copy wakes the simulator, so that a test reading the
+                // counts after the simulator finished sees every miss.
                 m.fetch_add(1, Ordering::Relaxed);
                 sv.lock().unwrap().push(off as u64 / PAGE as u64);
+                // SAFETY: src is a whole page; addr is a page in the simulator's registered range.
+                let _ = unsafe { uffd.copy(src.as_ptr().cast(), addr as *mut _, PAGE, true) };
             }
         });
         MissHandler {

@@ -27,6 +27,9 @@ pub enum Benchmark {
     /// The simulator engine: simulated vs KVM replay time of the same intervals, instructions
     /// per second, sparse vs full vs lazy restore into the simulator, tracer recall/precision.
     Sim,
+    /// The simulator's analyses: simulated replay time per analysis level (none, blocks,
+    /// pages, cache, trace, trace with a limit, all) vs the KVM replay; trace size per second.
+    Analyses,
     /// Executors and pipelining: Slurm overhead per task vs the local executor, and
     /// `--all --follow` during the recording vs record-then-replay.
     Scale,
@@ -39,6 +42,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Trace => crate::bench_record::trace(json),
         Benchmark::Replay => crate::bench_replay::run(json),
         Benchmark::Sim => crate::bench_sim::run(json),
+        Benchmark::Analyses => crate::bench_analyses::run(json),
         Benchmark::Scale => crate::bench_scale::run(json),
     }
 }

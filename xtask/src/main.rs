@@ -6,6 +6,7 @@
 //! - `cargo xtask bench NAME`: benchmarks that report figures and ratios.
 
 mod bench;
+mod bench_analyses;
 mod bench_record;
 mod bench_replay;
 mod bench_scale;
