@@ -93,14 +93,20 @@ impl Analysis for BlockProfile {
 /// and writes from the memory hooks.
 #[derive(Default)]
 pub struct PageCounter {
-    /// Per frame: reads, writes, fetches.
-    frames: AddrMap<[u64; 3]>,
+    /// Per frame, indexed by gfn: reads, writes, fetches. A flat array rather than a map: it
+    /// is indexed on every access, and guest RAM bounds it (24 bytes per frame, grown on
+    /// demand up to the highest frame accessed).
+    frames: Vec<[u64; 3]>,
 }
 
 impl PageCounter {
     #[inline]
     fn frame(&mut self, gfn: u64) -> &mut [u64; 3] {
-        self.frames.entry(gfn).or_default()
+        let i = gfn as usize;
+        if i >= self.frames.len() {
+            self.frames.resize(i + 1, [0; 3]);
+        }
+        &mut self.frames[i]
     }
 }
 
@@ -134,7 +140,7 @@ impl Analysis for PageCounter {
         let mut undo = block.icount.saturating_sub(executed);
         for p in block.parts().iter().rev() {
             let n = undo.min(p.instructions);
-            if let Some(f) = self.frames.get_mut(&(p.ppage >> 12)) {
+            if let Some(f) = self.frames.get_mut((p.ppage >> 12) as usize) {
                 f[2] -= u64::from(n).min(f[2]);
             }
             undo -= n;
@@ -144,19 +150,18 @@ impl Analysis for PageCounter {
         self.frames.clear();
     }
     fn finish(&mut self, out: &mut Final) {
-        let mut pages: Vec<PageCount> = self
+        out.analysis.pages = self
             .frames
             .iter()
+            .enumerate()
             .filter(|(_, c)| c.iter().any(|&n| n != 0))
-            .map(|(&gfn, c)| PageCount {
-                gfn,
+            .map(|(gfn, c)| PageCount {
+                gfn: gfn as u64,
                 reads: c[0],
                 writes: c[1],
                 fetches: c[2],
             })
             .collect();
-        pages.sort_unstable();
-        out.analysis.pages = pages;
     }
 }
 
@@ -264,6 +269,22 @@ pub struct CacheAnalysis {
     totals: Vec<LevelCounts>,
     /// Per block: counts of up to two levels.
     blocks: AddrMap<[LevelCounts; 2]>,
+    /// The block whose accesses are being counted, and its counts so far (folded into
+    /// `blocks` when another block accesses memory: one map lookup per block run, not per
+    /// access).
+    current: Option<(u64, [LevelCounts; 2])>,
+}
+
+impl CacheAnalysis {
+    fn fold_current(&mut self) {
+        if let Some((vaddr, counts)) = self.current.take() {
+            let b = self.blocks.entry(vaddr).or_default();
+            for (into, from) in b.iter_mut().zip(counts) {
+                into.hits += from.hits;
+                into.misses += from.misses;
+            }
+        }
+    }
 }
 
 impl CacheAnalysis {
@@ -274,6 +295,7 @@ impl CacheAnalysis {
             config: config.clone(),
             cache,
             blocks: AddrMap::default(),
+            current: None,
         })
     }
 }
@@ -291,24 +313,31 @@ impl Analysis for CacheAnalysis {
         if a.kind == AccessKind::Fetch {
             return;
         }
-        let per_block = self.blocks.entry(a.block).or_default();
+        if self.current.map(|(vaddr, _)| vaddr) != Some(a.block) {
+            self.fold_current();
+            self.current = Some((a.block, [LevelCounts::default(); 2]));
+        }
         let depth = self.cache.depth();
         let mut counts = [LevelCounts::default(); 2];
         self.cache
             .access(a.paddr, u64::from(a.size), &mut counts[..depth]);
-        for (i, c) in counts[..depth].iter().enumerate() {
-            self.totals[i].hits += c.hits;
-            self.totals[i].misses += c.misses;
-            per_block[i].hits += c.hits;
-            per_block[i].misses += c.misses;
+        if let Some((_, per_block)) = &mut self.current {
+            for (i, c) in counts[..depth].iter().enumerate() {
+                self.totals[i].hits += c.hits;
+                self.totals[i].misses += c.misses;
+                per_block[i].hits += c.hits;
+                per_block[i].misses += c.misses;
+            }
         }
     }
     fn reset(&mut self) {
         self.cache.clear();
         self.totals.fill(LevelCounts::default());
         self.blocks.clear();
+        self.current = None;
     }
     fn finish(&mut self, out: &mut Final) {
+        self.fold_current();
         let depth = self.cache.depth();
         let mut blocks: Vec<BlockCache> = self
             .blocks
