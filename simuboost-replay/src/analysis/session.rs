@@ -47,7 +47,7 @@ impl<'a> IntervalAnalysis<'a> {
     /// The sink for [`simuboost_sim_proto::SimProcess::next_exit_with`].
     pub fn trace_batch(&mut self, batch: TraceBatch) -> Result<(), String> {
         match &mut self.trace {
-            Some(t) => t.write(&batch).map_err(|e| e.to_string()),
+            Some(t) => t.write(batch).map_err(|e| e.to_string()),
             None => Err(format!(
                 "{} trace rows arrived but no trace was asked for",
                 batch.len()
