@@ -314,7 +314,7 @@ fn analysis_options_are_checked_and_the_trace_limit_holds() {
             "--engine",
             "sim",
             "--analysis",
-            "hot",
+            "../hot",
             "--out",
             &out,
         ],
@@ -401,5 +401,51 @@ fn analysis_options_are_checked_and_the_trace_limit_holds() {
             file(Path::new(&out), "trace", 1)
         )),
         1000
+    );
+
+    // An analysis added to the simulator by name (docs/ANALYSES.md's worked example, `sizes`):
+    // its rows count every data access once, as `pages` does.
+    let custom_out = tmp.path().join("custom").display().to_string();
+    replay(
+        &run_dir,
+        &[
+            "--interval",
+            "1",
+            "--engine",
+            "sim",
+            "--analysis",
+            "pages,sizes",
+            "--out",
+            &custom_out,
+        ],
+    )
+    .expect_code(0);
+    let by_size = count(&format!(
+        "SELECT sum(value) FROM read_parquet('{}')",
+        file(Path::new(&custom_out), "sizes", 1)
+    ));
+    let data_accesses = count(&format!(
+        "SELECT sum(reads + writes) FROM read_parquet('{}')",
+        file(Path::new(&custom_out), "pages", 1)
+    ));
+    assert_eq!(by_size, data_accesses);
+    let unknown = replay(
+        &run_dir,
+        &[
+            "--interval",
+            "1",
+            "--engine",
+            "sim",
+            "--analysis",
+            "nosuch",
+            "--out",
+            &custom_out,
+        ],
+    );
+    unknown.expect_code(1);
+    assert!(
+        unknown.stderr.contains("no analysis named \"nosuch\""),
+        "{}",
+        unknown.stderr
     );
 }

@@ -10,7 +10,9 @@ mod output;
 mod session;
 mod symbols;
 
-pub use output::{table_path, AnalysisOutput, IntervalSummary, OutputError, TraceWriter, TABLES};
+pub use output::{
+    table_path, AnalysisOutput, IntervalSummary, OutputError, TraceWriter, CUSTOM, TABLES,
+};
 pub use session::{summary_table, IntervalAnalysis};
 pub use symbols::{Symbols, SymbolsError};
 
@@ -64,8 +66,11 @@ impl Analyses {
 /// Errors in the analysis options.
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
-    /// An unknown analysis name.
-    #[error("unknown analysis {0:?}: expected blocks, pages, trace, cache or all")]
+    /// A name that cannot be an analysis.
+    #[error(
+        "{0:?} is not an analysis name: expected blocks, pages, trace, cache, all, or the name \
+         of an analysis added to the simulator (letters, digits, '_' and '-')"
+    )]
     UnknownAnalysis(String),
     /// A cache level that cannot be parsed or modelled.
     #[error("bad cache level {spec:?}: {why} (expected SIZE:WAYS:LINE, e.g. 32K:8:64)")]
@@ -95,6 +100,8 @@ pub struct AnalysisOptions {
     pub trace_limit: u64,
     /// `--cache` levels, L1 first (default: 32 KiB, 8 ways, 64-byte lines).
     pub cache_levels: Vec<CacheLevel>,
+    /// Analyses added to the simulator, by name (docs/ANALYSES.md, "Write your own").
+    pub custom: Vec<String>,
 }
 
 /// The default L1: 32 KiB, 8-way, 64-byte lines (a typical x86 L1D).
@@ -105,7 +112,9 @@ pub const DEFAULT_L1: CacheLevel = CacheLevel {
 };
 
 impl AnalysisOptions {
-    /// Parses `--analysis LIST` (`blocks,pages,trace,cache` in any combination, or `all`).
+    /// Parses `--analysis LIST` (`blocks,pages,trace,cache` in any combination, or `all`;
+    /// any other name asks the simulator for an analysis added to it by that name — whether
+    /// it has one is known when it starts).
     pub fn parse_list(list: &str) -> Result<AnalysisOptions, OptionsError> {
         let mut o = AnalysisOptions {
             cache_levels: vec![DEFAULT_L1],
@@ -122,6 +131,11 @@ impl AnalysisOptions {
                     o.pages = true;
                     o.trace = true;
                     o.cache = true;
+                }
+                other if is_custom_name(other) => {
+                    if !o.custom.iter().any(|c| c == other) {
+                        o.custom.push(other.to_string());
+                    }
                 }
                 other => return Err(OptionsError::UnknownAnalysis(other.to_string())),
             }
@@ -143,7 +157,7 @@ impl AnalysisOptions {
 
     /// Whether any analysis is on.
     pub fn any(&self) -> bool {
-        self.blocks || self.pages || self.trace || self.cache
+        self.blocks || self.pages || self.trace || self.cache || !self.custom.is_empty()
     }
 
     /// The protocol's request.
@@ -158,9 +172,21 @@ impl AnalysisOptions {
             cache: self.cache.then(|| CacheConfig {
                 levels: self.cache_levels.clone(),
             }),
-            custom: Vec::new(),
+            custom: self.custom.clone(),
         }
     }
+}
+
+/// A name an added analysis can have: it names its output directory too, so letters, digits,
+/// `_` and `-`, at most 64, and none of the tables' own names.
+pub(crate) fn is_custom_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !TABLES.iter().any(|t| t.name == name)
+        && name != "summary"
 }
 
 fn parse_level(spec: &str) -> Result<CacheLevel, OptionsError> {
@@ -208,10 +234,15 @@ mod tests {
         assert!(o.blocks && o.cache && !o.pages && !o.trace);
         let all = AnalysisOptions::parse_list("all").unwrap();
         assert!(all.blocks && all.pages && all.trace && all.cache);
-        assert!(matches!(
-            AnalysisOptions::parse_list("blocks,hot"),
-            Err(OptionsError::UnknownAnalysis(n)) if n == "hot"
-        ));
+        let custom = AnalysisOptions::parse_list("blocks,sizes,sizes").unwrap();
+        assert_eq!(custom.custom, vec!["sizes".to_string()]);
+        assert_eq!(custom.request().custom, vec!["sizes".to_string()]);
+        for bad in ["../x", "a b", "summary"] {
+            assert!(matches!(
+                AnalysisOptions::parse_list(&format!("blocks,{bad}")),
+                Err(OptionsError::UnknownAnalysis(n)) if n == bad
+            ));
+        }
     }
 
     #[test]

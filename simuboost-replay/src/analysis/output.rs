@@ -215,6 +215,21 @@ pub const TABLES: &[Table] = &[
     },
 ];
 
+/// The table of an analysis added to the simulator by name (`DIR/<name>/...`): its
+/// `(key, value)` rows in the order the analysis gave them.
+pub const CUSTOM: Table = Table {
+    name: "custom",
+    columns: &[
+        INTERVAL,
+        col(
+            "key",
+            "utf8",
+            "What is counted, as the analysis names it (e.g. `read 8`).",
+        ),
+        col("value", "uint64", "The count."),
+    ],
+};
+
 fn table(name: &str) -> &'static Table {
     TABLES.iter().find(|t| t.name == name).unwrap_or(&TABLES[0])
 }
@@ -580,6 +595,30 @@ impl AnalysisOutput {
             s.cache_l1_miss_rate = cache.totals.first().and_then(rate);
             s.cache_l2_miss_rate = cache.totals.get(1).and_then(rate);
         }
+        for custom in &a.custom {
+            // The simulator answers only names that were asked for, which were checked to be
+            // plain directory names; refuse anything else rather than write elsewhere.
+            if !super::is_custom_name(&custom.name) {
+                return Err(pq(&self.dir)(format!(
+                    "the simulator returned results under the name {:?}",
+                    custom.name
+                )));
+            }
+            let mut f = ParquetFile::create(
+                table_path(&self.dir, &custom.name, interval),
+                CUSTOM.schema(),
+                properties(interval, Vec::new()),
+            )?;
+            f.write(vec![
+                u64s(std::iter::repeat_n(interval, custom.rows.len())),
+                Arc::new(StringArray::from_iter_values(
+                    custom.rows.iter().map(|(k, _)| k.as_str()),
+                )),
+                u64s(custom.rows.iter().map(|(_, v)| *v)),
+            ])?;
+            f.finish()?;
+            s.files.push(rel(&custom.name));
+        }
         if let Some(t) = trace {
             s.trace_rows = Some(t.rows());
             s.trace_bytes = Some(t.finish()?);
@@ -605,8 +644,8 @@ mod tests {
     use super::*;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use simuboost_sim_proto::{
-        AnalysisResults, BlockCache, BlockCount, CacheLevel, CacheResults, CpuState, LevelCounts,
-        PageCount, TraceSummary,
+        AnalysisResults, BlockCache, BlockCount, CacheLevel, CacheResults, CpuState, CustomResult,
+        LevelCounts, PageCount, TraceSummary,
     };
 
     fn final_with_everything() -> Final {
@@ -655,7 +694,10 @@ mod tests {
                     rows: 3,
                     dropped: 2,
                 }),
-                custom: Vec::new(),
+                custom: vec![CustomResult {
+                    name: "sizes".into(),
+                    rows: vec![("read 8".into(), 3), ("write 8".into(), 2)],
+                }],
             },
         }
     }
@@ -699,6 +741,10 @@ mod tests {
         assert_eq!(rows(&table_path(&dir, "pages", 7)), 1);
         assert_eq!(rows(&table_path(&dir, "cache", 7)), 1);
         assert_eq!(rows(&table_path(&dir, "trace", 7)), 3);
+        assert_eq!(rows(&table_path(&dir, "sizes", 7)), 2);
+        assert!(s
+            .files
+            .contains(&"sizes/interval-000007.parquet".to_string()));
         assert_eq!(
             s.top_functions,
             vec![("hot".to_string(), 40), ("0x2000".to_string(), 10)]
@@ -819,7 +865,7 @@ print(json.dumps(out))
     #[test]
     fn the_documented_columns_are_the_declared_ones() {
         let doc = include_str!("../../../docs/ANALYSES.md");
-        for t in TABLES {
+        for t in TABLES.iter().chain([&CUSTOM]) {
             let heading = format!("### {}\n", t.name);
             let at = doc
                 .find(&heading)
