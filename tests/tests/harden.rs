@@ -256,6 +256,12 @@ fn expect_out_refused(out: &Finished, path: &Path, why: &str) {
         out.stderr
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches(&path.display().to_string()).count(),
+        1,
+        "the error says it once: {}",
+        out.stderr
+    );
     assert!(
         !out.stdout.contains("result:"),
         "the guest ran: {}",
@@ -283,6 +289,13 @@ fn out_that_exists_is_refused_before_the_guest_starts() {
             "already exists and is not empty",
         );
         expect_out_refused(&record_into(&file, extra), &file, "");
+        // One line a person can read, without the cause repeated.
+        let out = record_into(&file, extra);
+        assert!(
+            out.stderr.contains("Not a directory") || out.stderr.contains("File exists"),
+            "{}",
+            out.stderr
+        );
     }
     assert_eq!(
         before,
