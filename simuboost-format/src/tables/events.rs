@@ -132,7 +132,8 @@ pub(crate) fn read(path: &Path, interval: u64, mem_bytes: u64) -> Result<Vec<Eve
                     return Err(FormatError::corrupt(
                         path,
                         format!(
-                            "row {}: its {len}-byte buffer at {gpa:#x} lies outside guest memory                              ({mem_bytes} bytes)",
+                            "row {}: its {len}-byte buffer at {gpa:#x} lies outside guest \
+                             memory ({mem_bytes} bytes)",
                             events.len()
                         ),
                     ));
