@@ -445,6 +445,29 @@ fn expect_refused(out: &Finished, what: &str, file: &str, why: &str) {
     assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
 }
 
+/// Rewrites a Parquet table with pyarrow as its rows repeated until it has at least `rows`.
+fn repeat_rows(table: &Path, rows: u64) {
+    let script = format!(
+        r#"
+import pyarrow as pa, pyarrow.parquet as pq
+t = pq.read_table({path:?})
+assert t.num_rows > 0
+pq.write_table(pa.concat_tables([t] * ({rows} // t.num_rows + 1)), {path:?})
+"#,
+        path = table.display().to_string()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pyarrow rewrite of {} failed: {}",
+        table.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Edits manifest.json of `run` with `edit`.
 fn edit_manifest(run: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = layout::manifest(run);
@@ -537,6 +560,28 @@ fn crafted_runs_are_refused_naming_the_file() {
         "access gfn",
         &table,
         "beyond guest memory",
+    );
+
+    // More rows than guest memory has pages (a small file can claim any number): refused
+    // from the footer, before anything is decoded.
+    let dir = crafted("access rows", &|d| {
+        repeat_rows(&layout::access_table(d, 1), mem_pages + 1)
+    });
+    expect_refused(
+        &replay(&dir, &["--interval", "1"]),
+        "access rows",
+        &table,
+        &format!("holds at most {mem_pages}"),
+    );
+    let state = name(layout::state_table(&run, 1));
+    let dir = crafted("state rows", &|d| {
+        repeat_rows(&layout::state_table(d, 1), 2)
+    });
+    expect_refused(
+        &replay(&dir, &["--interval", "1", "--mode", "full"]),
+        "state rows",
+        &state,
+        "holds at most 1",
     );
 
     // An event whose buffer lies outside guest memory, and one out of order.
