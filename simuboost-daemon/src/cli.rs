@@ -4,6 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use simuboost_abi::layout::MAX_MEM_BYTES;
+use simuboost_abi::WorkloadId;
+use simuboost_vmm::machine::min_mem_bytes;
+use simuboost_vmm::vstate::memory::{MEM_ALIGN, MIN_MEM_BYTES};
 
 /// Runs a workload in a KVM VM at hardware speed.
 ///
@@ -39,11 +43,11 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// Workload to run (see `simuboost-daemon workloads`).
-    #[arg(long, default_value = "build")]
+    #[arg(long, default_value = "build", value_parser = parse_workload)]
     pub workload: String,
 
     /// Guest memory, e.g. 256M or 2G (binary units; a multiple of 2 MiB).
-    #[arg(long, default_value = "512M", value_parser = parse_bytes)]
+    #[arg(long, default_value = "512M", value_parser = parse_guest_mem)]
     pub mem: u64,
 
     /// Disk image (for compress and sort a data set is generated into the run directory
@@ -96,7 +100,7 @@ pub struct RunArgs {
     /// Size of the tracer's event ring in bytes (a power of two, at least 4096). The default
     /// holds one event for every frame of guest RAM, which the programs report at most once
     /// per interval, so it cannot overflow.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     pub trace_ring_bytes: Option<u32>,
 
     /// Run without recording: no checkpoints, no event log.
@@ -116,7 +120,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct MkdiskArgs {
     /// Workload whose data set to generate (compress or sort).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_workload)]
     pub workload: String,
 
     /// Bytes of input data, e.g. 64M.
@@ -158,4 +162,84 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .with_binary()
         .parse_size(text)
         .map_err(|e| format!("{e} (examples: 256M, 1G, 1048576)"))
+}
+
+/// A workload name: one of `simuboost-daemon workloads` (a usage error otherwise).
+fn parse_workload(name: &str) -> Result<String, String> {
+    match WorkloadId::from_name(name) {
+        Some(w) => Ok(w.name().to_string()),
+        None => {
+            let names: Vec<&str> = WorkloadId::ALL.iter().map(|w| w.name()).collect();
+            Err(format!(
+                "unknown workload `{name}`; valid workloads: {}",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+/// The checks of values that depend on each other (clap checks each on its own): a failure is
+/// a usage error, like a bad value.
+pub fn check_values(command: &Command) -> Result<(), String> {
+    match command {
+        Command::Run(args) => {
+            // The workload was checked by its parser.
+            if let Some(workload) = WorkloadId::from_name(&args.workload) {
+                let needed = min_mem_bytes(workload);
+                if args.mem < needed {
+                    return Err(format!(
+                        "--mem {} MiB is too small: {} needs at least {} MiB; use --mem {}M or \
+                         more",
+                        args.mem >> 20,
+                        workload.name(),
+                        needed >> 20,
+                        needed >> 20
+                    ));
+                }
+            }
+        }
+        Command::Mkdisk(args) => {
+            if let Some(workload) = WorkloadId::from_name(&args.workload) {
+                if !simuboost_workloads::needs_disk(workload) {
+                    return Err(format!(
+                        "--workload {}: it reads no data set from the disk; data sets exist for \
+                         compress and sort",
+                        workload.name()
+                    ));
+                }
+            }
+            if let Some(size) = args.size.filter(|&size| size < args.data) {
+                return Err(format!(
+                    "--size {size} is smaller than --data {}",
+                    args.data
+                ));
+            }
+        }
+        Command::Workloads => {}
+    }
+    Ok(())
+}
+
+/// Guest RAM: a size that is a multiple of 2 MiB within what the VMM supports.
+fn parse_guest_mem(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    if !bytes.is_multiple_of(MEM_ALIGN) || !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&bytes) {
+        return Err(format!(
+            "{bytes} bytes is not a multiple of 2 MiB between {} MiB and {} GiB",
+            MIN_MEM_BYTES >> 20,
+            MAX_MEM_BYTES >> 30
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The tracer's ring size: a power of two of at least 4096 bytes.
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text
+        .parse()
+        .map_err(|e| format!("{e} (a number of bytes, e.g. 1048576)"))?;
+    if !bytes.is_power_of_two() || bytes < 4096 {
+        return Err(format!("{bytes} is not a power of two of at least 4096"));
+    }
+    Ok(bytes)
 }

@@ -16,7 +16,14 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    if let Err(message) = cli::check_values(&command) {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit();
+    }
+    let result = match command {
         Command::Run(args) => run::run(&args),
         Command::Workloads => {
             run::print_workloads();
@@ -27,10 +34,24 @@ fn main() -> ExitCode {
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => {
-            eprintln!("simuboost-daemon: error: {err:#}");
+            eprintln!("simuboost-daemon: error: {}", describe(&err));
             ExitCode::from(run::EXIT_ERROR)
         }
     }
+}
+
+/// The error and its causes, each cause only when the message so far does not already say it
+/// (the format's and the recorder's errors include their source in their own message, so
+/// `{err:#}` would repeat it).
+fn describe(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
 }
 
 fn init_logging(verbose: u8) {

@@ -123,13 +123,10 @@ fn start_tracer(args: &RunArgs) -> Result<Option<Tracer>> {
     if args.no_record || !matches!(args.tracer, TracerArg::Ebpf) {
         return Ok(None);
     }
-    let ring_bytes = match args.trace_ring_bytes {
-        Some(bytes) if !bytes.is_power_of_two() || bytes < 4096 => {
-            bail!("--trace-ring-bytes must be a power of two of at least 4096")
-        }
-        Some(bytes) => bytes,
-        None => crate::trace::ring_bytes_for(args.mem),
-    };
+    // The command line checked a given size (a power of two of at least 4096).
+    let ring_bytes = args
+        .trace_ring_bytes
+        .unwrap_or_else(|| crate::trace::ring_bytes_for(args.mem));
     let tracer = Tracer::start(args.mem, ring_bytes)?;
     if !args.json {
         eprintln!(
@@ -149,6 +146,14 @@ fn start_recorder(
     tracer: Option<Tracer>,
 ) -> Result<Option<Recorder>> {
     if args.no_record {
+        // Without a recorder the daemon still writes summary.json (and a generated disk.img)
+        // into the directory: the same rule as a recording, never into one that holds files.
+        if fs::read_dir(run_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+            bail!(
+                "{}: run directory already exists and is not empty",
+                run_dir.display()
+            );
+        }
         fs::create_dir_all(run_dir)
             .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
         return Ok(None);

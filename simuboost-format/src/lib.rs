@@ -52,10 +52,11 @@ mod pages;
 mod reader;
 mod records;
 mod tables;
+mod tree;
 mod writer;
 
 pub use error::FormatError;
-pub use manifest::{Manifest, RunMeta};
+pub use manifest::{Manifest, RunMeta, MAX_MEM_BYTES};
 pub use pages::{is_zero_page, page_hash, PageMap, PageStore};
 pub use reader::Run;
 pub use records::{

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::{sync_dir, write_atomic};
 use crate::{layout, FormatError, FORMAT_VERSION};
 
+/// Largest guest RAM a manifest may declare (1 TiB): readers size their page maps by it, so a
+/// damaged or crafted `meta.mem_bytes` must not make them allocate without bound.
+pub const MAX_MEM_BYTES: u64 = 1 << 40;
+
 /// How a run was recorded; written once at creation and never changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMeta {
@@ -109,6 +113,16 @@ impl Manifest {
                 format!(
                     "meta.mem_bytes {} is not a positive multiple of {page}",
                     self.meta.mem_bytes
+                ),
+            ));
+        }
+        if self.meta.mem_bytes > MAX_MEM_BYTES {
+            return Err(FormatError::corrupt(
+                path,
+                format!(
+                    "meta.mem_bytes {} is more than the format's limit of {} GiB",
+                    self.meta.mem_bytes,
+                    MAX_MEM_BYTES >> 30
                 ),
             ));
         }

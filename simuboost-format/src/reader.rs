@@ -26,6 +26,7 @@ impl Run {
     /// [`FormatError::UnsupportedVersion`].
     pub fn open(dir: &Path) -> Result<Run, FormatError> {
         let manifest = Manifest::read(dir)?;
+        crate::tree::check_run_tree(dir, manifest.checkpoints)?;
         Ok(Run {
             dir: dir.to_path_buf(),
             manifest,
@@ -121,7 +122,8 @@ impl Run {
     /// The guest-initiated exits of `interval`, ascending.
     pub fn events(&self, interval: u64) -> Result<Vec<Event>, FormatError> {
         self.check_interval(interval)?;
-        tables::events::read(&layout::events_table(&self.dir, interval), interval)
+        let path = layout::events_table(&self.dir, interval);
+        tables::events::read(&path, interval, self.manifest.meta.mem_bytes)
     }
 
     /// The access log (working set) of `interval`, in first-touch order; `None` when the run

@@ -166,6 +166,9 @@ impl RunWriter {
                     sync_dir(parent)?;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(FormatError::io(dir, "use as the run directory", e))
+            }
             Err(e) => return Err(FormatError::io(dir, "read directory", e)),
         }
         for sub in layout::SUBDIRS {

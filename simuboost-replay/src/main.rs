@@ -21,14 +21,14 @@ use simuboost_replay::runs::{newest_run, DEFAULT_RUNS_DIR};
 use simuboost_replay::{replay_interval, Engine, Mode, ReplayOptions, ReplayReport};
 
 use simuboost_report::replay::exit::{
-    DIVERGED as EXIT_DIVERGED, ERROR as EXIT_ERROR, OK as EXIT_OK,
+    DIVERGED as EXIT_DIVERGED, ERROR as EXIT_ERROR, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK,
 };
 
 /// Replay intervals of a recorded run from their checkpoints, and verify each against the next
 /// checkpoint.
 ///
 /// Exit status: 0 when every replay verified, 3 when one diverged, 1 when a replay could not
-/// run (bad input, a damaged run, KVM), 2 for bad arguments.
+/// run (bad input, a damaged run, KVM), 2 for bad arguments, 130 when --all was interrupted.
 #[derive(Parser, Debug)]
 #[command(name = "simuboost-replay", version)]
 struct Args {
@@ -71,13 +71,13 @@ struct Args {
     #[arg(long)]
     slurm_dir: Option<PathBuf>,
     /// Slurm: an extra sbatch argument, as given (repeatable), e.g. `--slurm-arg=--qos=long`.
-    #[arg(long = "slurm-arg", allow_hyphen_values = true)]
+    #[arg(long = "slurm-arg", allow_hyphen_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     slurm_args: Vec<String>,
     /// Slurm: the partition to submit to.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     partition: Option<String>,
     /// Slurm: time limit per task (sbatch --time), e.g. `10m`.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_time_limit)]
     time_limit: Option<Duration>,
     /// Slurm: memory per task, e.g. `2G` [default: what the replay needs: guest RAM for
     /// `full`, about twice the largest working set for `sparse`/`lazy`, plus 256 MiB].
@@ -170,9 +170,21 @@ fn analysis_child_args(args: &Args) -> anyhow::Result<Vec<String>> {
     Ok(child)
 }
 
-/// A size such as `2G` or `512MiB`, in bytes.
+/// A size such as `2G` or `512MiB`, in bytes; not zero (`sbatch --mem=0` means "all of the
+/// node's memory").
 fn parse_mem(text: &str) -> Result<u64, String> {
-    parse_size::parse_size(text).map_err(|e| e.to_string())
+    match parse_size::parse_size(text).map_err(|e| e.to_string())? {
+        0 => Err("the memory per task must be more than 0".to_string()),
+        bytes => Ok(bytes),
+    }
+}
+
+/// A duration such as `10m`; not zero (`sbatch --time=0` means "no limit").
+fn parse_time_limit(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("the time limit must be more than 0".to_string()),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {
@@ -486,11 +498,12 @@ fn replay_every(args: &Args, dir: &Path) -> anyhow::Result<u8> {
             if let Some(bar) = &bar {
                 bar.abandon();
             }
-            anyhow::bail!(
-                "interrupted: {} of {submitted} submitted intervals replayed; the rest were \
-                 cancelled",
+            eprintln!(
+                "simuboost-replay: interrupted: {} of {submitted} submitted intervals replayed; \
+                 the rest were cancelled",
                 outcomes.len()
             );
+            return Ok(EXIT_INTERRUPTED);
         }
         if !finished && stalled.is_none() {
             // The manifest is replaced atomically as the last step of each checkpoint, so a

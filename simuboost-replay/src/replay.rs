@@ -181,6 +181,7 @@ impl IntervalInputs {
         let mem_bytes = run.manifest().meta.mem_bytes;
         let record = run.interval(interval)?;
         let state = run.state(interval)?;
+        check_chain(run, &record, state.exit)?;
         let machine =
             MachineSnapshot::restore((), &state).map_err(|source| ReplayError::BadState {
                 path: simuboost_format::layout::state_table(run.dir(), interval),
@@ -228,6 +229,41 @@ impl IntervalInputs {
     fn recorded(&self) -> Duration {
         Duration::from_nanos(self.record.end_ns.saturating_sub(self.record.start_ns))
     }
+}
+
+/// Checks that interval `record` chains with the checkpoints around it: it starts at the exit
+/// count of checkpoint N's state (`start_state_exit`) and ends at that of checkpoint N+1. A
+/// replay trusts these boundaries to know where to stop, so a run whose files disagree is
+/// refused naming the interval's file, not replayed to a wrong place.
+fn check_chain(
+    run: &Run,
+    record: &IntervalRecord,
+    start_state_exit: u64,
+) -> Result<(), ReplayError> {
+    let n = record.interval;
+    let end_state_exit = run.state(n + 1)?.exit;
+    let broken = |what: String| {
+        ReplayError::Format(FormatError::Corrupt {
+            path: simuboost_format::layout::interval_table(run.dir(), n),
+            what,
+        })
+    };
+    if record.start_exit != start_state_exit {
+        return Err(broken(format!(
+            "start_exit {} does not chain: checkpoint {n} ({}) was taken at exit {start_state_exit}",
+            record.start_exit,
+            simuboost_format::layout::state_table(run.dir(), n).display()
+        )));
+    }
+    if record.end_exit != end_state_exit {
+        return Err(broken(format!(
+            "end_exit {} does not chain: checkpoint {} ({}) was taken at exit {end_state_exit}",
+            record.end_exit,
+            n + 1,
+            simuboost_format::layout::state_table(run.dir(), n + 1).display()
+        )));
+    }
+    Ok(())
 }
 
 /// The frames sparse mode loads: the access log plus the frames the vCPU state points at,

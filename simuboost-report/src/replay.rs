@@ -12,6 +12,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// A replay ran but did not match the recording.
     pub const DIVERGED: u8 = 3;
+    /// `--all` was interrupted by SIGINT or SIGTERM (128 + SIGINT, as shells report it): the
+    /// replays that had not finished were stopped.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// What executes a replayed interval.

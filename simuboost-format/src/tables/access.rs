@@ -48,7 +48,8 @@ pub(crate) fn write(path: &Path, interval: u64, access: &[Access]) -> Result<u64
 /// `kind` and `source` hold only the documented values.
 pub(crate) fn read(path: &Path, interval: u64, mem_pages: u64) -> Result<Vec<Access>, FormatError> {
     let mut access = Vec::new();
-    for batch in read_batches(path, None)? {
+    // One row per frame touched.
+    for batch in read_batches(path, None, mem_pages)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         let gfns = cols.u64s("gfn")?;

@@ -85,7 +85,7 @@ pub(crate) fn read(
     mut f: impl FnMut(u64, Option<(u64, u128)>),
 ) -> Result<(), FormatError> {
     let names: Vec<&str> = TABLE.names().collect();
-    for batch in read_batches(path, Some(&names))? {
+    for batch in read_batches(path, Some(&names), limits.mem_pages)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;

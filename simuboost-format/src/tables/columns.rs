@@ -348,6 +348,7 @@ impl<'t> BatchBuilder<'t> {
 pub(crate) fn read_batches(
     path: &Path,
     columns: Option<&[&str]>,
+    max_rows: u64,
 ) -> Result<Vec<RecordBatch>, FormatError> {
     let file = File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -359,6 +360,15 @@ pub(crate) fn read_batches(
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| FormatError::parquet(path, e))?;
+        // Before decoding anything: a small file can encode any number of equal or evenly
+        // spaced values, and a reader must not allocate in proportion to a count read from disk.
+        let rows = builder.metadata().file_metadata().num_rows();
+        if !matches!(u64::try_from(rows), Ok(rows) if rows <= max_rows) {
+            return Err(FormatError::corrupt(
+                path,
+                format!("its footer claims {rows} rows; this table holds at most {max_rows}"),
+            ));
+        }
         let builder = match columns {
             Some(cols) => {
                 let mask = ProjectionMask::columns(builder.parquet_schema(), cols.iter().copied());
@@ -384,7 +394,7 @@ pub(crate) fn read_batches(
 
 /// Reads a table that must hold exactly one row.
 pub(crate) fn read_one_row(path: &Path) -> Result<RecordBatch, FormatError> {
-    let mut rows: Vec<RecordBatch> = read_batches(path, None)?
+    let mut rows: Vec<RecordBatch> = read_batches(path, None, 1)?
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .collect();

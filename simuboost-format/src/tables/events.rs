@@ -88,9 +88,13 @@ pub(crate) fn write(path: &Path, events: &[Event]) -> Result<u64, FormatError> {
     write_table(path, &TABLE, &batches)
 }
 
-pub(crate) fn read(path: &Path, interval: u64) -> Result<Vec<Event>, FormatError> {
+/// Reads the events of `interval` from `path`, checking that exits ascend and that every
+/// buffer lies inside guest memory (`mem_bytes`).
+pub(crate) fn read(path: &Path, interval: u64, mem_bytes: u64) -> Result<Vec<Event>, FormatError> {
     let mut events = Vec::new();
-    for batch in read_batches(path, None)? {
+    // Not bounded here: an interval has as many exits as it has (the replayer checks the
+    // interval's boundaries against the checkpoints' states).
+    for batch in read_batches(path, None, u64::MAX)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         let exit = cols.u64s("exit")?;
@@ -103,6 +107,40 @@ pub(crate) fn read(path: &Path, interval: u64) -> Result<Vec<Event>, FormatError
         let data_gpa = cols.opt_u64s("data_gpa")?;
         let data = cols.opt_binaries("data")?;
         for i in 0..batch.num_rows() {
+            if let Some(prev) = events.last().map(|e: &Event| e.exit) {
+                if exit[i] <= prev {
+                    return Err(FormatError::corrupt(
+                        path,
+                        format!(
+                            "row {}: exit {} does not follow exit {prev} (exits ascend)",
+                            events.len(),
+                            exit[i]
+                        ),
+                    ));
+                }
+            }
+            if data_gpa.is_valid(i) != data.is_valid(i) {
+                return Err(FormatError::corrupt(
+                    path,
+                    format!(
+                        "row {}: data_gpa and data must be both NULL or both set",
+                        events.len()
+                    ),
+                ));
+            }
+            if data.is_valid(i) {
+                let (gpa, len) = (data_gpa.value(i), data.value(i).len() as u64);
+                if gpa.checked_add(len).is_none_or(|end| end > mem_bytes) {
+                    return Err(FormatError::corrupt(
+                        path,
+                        format!(
+                            "row {}: its {len}-byte buffer at {gpa:#x} lies outside guest \
+                             memory ({mem_bytes} bytes)",
+                            events.len()
+                        ),
+                    ));
+                }
+            }
             events.push(Event {
                 interval,
                 exit: exit[i],

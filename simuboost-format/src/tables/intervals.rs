@@ -126,6 +126,15 @@ pub(crate) fn read(path: &Path, interval: u64) -> Result<IntervalRecord, FormatE
         traced_frames: u64_of("traced_frames")?,
         trace_drops: u64_of("trace_drops")?,
     };
+    if rec.start_exit > rec.end_exit {
+        return Err(FormatError::corrupt(
+            path,
+            format!(
+                "start_exit {} is after end_exit {}",
+                rec.start_exit, rec.end_exit
+            ),
+        ));
+    }
     if rec.trace_drops > 0 && rec.complete {
         return Err(FormatError::corrupt(
             path,

@@ -67,7 +67,7 @@ pub(crate) fn read(
     limits: PageLimits,
     map: &mut PageMap,
 ) -> Result<(), FormatError> {
-    for batch in read_batches(path, None)? {
+    for batch in read_batches(path, None, limits.mem_pages)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;
@@ -115,7 +115,7 @@ mod tests {
         let mut map = PageMap::new(LIMITS.mem_pages);
         map.set(3, Some((1, 0xaa << 120 | 0xbb)));
         write(&path, 4, &map).unwrap();
-        let b = &read_batches(&path, Some(&["hash"])).unwrap()[0];
+        let b = &read_batches(&path, Some(&["hash"]), u64::MAX).unwrap()[0];
         let h = b.column(0).as_any().downcast_ref::<FixedSizeBinaryArray>();
         let v = h.unwrap().value(0);
         assert_eq!((v[0], v[15]), (0xaa, 0xbb));

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,6 +26,9 @@ pub struct LocalExecutor {
     results: mpsc::Receiver<IntervalOutcome>,
     /// Process ids of the running replays, for [`Executor::cancel`].
     children: Arc<Mutex<HashSet<u32>>>,
+    /// Set by [`Executor::cancel`]: the workers start no more replays (the queue may still
+    /// hold intervals).
+    cancelled: Arc<AtomicBool>,
     outstanding: usize,
     workers: Vec<JoinHandle<()>>,
 }
@@ -36,12 +40,14 @@ impl LocalExecutor {
         let intervals = Arc::new(Mutex::new(intervals));
         let (done, results) = mpsc::channel::<IntervalOutcome>();
         let children = Arc::new(Mutex::new(HashSet::new()));
+        let cancelled = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for worker in 0..jobs.max(1) {
-            let (intervals, done, children, task) = (
+            let (intervals, done, children, cancelled, task) = (
                 intervals.clone(),
                 done.clone(),
                 children.clone(),
+                cancelled.clone(),
                 task.clone(),
             );
             let spawned = std::thread::Builder::new()
@@ -55,7 +61,10 @@ impl LocalExecutor {
                     let Ok(interval) = next else {
                         return;
                     };
-                    let outcome = replay_in_child(&task, interval, &children);
+                    let Some(outcome) = replay_in_child(&task, interval, &children, &cancelled)
+                    else {
+                        return;
+                    };
                     if done.send(outcome).is_err() {
                         return;
                     }
@@ -72,6 +81,7 @@ impl LocalExecutor {
             queue: Some(queue),
             results,
             children,
+            cancelled,
             outstanding: 0,
             workers,
         })
@@ -118,8 +128,13 @@ impl Executor for LocalExecutor {
 
     fn cancel(&mut self) {
         self.queue = None;
+        // Under the lock that spawning holds: a replay is either in the set (and stopped here)
+        // or never started.
         let pids: Vec<u32> = match self.children.lock() {
-            Ok(children) => children.iter().copied().collect(),
+            Ok(children) => {
+                self.cancelled.store(true, Ordering::SeqCst);
+                children.iter().copied().collect()
+            }
             Err(_) => return,
         };
         for pid in pids {
@@ -145,12 +160,14 @@ impl Drop for LocalExecutor {
     }
 }
 
-/// Replays one interval in a child process and reads its JSON report.
+/// Replays one interval in a child process and reads its JSON report; `None` once the
+/// executor was cancelled (no replay started).
 fn replay_in_child(
     task: &ReplayTask,
     interval: u64,
     children: &Mutex<HashSet<u32>>,
-) -> IntervalOutcome {
+    cancelled: &AtomicBool,
+) -> Option<IntervalOutcome> {
     let mut cmd = Command::new(&task.exe);
     cmd.arg("--run")
         .arg(&task.run_dir)
@@ -160,24 +177,33 @@ fn replay_in_child(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            return IntervalOutcome {
-                interval,
-                result: Err(format!("cannot run {}: {e}", task.exe.display())),
+    // Spawn under the lock that cancel takes, so that a cancel cannot miss this child.
+    let child = {
+        let Ok(mut set) = children.lock() else {
+            return None;
+        };
+        if cancelled.load(Ordering::SeqCst) {
+            return None;
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                set.insert(child.id());
+                child
+            }
+            Err(e) => {
+                return Some(IntervalOutcome {
+                    interval,
+                    result: Err(format!("cannot run {}: {e}", task.exe.display())),
+                })
             }
         }
     };
     let pid = child.id();
-    if let Ok(mut set) = children.lock() {
-        set.insert(pid);
-    }
     let out = child.wait_with_output();
     if let Ok(mut set) = children.lock() {
         set.remove(&pid);
     }
-    match out {
+    Some(match out {
         Ok(out) => outcome_from_output(
             interval,
             out.status.code(),
@@ -189,5 +215,5 @@ fn replay_in_child(
             interval,
             result: Err(format!("cannot wait for the replay: {e}")),
         },
-    }
+    })
 }
