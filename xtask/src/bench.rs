@@ -50,18 +50,19 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
 /// Guest memory of the guest-speed runs.
 const MEM_BYTES: u64 = 512 << 20;
 const SEED: u64 = 42;
-/// Runs per side; the median is reported.
-const REPEATS: usize = 3;
+/// Runs per side, alternating which side goes first; the median and the spread are reported.
+const REPEATS: usize = 5;
 
-/// Work units per workload, chosen for runs of a few seconds.
+/// Work units per workload, chosen for runs of a few seconds on each side (runs of a fraction
+/// of a second gave ratios that moved by ±30% from one try to the next).
 fn bench_units(workload: WorkloadId) -> Option<u64> {
     match workload {
-        WorkloadId::Kvstore => Some(300),
-        WorkloadId::Build => Some(300),
-        WorkloadId::Compress => Some(150),
-        WorkloadId::Sort => Some(1000),
-        WorkloadId::Stream => Some(1500),
-        WorkloadId::Pattern => Some(20000),
+        WorkloadId::Kvstore => Some(900),
+        WorkloadId::Build => Some(600),
+        WorkloadId::Compress => Some(600),
+        WorkloadId::Sort => Some(4000),
+        WorkloadId::Stream => Some(3000),
+        WorkloadId::Pattern => Some(80000),
         // Idle waits for the clock: its runtime is the same anywhere by construction.
         WorkloadId::Idle => None,
     }
@@ -73,13 +74,20 @@ struct GuestSpeedRow {
     units: u64,
     vm_seconds: f64,
     host_seconds: f64,
+    /// Fastest and slowest run of each side.
+    vm_spread: [f64; 2],
+    host_spread: [f64; 2],
     ratio: f64,
+    /// Ratio of the fastest VM run to the fastest host run: noise on a shared machine only
+    /// ever slows a run down.
+    best_ratio: f64,
     guest_exits: u64,
     exits_per_second: f64,
     checksums_match: bool,
 }
 
 /// What one VM run reported.
+#[derive(Clone)]
 struct VmRun {
     seconds: f64,
     arena_bytes: u64,
@@ -192,7 +200,7 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
     let scratch: PathBuf = root().join("target").join("bench").join("guest-speed");
     let mut rows = Vec::new();
     eprintln!(
-        "guest-speed: {} MiB guest, seed {SEED}, median of {REPEATS} runs per side",
+        "guest-speed: {} MiB guest, seed {SEED}, median of {REPEATS} runs per side, alternating",
         MEM_BYTES >> 20
     );
     for workload in WorkloadId::ALL {
@@ -207,52 +215,88 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
         let (mut vm_times, mut host_times) = (Vec::new(), Vec::new());
         let (mut vm_sum, mut host_sum) = (String::new(), String::new());
         let mut exits = 0;
-        for _ in 0..REPEATS {
-            if dir.exists() {
-                fs::remove_dir_all(&dir)?;
-            }
-            fs::create_dir_all(&dir)?;
-            let vm = vm_run(workload, units, &dir)?;
-            let (host_seconds, checksum) = host_run(workload, units, &vm, &dir)?;
+        // The host run needs the VM run's arena size (and disk), so the first repeat runs the
+        // VM first; after that the order alternates, so that a slow stretch of a shared
+        // machine does not always hit the same side.
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::create_dir_all(&dir)?;
+        let first = vm_run(workload, units, &dir)?;
+        for repeat in 0..REPEATS {
+            let vm_first = repeat % 2 == 1;
+            let vm = if vm_first {
+                Some(vm_run(workload, units, &dir.join(format!("vm-{repeat}")))?)
+            } else {
+                None
+            };
+            let (host_seconds, checksum) = host_run(workload, units, &first, &dir)?;
+            let vm = match vm {
+                Some(vm) => vm,
+                None if repeat == 0 => first.clone(),
+                None => vm_run(workload, units, &dir.join(format!("vm-{repeat}")))?,
+            };
             vm_times.push(vm.seconds);
             host_times.push(host_seconds);
             exits = vm.guest_exits;
             vm_sum = vm.checksum;
             host_sum = checksum;
         }
+        let spread = |v: &[f64]| {
+            [
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(0.0, f64::max),
+            ]
+        };
+        let (vm_spread, host_spread) = (spread(&vm_times), spread(&host_times));
         let (vm_seconds, host_seconds) = (median(vm_times), median(host_times));
         let row = GuestSpeedRow {
             workload: workload.name(),
             units,
             vm_seconds,
             host_seconds,
+            vm_spread,
+            host_spread,
             ratio: vm_seconds / host_seconds,
+            best_ratio: vm_spread[0] / host_spread[0],
             guest_exits: exits,
             exits_per_second: exits as f64 / vm_seconds,
             checksums_match: vm_sum == host_sum,
         };
         eprintln!(
-            "guest-speed: {:<9} vm {:>7.3} s  host {:>7.3} s  ratio {:.3}  ({} exits, {:.0}/s, checksums {})",
+            "guest-speed: {:<9} vm {:>7.3} s ({:.3}-{:.3})  host {:>7.3} s ({:.3}-{:.3})  ratio {:.3} (best {:.3})  ({} exits, {:.0}/s, checksums {})",
             row.workload,
             row.vm_seconds,
+            row.vm_spread[0],
+            row.vm_spread[1],
             row.host_seconds,
+            row.host_spread[0],
+            row.host_spread[1],
             row.ratio,
+            row.best_ratio,
             row.guest_exits,
             row.exits_per_second,
             if row.checksums_match { "match" } else { "DIFFER" }
         );
         rows.push(row);
     }
-    println!("| workload | units | VM (s) | host (s) | VM/host | guest exits/s | same checksum |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| workload | units | VM (s), median (min-max) | host (s), median (min-max) | VM/host | fastest/fastest | guest exits/s | same checksum |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.0} | {} |",
+            "| {} | {} | {:.3} ({:.3}-{:.3}) | {:.3} ({:.3}-{:.3}) | {:.3} | {:.3} | {:.0} | {} |",
             r.workload,
             r.units,
             r.vm_seconds,
+            r.vm_spread[0],
+            r.vm_spread[1],
             r.host_seconds,
+            r.host_spread[0],
+            r.host_spread[1],
             r.ratio,
+            r.best_ratio,
             r.exits_per_second,
             if r.checksums_match { "yes" } else { "no" }
         );
