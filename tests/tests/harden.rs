@@ -788,10 +788,12 @@ fn interrupted_replay_all_leaves_nothing_behind() {
         &run,
         "idle",
         SMALL_MEM,
-        &["--duration", "2s", "--interval", "40ms"],
+        &["--duration", "3s", "--interval", "40ms"],
     );
+    // Enough intervals that two replays at a time are still busy when the signal comes (on a
+    // loaded machine idle's boundaries come later than every 40 ms).
     let intervals = Run::open(&run).expect("run opens").interval_count();
-    assert!(intervals >= 20, "{intervals} intervals");
+    assert!(intervals >= 12, "{intervals} intervals");
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let mut child = Command::new(binary("simuboost-replay"))
             .arg("--run")
