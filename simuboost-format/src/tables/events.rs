@@ -10,6 +10,7 @@ use super::columns::{
     Settings, Table,
 };
 use crate::records::Event;
+use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
 /// Events are written in batches of at most this many rows or [`BATCH_BYTES`] of data, so
@@ -88,9 +89,13 @@ pub(crate) fn write(path: &Path, events: &[Event]) -> Result<u64, FormatError> {
     write_table(path, &TABLE, &batches)
 }
 
-pub(crate) fn read(path: &Path, interval: u64) -> Result<Vec<Event>, FormatError> {
+pub(crate) fn read(
+    storage: &dyn RunStorage,
+    path: &Path,
+    interval: u64,
+) -> Result<Vec<Event>, FormatError> {
     let mut events = Vec::new();
-    for batch in read_batches(path, None)? {
+    for batch in read_batches(storage, path, None)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         let exit = cols.u64s("exit")?;

@@ -70,9 +70,8 @@ impl UffdMemory {
     }
 
     /// Installs frames `gfns` (ascending, below guest memory size) with their contents from
-    /// `source`, in bulk: every page is read (from the mmapped pages.bin, else one `pread` per
-    /// run of consecutive slots) and checked against its hash, then one copy per run of
-    /// consecutive frames. Frames already installed are skipped.
+    /// `source`, in bulk: the pages are read from pages.bin in slot order, coalesced into few
+    /// reads, and checked against their hashes, then one copy per run of consecutive frames. Frames already installed are skipped.
     pub fn install(&self, source: &PageSource, gfns: &[u64]) -> Result<LoadStats, RestoreError> {
         let mut stats = LoadStats::default();
         let mut data: Vec<(u64, u64, u128)> = Vec::with_capacity(gfns.len());
@@ -124,15 +123,9 @@ impl UffdMemory {
                 hashes.push(hash);
             }
             let buffer = staging.get(chunk.len());
-            if source.mapped.is_some() {
-                for (i, page) in buffer.chunks_exact_mut(PAGE_SIZE).enumerate() {
-                    source.read_page(slots[i], hashes[i], frames[i], page)?;
-                }
-            } else {
-                source
-                    .store
-                    .read_pages_verified(&slots, &hashes, &frames, buffer)?;
-            }
+            source
+                .store
+                .read_pages_verified(&slots, &hashes, &frames, buffer)?;
             for (first, count) in runs(&frames) {
                 let offset = first * PAGE_SIZE;
                 self.copy(
