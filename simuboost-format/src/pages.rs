@@ -469,8 +469,10 @@ mod tests {
 
     #[test]
     fn coalescing_joins_small_gaps_and_bounds_ranges() {
+        // A gap of two slots (4, 5) joins; three (7..=9) does not; duplicates are one slot.
         let r = coalesce([1, 2, 2, 3, 6, 10, 20].into_iter(), 2);
-        assert_eq!(r, vec![1..4, 6..7, 10..11, 20..21]);
+        assert_eq!(r, vec![1..7, 10..11, 20..21]);
+        assert_eq!(coalesce([1, 2, 6].into_iter(), 2), vec![1..3, 6..7]);
         let r = coalesce([1, 3, 6].into_iter(), 2);
         assert_eq!(r, vec![1..7]);
         assert_eq!(coalesce([5, 6].into_iter(), 0), vec![5..7]);

@@ -85,6 +85,10 @@ impl UffdMemory {
                 None => zeros.push(gfn),
             }
         }
+        // In slot order: each chunk then covers a compact part of pages.bin, which the page
+        // store reads with few requests (the recorder appends a checkpoint's new pages in gfn
+        // order, so runs of consecutive frames mostly stay runs of consecutive slots).
+        data.sort_unstable_by_key(|&(gfn, slot, _)| (slot, gfn));
         STAGING.with(|staging| {
             let mut staging = staging.borrow_mut();
             self.install_pages(source, &data, &mut staging)
@@ -104,8 +108,9 @@ impl UffdMemory {
         Ok(stats)
     }
 
-    /// Copies the pages `data` (`(gfn, slot, hash)`, gfns ascending) into guest memory through
-    /// `staging`, a chunk at a time.
+    /// Copies the pages `data` (`(gfn, slot, hash)`, in slot order) into guest memory through
+    /// `staging`, a chunk at a time: one read of the chunk's slots, then one copy per run of
+    /// consecutive frames.
     fn install_pages(
         &self,
         source: &PageSource,
