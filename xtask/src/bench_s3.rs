@@ -9,9 +9,9 @@
 //! Target: a sparse replay fetches at least 10x fewer bytes than a full one. Every replay must
 //! verify.
 //!
-//! moto keeps objects in memory and reads a whole object for every ranged GET, so each request
-//! to it costs time in proportion to pages.bin (about a second for 500 MB): its times say
-//! nothing about S3, and a lazy replay (one GET per miss, tens of thousands) would take hours.
+//! moto builds the whole object for every ranged GET and slices it, so each request to it costs
+//! time in proportion to pages.bin: its times say nothing about S3, and a lazy replay (one GET
+//! per non-zero miss) would take very long.
 //! A lazy replay's page-store reads are single pages, the same requests remotely as locally, so
 //! its row reports the local replay; bytes and requests are what this benchmark is about.
 
