@@ -38,6 +38,18 @@ pub enum Command {
     Workloads,
     /// Create a disk image holding a workload's input data set.
     Mkdisk(MkdiskArgs),
+    /// Upload a recorded run to object storage (`s3://bucket/prefix`; endpoint and credentials
+    /// from the AWS_* environment variables), its manifest last.
+    Upload(UploadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Where to: `s3://bucket/prefix`.
+    #[arg(value_parser = parse_s3_url)]
+    pub to: String,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -111,6 +123,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub verify_dumps: bool,
 
+    /// Upload every interval to object storage as soon as it is committed locally:
+    /// `s3://bucket/prefix` (endpoint and credentials from the AWS_* environment variables).
+    /// The local run is kept; a failed upload is retried and reported.
+    #[arg(long, value_parser = parse_s3_url, conflicts_with = "no_record")]
+    pub upload: Option<String>,
+
     /// Print a JSON summary on standard output (the console then goes to standard error
     /// unless --console-log is given).
     #[arg(long)]
@@ -155,6 +173,14 @@ pub enum DirtyTrackingArg {
     Log,
     /// The per-vCPU dirty ring: one entry per newly dirtied page.
     Ring,
+}
+
+fn parse_s3_url(text: &str) -> Result<String, String> {
+    if simuboost_format::is_remote(text) {
+        Ok(text.to_string())
+    } else {
+        Err("expected s3://bucket/prefix".to_string())
+    }
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -215,7 +241,7 @@ pub fn check_values(command: &Command) -> Result<(), String> {
                 ));
             }
         }
-        Command::Workloads => {}
+        Command::Workloads | Command::Upload(_) => {}
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod guest_image;
 mod record;
 mod run;
 mod trace;
+mod upload;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
             Ok(run::Outcome::Success)
         }
         Command::Mkdisk(args) => run::mkdisk(&args).map(|()| run::Outcome::Success),
+        Command::Upload(args) => upload::upload(&args).map(|()| run::Outcome::Success),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

@@ -252,6 +252,10 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         simuboost_format::write_guest_image(&run_dir, &guest_image)
             .context("cannot copy the guest image into the run")?;
     }
+    let live_upload = match (&args.upload, &recorder) {
+        (Some(to), Some(_)) => Some(crate::upload::LiveUpload::start(&run_dir, to)?),
+        _ => None,
+    };
     let disk = prepare_disk(args, workload, &run_dir, seed)?;
     let control = RunControl::default();
     install_signal_handlers(&control)?;
@@ -318,6 +322,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             Err(e) => tracing::warn!(error = %e, "finishing the recording failed too"),
         }
     }
+    // The recording is finished (or failed) locally: upload what is left.
+    let uploaded = live_upload.map(crate::upload::LiveUpload::finish);
     let outcome = match &result {
         Ok(report) => {
             summary.exit_status = report.exit_status;
@@ -357,6 +363,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         println!("{json}");
     } else if result.is_ok() {
         print_summary(&summary);
+    }
+    if let Some(Err(e)) = uploaded {
+        return Err(e);
     }
     Ok(outcome)
 }

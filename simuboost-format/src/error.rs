@@ -39,6 +39,15 @@ pub enum FormatError {
     #[error("{path}: corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
 
+    /// The object store holding the run failed a request (unreachable endpoint, bad
+    /// credentials, no such bucket, ...), after its retries.
+    #[error("{path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: object_store::Error,
+    },
+
     /// The run was written by a format version this reader does not know.
     #[error(
         "{path}: format_version {found} is not supported (this build reads version {supported}); \
@@ -94,6 +103,13 @@ impl FormatError {
         }
     }
 
+    pub(crate) fn storage(path: impl Into<PathBuf>, source: object_store::Error) -> Self {
+        FormatError::Storage {
+            path: path.into(),
+            source,
+        }
+    }
+
     pub(crate) fn parquet(path: impl Into<PathBuf>, source: parquet::errors::ParquetError) -> Self {
         FormatError::Parquet {
             path: path.into(),
@@ -114,6 +130,7 @@ impl FormatError {
             FormatError::Io { path, .. }
             | FormatError::Parquet { path, .. }
             | FormatError::Arrow { path, .. }
+            | FormatError::Storage { path, .. }
             | FormatError::Corrupt { path, .. }
             | FormatError::UnsupportedVersion { path, .. }
             | FormatError::NotARun { path }

@@ -8,7 +8,8 @@
 //!
 //! - [`RunWriter`] is used by the recorder (simuboost-daemon): one call per checkpoint does the
 //!   hashing, dedup, appends, tables, fsyncs and manifest update.
-//! - [`Run`] is used by replay and tests: it opens a run, reads states, events and intervals,
+//! - [`Run`] is used by replay and tests: it opens a run (a directory, or `s3://bucket/prefix`
+//!   through [`storage`]), reads states, events and intervals,
 //!   builds the page map (slot and content hash of every page) as of any checkpoint and
 //!   reconstructs memory; [`PageStore`] reads pages and verifies them against those hashes.
 //!
@@ -51,8 +52,10 @@ mod manifest;
 mod pages;
 mod reader;
 mod records;
+pub mod storage;
 mod tables;
 mod tree;
+pub mod upload;
 mod writer;
 
 pub use error::FormatError;
@@ -63,7 +66,9 @@ pub use records::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
     GeneralRegs, IntervalRecord, VcpuState,
 };
+pub use storage::{is_remote, LocalStorage, ObjectStorage, RunStorage, StorageStats};
 pub use tables::PageRow;
+pub use upload::{PagesLayout, UploadStats, Uploader};
 pub use writer::{write_guest_image, CheckpointInput, RunWriter, DEFAULT_CONSOLIDATE_EVERY};
 
 /// Version of the format written by this crate. Readers reject any other version: the format

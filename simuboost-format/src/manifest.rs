@@ -10,11 +10,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{sync_dir, write_atomic};
+use crate::storage::{LocalStorage, RunStorage};
 use crate::{layout, FormatError, FORMAT_VERSION};
 
 /// Largest guest RAM a manifest may declare (1 TiB): readers size their page maps by it, so a
 /// damaged or crafted `meta.mem_bytes` must not make them allocate without bound.
 pub const MAX_MEM_BYTES: u64 = 1 << 40;
+/// A manifest is a few hundred bytes; anything far larger is not one.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// How a run was recorded; written once at creation and never changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,15 +77,20 @@ impl Manifest {
 
     /// Reads and validates `<run>/manifest.json`.
     pub fn read(run: &Path) -> Result<Manifest, FormatError> {
+        Manifest::read_from(&LocalStorage::new(run))
+    }
+
+    /// Reads and validates the manifest of the run in `storage`.
+    pub fn read_from(storage: &dyn RunStorage) -> Result<Manifest, FormatError> {
+        let run = storage.root();
         let path = layout::manifest(run);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let bytes = match storage.get(&path, MAX_MANIFEST_BYTES)? {
+            Some(b) => b,
+            None => {
                 return Err(FormatError::NotARun {
                     path: run.to_path_buf(),
                 })
             }
-            Err(e) => return Err(FormatError::io(&path, "read", e)),
         };
         // Look at format_version before anything else: a future version may have changed every
         // other field, and "unsupported version" is the useful message then, not a parse error.

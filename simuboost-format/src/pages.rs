@@ -8,10 +8,11 @@
 //! at one value. The Parquet tables hold only the small, queryable part: which gfn maps to which
 //! slot.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use crate::storage::{Counters, RunStorage, StorageStats};
 use crate::{FormatError, PAGE_SIZE};
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -32,32 +33,52 @@ pub fn is_zero_page(page: &[u8]) -> bool {
     whole && chunks.remainder().iter().all(|&b| b == 0)
 }
 
-/// pages.bin opened for reading: slot `s` is the [`PAGE_SIZE`] bytes at offset `s * PAGE_SIZE`.
+/// pages.bin opened for reading: slot `s` is the [`PAGE_SIZE`] bytes at offset `s * PAGE_SIZE`,
+/// read through the run's storage (a local file or an object store).
+///
+/// Bulk reads ([`PageStore::read_pages`], [`PageStore::read_pages_verified`]) read the slots
+/// asked for in slot order, coalesced into ranges: consecutive slots, and slots separated by at
+/// most the storage's [`RunStorage::coalesce_gap_pages`] unneeded ones, are one request (a
+/// `pread` locally, a ranged GET remotely). So a restore reads what it loads and little else,
+/// and [`PageStore::stats`] says how much that was.
 #[derive(Debug)]
 pub struct PageStore {
-    file: File,
+    storage: Arc<dyn RunStorage>,
     path: PathBuf,
     /// Readable slots: the committed ones that the file actually holds.
     slots: u64,
     /// Slots the manifest commits (`page_slots`); more than `slots` if the file was truncated.
     committed: u64,
+    /// Reads of pages.bin through this store.
+    counters: Counters,
+    /// Buffer of coalesced reads, reused between bulk reads.
+    scratch: Mutex<Vec<u8>>,
 }
 
+/// The longest range one request reads (2048 pages, 8 MiB): longer ones are split so that
+/// several requests can be in flight.
+const MAX_RANGE_PAGES: u64 = 2048;
+
 impl PageStore {
-    /// Opens `path`. `committed_slots` is the manifest's `page_slots`: slots past it belong to an
-    /// incomplete checkpoint and are not readable. A file shorter than that is not refused here
-    /// (the pages before the damage are still useful); reading past its end is an error.
-    pub(crate) fn open(path: &Path, committed_slots: u64) -> Result<PageStore, FormatError> {
-        let file = File::open(path).map_err(|e| FormatError::io(path, "open", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FormatError::io(path, "stat", e))?
-            .len();
+    /// Opens `path` in `storage`. `committed_slots` is the manifest's `page_slots`: slots past
+    /// it belong to an incomplete checkpoint and are not readable. A file shorter than that is
+    /// not refused here (the pages before the damage are still useful); reading past its end is
+    /// an error.
+    pub(crate) fn open(
+        storage: Arc<dyn RunStorage>,
+        path: &Path,
+        committed_slots: u64,
+    ) -> Result<PageStore, FormatError> {
+        let len = storage.size(path)?.ok_or_else(|| {
+            FormatError::corrupt(path, "missing, but the manifest lists it as complete")
+        })?;
         Ok(PageStore {
-            file,
+            storage,
             path: path.to_path_buf(),
             slots: (len / PAGE).min(committed_slots),
             committed: committed_slots,
+            counters: Counters::default(),
+            scratch: Mutex::new(Vec::new()),
         })
     }
 
@@ -71,9 +92,9 @@ impl PageStore {
         &self.path
     }
 
-    /// The open file, e.g. to mmap it.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// Requests and bytes this store has read from pages.bin.
+    pub fn stats(&self) -> StorageStats {
+        self.counters.get()
     }
 
     /// Reads the page in `slot` into `out`.
@@ -85,17 +106,8 @@ impl PageStore {
         self.read_run(slot, out)
     }
 
-    /// Reads `out.len() / PAGE_SIZE` consecutive slots starting at `first_slot` with one `pread`.
-    ///
-    /// # Panics
-    /// If `out.len()` is not a multiple of `PAGE_SIZE`.
-    pub fn read_run(&self, first_slot: u64, out: &mut [u8]) -> Result<(), FormatError> {
-        assert_eq!(
-            out.len() % PAGE_SIZE,
-            0,
-            "read_run needs a multiple of PAGE_SIZE"
-        );
-        let count = (out.len() / PAGE_SIZE) as u64;
+    /// Checks that slots `first..first + count` are readable.
+    fn check_slots(&self, first_slot: u64, count: u64) -> Result<(), FormatError> {
         let end = first_slot.checked_add(count);
         if end.is_none_or(|end| end > self.slots) {
             let range = format!("slots {first_slot}..{}", first_slot.saturating_add(count));
@@ -113,35 +125,76 @@ impl PageStore {
             };
             return Err(FormatError::corrupt(&self.path, what));
         }
-        self.file
-            .read_exact_at(out, first_slot * PAGE)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    FormatError::corrupt(
-                        &self.path,
-                        format!(
-                            "file ends inside slots {first_slot}..{}",
-                            first_slot + count
-                        ),
-                    )
-                } else {
-                    FormatError::io(&self.path, "read", e)
-                }
-            })
+        Ok(())
     }
 
-    /// Reads the pages of `slots` into `out` (page i at `i * PAGE_SIZE`), one `pread` per run of
-    /// consecutive slots.
+    /// Reads `out.len() / PAGE_SIZE` consecutive slots starting at `first_slot` with one request.
+    ///
+    /// # Panics
+    /// If `out.len()` is not a multiple of `PAGE_SIZE`.
+    pub fn read_run(&self, first_slot: u64, out: &mut [u8]) -> Result<(), FormatError> {
+        assert_eq!(
+            out.len() % PAGE_SIZE,
+            0,
+            "read_run needs a multiple of PAGE_SIZE"
+        );
+        let count = (out.len() / PAGE_SIZE) as u64;
+        self.check_slots(first_slot, count)?;
+        let start = first_slot * PAGE;
+        let range = start..start + count * PAGE;
+        self.storage
+            .read_ranges(&self.path, std::slice::from_ref(&range), out)?;
+        self.counters.add(1, out.len() as u64);
+        Ok(())
+    }
+
+    /// Reads the pages of `slots` into `out` (page i at `i * PAGE_SIZE`): in slot order,
+    /// coalesced into ranges (see [`PageStore`]).
     ///
     /// # Panics
     /// If `out.len() != slots.len() * PAGE_SIZE`.
     pub fn read_pages(&self, slots: &[u64], out: &mut [u8]) -> Result<(), FormatError> {
         assert_eq!(out.len(), slots.len() * PAGE_SIZE, "read_pages buffer size");
-        let mut i = 0;
-        while i < slots.len() {
-            let n = run_len(&slots[i..]);
-            self.read_run(slots[i], &mut out[i * PAGE_SIZE..(i + n) * PAGE_SIZE])?;
-            i += n;
+        if slots.is_empty() {
+            return Ok(());
+        }
+        for &slot in slots {
+            self.check_slots(slot, 1)?;
+        }
+        let mut order: Vec<u32> = (0..slots.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| slots[i as usize]);
+        let ranges = coalesce(
+            order.iter().map(|&i| slots[i as usize]),
+            self.storage.coalesce_gap_pages(),
+        );
+        let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let mut scratch = self
+            .scratch
+            .lock()
+            .map_err(|_| FormatError::invalid("a page reader thread panicked"))?;
+        let bytes = (fetched * PAGE) as usize;
+        if scratch.len() < bytes {
+            scratch.resize(bytes, 0);
+        }
+        let byte_ranges: Vec<Range<u64>> = ranges
+            .iter()
+            .map(|r| r.start * PAGE..r.end * PAGE)
+            .collect();
+        self.storage
+            .read_ranges(&self.path, &byte_ranges, &mut scratch[..bytes])?;
+        self.counters.add(ranges.len() as u64, bytes as u64);
+        // Scatter: walk the slots in order alongside the ranges.
+        let mut range = 0;
+        let mut base = 0u64; // scratch page index of ranges[range].start
+        for &i in &order {
+            let slot = slots[i as usize];
+            while slot >= ranges[range].end {
+                base += ranges[range].end - ranges[range].start;
+                range += 1;
+            }
+            let from = ((base + slot - ranges[range].start) * PAGE) as usize;
+            let to = i as usize * PAGE_SIZE;
+            out[to..to + PAGE_SIZE].copy_from_slice(&scratch[from..from + PAGE_SIZE]);
         }
         Ok(())
     }
@@ -167,21 +220,9 @@ impl PageStore {
             hashes.len(),
             gfns.len()
         );
-        assert_eq!(
-            out.len(),
-            slots.len() * PAGE_SIZE,
-            "read_pages_verified buffer size"
-        );
-        let mut i = 0;
-        while i < slots.len() {
-            let n = run_len(&slots[i..]);
-            let run = &mut out[i * PAGE_SIZE..(i + n) * PAGE_SIZE];
-            self.read_run(slots[i], run)?;
-            // Hashed right after the read, while the run is still in cache.
-            for (k, page) in run.chunks_exact(PAGE_SIZE).enumerate() {
-                self.verify_page(slots[i + k], hashes[i + k], gfns[i + k], page)?;
-            }
-            i += n;
+        self.read_pages(slots, out)?;
+        for (i, page) in out.chunks_exact(PAGE_SIZE).enumerate() {
+            self.verify_page(slots[i], hashes[i], gfns[i], page)?;
         }
         Ok(())
     }
@@ -232,13 +273,20 @@ impl PageStore {
     }
 }
 
-/// Length of the run of consecutive slots at the start of `slots` (at least 1 if non-empty).
-fn run_len(slots: &[u64]) -> usize {
-    let mut n = 1;
-    while n < slots.len() && slots[n] == slots[0].wrapping_add(n as u64) {
-        n += 1;
+/// Ranges of slots (end exclusive) covering the ascending `slots`: a gap of at most `gap`
+/// unneeded slots joins two ranges, and no range is longer than [`MAX_RANGE_PAGES`].
+fn coalesce(slots: impl Iterator<Item = u64>, gap: u64) -> Vec<Range<u64>> {
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    for slot in slots {
+        match ranges.last_mut() {
+            Some(last) if slot < last.end => {} // a duplicate
+            Some(last) if slot - last.end <= gap && slot + 1 - last.start <= MAX_RANGE_PAGES => {
+                last.end = slot + 1
+            }
+            _ => ranges.push(slot..slot + 1),
+        }
     }
-    n
+    ranges
 }
 
 /// Sentinel for "this page is zero" in the dense map.
@@ -417,6 +465,22 @@ mod tests {
         p[0] = 0x80;
         assert!(!is_zero_page(&p));
         assert!(!is_zero_page(&[0, 0, 1]));
+    }
+
+    #[test]
+    fn coalescing_joins_small_gaps_and_bounds_ranges() {
+        // A gap of two slots (4, 5) joins; three (7..=9) does not; duplicates are one slot.
+        let r = coalesce([1, 2, 2, 3, 6, 10, 20].into_iter(), 2);
+        assert_eq!(r, vec![1..7, 10..11, 20..21]);
+        assert_eq!(coalesce([1, 2, 6].into_iter(), 2), vec![1..3, 6..7]);
+        let r = coalesce([1, 3, 6].into_iter(), 2);
+        assert_eq!(r, vec![1..7]);
+        assert_eq!(coalesce([5, 6].into_iter(), 0), vec![5..7]);
+        let long = coalesce(0..MAX_RANGE_PAGES + 1, 0);
+        assert_eq!(
+            long,
+            vec![0..MAX_RANGE_PAGES, MAX_RANGE_PAGES..MAX_RANGE_PAGES + 1]
+        );
     }
 
     #[test]

@@ -6,17 +6,25 @@
 //! inside pages.bin) and problems come back as errors naming the file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::manifest::Manifest;
 use crate::pages::{PageMap, PageStore};
 use crate::records::{Access, CheckpointState, Event, IntervalRecord};
+use crate::storage::{open_storage, LocalStorage, RunStorage, StorageStats};
 use crate::tables::{self, PageLimits, PageRow};
 use crate::{layout, FormatError, PAGE_SIZE};
 
-/// An opened run directory.
+/// The largest guest image a reader accepts.
+const MAX_GUEST_IMAGE_BYTES: u64 = 256 << 20;
+/// The largest debug dump a reader accepts besides its required size (guest RAM).
+const MAX_DUMP_BYTES: u64 = 1 << 40;
+
+/// An opened run: a directory, or a prefix in object storage.
 #[derive(Debug, Clone)]
 pub struct Run {
     dir: PathBuf,
+    storage: Arc<dyn RunStorage>,
     manifest: Manifest,
 }
 
@@ -25,22 +33,50 @@ impl Run {
     /// [`FormatError::NotARun`]; a manifest of another format version is
     /// [`FormatError::UnsupportedVersion`].
     pub fn open(dir: &Path) -> Result<Run, FormatError> {
-        let manifest = Manifest::read(dir)?;
-        crate::tree::check_run_tree(dir, manifest.checkpoints)?;
+        let run = Run::open_in(Arc::new(LocalStorage::new(dir)))?;
+        // A local run is a directory tree: refuse symbolic links and states the manifest does
+        // not account for before anything is read through it.
+        crate::tree::check_run_tree(dir, run.manifest.checkpoints)?;
+        Ok(run)
+    }
+
+    /// Opens the run at `location`: `s3://bucket/prefix` (see [`crate::storage`]) or a
+    /// directory.
+    pub fn open_location(location: &str) -> Result<Run, FormatError> {
+        if crate::storage::is_remote(location) {
+            Run::open_in(open_storage(location)?)
+        } else {
+            Run::open(Path::new(location))
+        }
+    }
+
+    /// Opens the run in `storage`.
+    pub fn open_in(storage: Arc<dyn RunStorage>) -> Result<Run, FormatError> {
+        let manifest = Manifest::read_from(storage.as_ref())?;
         Ok(Run {
-            dir: dir.to_path_buf(),
+            dir: storage.root().to_path_buf(),
+            storage,
             manifest,
         })
+    }
+
+    /// Where the run is read from.
+    pub fn storage(&self) -> &Arc<dyn RunStorage> {
+        &self.storage
+    }
+
+    /// Requests and bytes read from the run's storage so far, by this run and everything opened
+    /// from it (page stores included).
+    pub fn storage_stats(&self) -> StorageStats {
+        self.storage.stats()
     }
 
     /// The guest ELF the run booted (`guest.elf`), checked against the manifest's
     /// `meta.guest_image_xxh3`; `None` for a run recorded without the copy.
     pub fn guest_image(&self) -> Result<Option<Vec<u8>>, FormatError> {
         let path = layout::guest_image(&self.dir);
-        let image = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FormatError::io(&path, "read", e)),
+        let Some(image) = self.storage.get(&path, MAX_GUEST_IMAGE_BYTES)? else {
+            return Ok(None);
         };
         let hash = format!("{:032x}", crate::page_hash(&image));
         if hash != self.manifest().meta.guest_image_xxh3 {
@@ -52,7 +88,7 @@ impl Run {
                 ),
             ));
         }
-        Ok(Some(image))
+        Ok(Some(image.to_vec()))
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -110,20 +146,32 @@ impl Run {
     /// The record of interval `i`.
     pub fn interval(&self, i: u64) -> Result<IntervalRecord, FormatError> {
         self.check_interval(i)?;
-        tables::intervals::read(&layout::interval_table(&self.dir, i), i)
+        tables::intervals::read(
+            self.storage.as_ref(),
+            &layout::interval_table(&self.dir, i),
+            i,
+        )
     }
 
     /// vCPU and device state at `checkpoint`.
     pub fn state(&self, checkpoint: u64) -> Result<CheckpointState, FormatError> {
         self.check_checkpoint(checkpoint)?;
-        tables::state::read(&layout::state_table(&self.dir, checkpoint), checkpoint)
+        tables::state::read(
+            self.storage.as_ref(),
+            &layout::state_table(&self.dir, checkpoint),
+            checkpoint,
+        )
     }
 
     /// The guest-initiated exits of `interval`, ascending.
     pub fn events(&self, interval: u64) -> Result<Vec<Event>, FormatError> {
         self.check_interval(interval)?;
-        let path = layout::events_table(&self.dir, interval);
-        tables::events::read(&path, interval, self.manifest.meta.mem_bytes)
+        tables::events::read(
+            self.storage.as_ref(),
+            &layout::events_table(&self.dir, interval),
+            interval,
+            self.manifest.meta.mem_bytes,
+        )
     }
 
     /// The access log (working set) of `interval`, in first-touch order; `None` when the run
@@ -133,12 +181,16 @@ impl Run {
         let path = layout::access_table(&self.dir, interval);
         // Unlike the other tables, an access log is optional, so whether the file exists is the
         // answer. Only intervals the manifest counts get here, so a crash's strays are not seen.
-        match std::fs::metadata(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FormatError::io(&path, "stat", e)),
+        if self.storage.size(&path)?.is_none() {
+            return Ok(None);
         }
-        tables::access::read(&path, interval, self.manifest.mem_pages()).map(Some)
+        tables::access::read(
+            self.storage.as_ref(),
+            &path,
+            interval,
+            self.manifest.mem_pages(),
+        )
+        .map(Some)
     }
 
     /// The page table of `checkpoint`, in gfn order: the pages written in the interval before
@@ -148,6 +200,7 @@ impl Run {
         self.check_checkpoint(checkpoint)?;
         let mut rows = Vec::new();
         tables::checkpoint::read(
+            self.storage.as_ref(),
             &layout::checkpoint_table(&self.dir, checkpoint),
             checkpoint,
             self.limits(),
@@ -179,6 +232,7 @@ impl Run {
         let base = self.consolidation_base(checkpoint);
         let mut map = PageMap::new(limits.mem_pages);
         tables::pagemap::read(
+            self.storage.as_ref(),
             &layout::pagemap_table(&self.dir, base),
             base,
             limits,
@@ -186,6 +240,7 @@ impl Run {
         )?;
         for c in base + 1..=checkpoint {
             tables::checkpoint::read(
+                self.storage.as_ref(),
                 &layout::checkpoint_table(&self.dir, c),
                 c,
                 limits,
@@ -199,7 +254,11 @@ impl Run {
 
     /// Opens pages.bin. Only the slots the manifest counts as committed are readable.
     pub fn page_store(&self) -> Result<PageStore, FormatError> {
-        PageStore::open(&layout::pages(&self.dir), self.manifest.page_slots)
+        PageStore::open(
+            self.storage.clone(),
+            &layout::pages(&self.dir),
+            self.manifest.page_slots,
+        )
     }
 
     /// Reconstructs guest memory as of `checkpoint` into `out`, which must be `mem_bytes` long.
@@ -234,10 +293,9 @@ impl Run {
     pub fn dump(&self, checkpoint: u64) -> Result<Option<Vec<u8>>, FormatError> {
         self.check_checkpoint(checkpoint)?;
         let path = layout::dump_file(&self.dir, checkpoint);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FormatError::io(&path, "read", e)),
+        let limit = self.manifest.meta.mem_bytes.min(MAX_DUMP_BYTES);
+        let Some(bytes) = self.storage.get(&path, limit)? else {
+            return Ok(None);
         };
         if bytes.len() as u64 != self.manifest.meta.mem_bytes {
             return Err(FormatError::corrupt(
@@ -249,6 +307,6 @@ impl Run {
                 ),
             ));
         }
-        Ok(Some(bytes))
+        Ok(Some(bytes.to_vec()))
     }
 }

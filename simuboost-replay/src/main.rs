@@ -17,7 +17,7 @@ use simuboost_replay::executor::local::LocalExecutor;
 use simuboost_replay::executor::slurm::{SlurmExecutor, SlurmOptions};
 use simuboost_replay::executor::{child_args, Executor, IntervalOutcome, ReplayTask};
 use simuboost_replay::replay::check_interval;
-use simuboost_replay::runs::{newest_run, DEFAULT_RUNS_DIR};
+use simuboost_replay::runs::{is_remote_path, newest_run, open_run, DEFAULT_RUNS_DIR};
 use simuboost_replay::{replay_interval, Engine, Mode, ReplayOptions, ReplayReport};
 
 use simuboost_report::replay::exit::{
@@ -38,7 +38,10 @@ struct Args {
     /// Replay every complete interval (see --jobs).
     #[arg(long)]
     all: bool,
-    /// The run directory (default: the newest run in ./simuboost-runs).
+    /// The run: a directory, or `s3://bucket/prefix` for a run in object storage (endpoint and
+    /// credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION;
+    /// AWS_ALLOW_HTTP=true for a plain-http endpoint) [default: the newest run in
+    /// ./simuboost-runs].
     #[arg(long)]
     run: Option<PathBuf>,
     /// What to load before the replay starts: `sparse` (the interval's working set), `full`
@@ -257,7 +260,7 @@ fn run(args: &Args) -> anyhow::Result<u8> {
         None => newest_run(std::path::Path::new(DEFAULT_RUNS_DIR))?,
     };
     match args.interval {
-        Some(interval) => replay_one(args, &Run::open(&dir)?, interval),
+        Some(interval) => replay_one(args, &open_run(&dir)?, interval),
         None => replay_every(args, &dir),
     }
 }
@@ -335,6 +338,12 @@ fn print_comparison(run: &Run, reports: &[ReplayReport]) {
         ("", Box::new(|r| r.mode.name().to_string())),
         ("pages loaded", Box::new(|r| r.pages_loaded.to_string())),
         ("MiB loaded", Box::new(|r| mib(r.bytes_loaded))),
+        (
+            "MiB read (pages)",
+            Box::new(|r| mib(r.page_store_bytes_read)),
+        ),
+        ("MiB fetched (all)", Box::new(|r| mib(r.bytes_fetched))),
+        ("requests", Box::new(|r| r.requests.to_string())),
         ("restore ms", Box::new(|r| format!("{:.1}", r.restore_ms))),
         (
             "  of which loading",
@@ -433,14 +442,18 @@ fn make_executor(args: &Args, task: ReplayTask, mode: Mode) -> anyhow::Result<Bo
 
 fn replay_every(args: &Args, dir: &Path) -> anyhow::Result<u8> {
     let mode = args.mode.first().copied().unwrap_or(Mode::Sparse);
-    // The tasks may run in another working directory (or on another node): an absolute path.
-    let run_dir =
-        std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    // The tasks may run in another working directory (or on another node): an absolute path
+    // (an s3:// location is one already).
+    let run_dir = if is_remote_path(dir) {
+        dir.to_path_buf()
+    } else {
+        std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?
+    };
     // Without --follow the run must be there, complete intervals and all.
     let mut run = if args.follow {
-        Run::open(&run_dir).ok()
+        open_run(&run_dir).ok()
     } else {
-        let run = Run::open(&run_dir)?;
+        let run = open_run(&run_dir)?;
         if run.interval_count() == 0 {
             anyhow::bail!("{} has no complete interval to replay", run.dir().display());
         }
@@ -509,7 +522,7 @@ fn replay_every(args: &Args, dir: &Path) -> anyhow::Result<u8> {
             // The manifest is replaced atomically as the last step of each checkpoint, so a
             // fresh open sees only committed intervals. Not there yet or momentarily unreadable:
             // try again on the next round, within the stall timeout.
-            match Run::open(&run_dir) {
+            match open_run(&run_dir) {
                 Ok(fresh) => {
                     let count = fresh.interval_count();
                     if count > submitted {

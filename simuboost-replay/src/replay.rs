@@ -363,6 +363,7 @@ fn replay_with<E: ReplayEngine>(
     observe: impl Fn(&E, &IntervalInputs) -> Option<Simulation>,
 ) -> Result<ReplayReport, ReplayError> {
     let began = Instant::now();
+    let fetched_before = run.storage_stats();
     let inputs = IntervalInputs::read(run, interval, &options)?;
     let read_time = began.elapsed();
 
@@ -423,6 +424,8 @@ fn replay_with<E: ReplayEngine>(
     let verify_time = verify_began.elapsed();
     let simulation = observe(&engine, &inputs);
     let record = &inputs.record;
+    let fetched = run.storage_stats().since(fetched_before);
+    let page_store = inputs.source.store.stats();
 
     Ok(ReplayReport {
         interval,
@@ -431,6 +434,10 @@ fn replay_with<E: ReplayEngine>(
         pages_loaded: load.pages,
         zero_pages_loaded: load.zero_pages,
         bytes_loaded: load.bytes,
+        bytes_fetched: fetched.bytes,
+        requests: fetched.requests,
+        page_store_bytes_read: page_store.bytes,
+        page_store_requests: page_store.requests,
         working_set_pages: inputs.working_set.as_ref().map_or(0, |w| w.len() as u64),
         restore_ms: ms(restore_time),
         read_ms: ms(read_time),

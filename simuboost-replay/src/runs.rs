@@ -2,6 +2,21 @@
 
 use std::path::{Path, PathBuf};
 
+use simuboost_format::{is_remote, FormatError, Run};
+
+/// True when `location` names a run in object storage (`s3://bucket/prefix`).
+pub fn is_remote_path(location: &Path) -> bool {
+    location.to_str().is_some_and(is_remote)
+}
+
+/// Opens the run `location` names: a directory, or `s3://bucket/prefix`.
+pub fn open_run(location: &Path) -> Result<Run, FormatError> {
+    match location.to_str() {
+        Some(url) if is_remote(url) => Run::open_location(url),
+        _ => Run::open(location),
+    }
+}
+
 /// Where the daemon puts runs when not told otherwise (`simuboost-daemon run --out`).
 pub const DEFAULT_RUNS_DIR: &str = "simuboost-runs";
 

@@ -79,6 +79,22 @@ pub struct ReplayReport {
     pub zero_pages_loaded: u64,
     /// Bytes read from the run and copied into guest memory before the replay started.
     pub bytes_loaded: u64,
+    /// Bytes read from the run's storage by this replay: tables and pages (for a run in object
+    /// storage, `--run s3://...`, what was fetched over the network).
+    #[serde(default)]
+    pub bytes_fetched: u64,
+    /// Read requests to the run's storage by this replay: whole tables, ranged reads of
+    /// pages.bin (`pread`s locally, ranged GETs remotely) and size look-ups.
+    #[serde(default)]
+    pub requests: u64,
+    /// Of `bytes_fetched`, bytes read from the page store (pages.bin): up front and on misses,
+    /// for restore and verification. Compare with `bytes_loaded`: reads are coalesced, so a
+    /// little more than what is loaded is read.
+    #[serde(default)]
+    pub page_store_bytes_read: u64,
+    /// Of `requests`, reads of the page store.
+    #[serde(default)]
+    pub page_store_requests: u64,
     /// Frames in the interval's working set (0 without an access log).
     pub working_set_pages: u64,
     /// Time to restore: reading the state, events and page map, loading pages, and setting up

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use simuboost_report::daemon::RunSummary;
 use simuboost_report::replay::ReplayReport;
 
+pub mod s3;
 pub mod slurm;
 
 /// Environment variable that turns a missing /dev/kvm or missing root from a visible skip into

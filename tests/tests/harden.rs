@@ -94,6 +94,7 @@ fn every_flag_rejects_an_invalid_value() {
         (&["run"], "--trace-ring-bytes", "5000"),
         (&["run"], "--trace-ring-bytes", "2048"),
         (&["run"], "--trace-ring-bytes", "8589934592"),
+        (&["run"], "--upload", "/tmp/not-s3"),
         (&["mkdisk", "x.img"], "--workload", "nosuch"),
         (&["mkdisk", "x.img", "--workload", "sort"], "--data", "lots"),
         (&["mkdisk", "x.img", "--workload", "sort"], "--size", "1Q"),

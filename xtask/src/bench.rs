@@ -33,6 +33,9 @@ pub enum Benchmark {
     /// Executors and pipelining: Slurm overhead per task vs the local executor, and
     /// `--all --follow` during the recording vs record-then-replay.
     Scale,
+    /// Runs in object storage: bytes and requests a replay fetches from S3 (moto_server on
+    /// 127.0.0.1) sparse vs full vs lazy, and bytes read from the local page store.
+    S3,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
@@ -44,6 +47,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Sim => crate::bench_sim::run(json),
         Benchmark::Analyses => crate::bench_analyses::run(json),
         Benchmark::Scale => crate::bench_scale::run(json),
+        Benchmark::S3 => crate::bench_s3::run(json),
     }
 }
 

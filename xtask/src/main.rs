@@ -9,6 +9,7 @@ mod bench;
 mod bench_analyses;
 mod bench_record;
 mod bench_replay;
+mod bench_s3;
 mod bench_scale;
 mod bench_sim;
 mod setup;
@@ -80,7 +81,7 @@ fn run_task(task: Task) -> Result<()> {
         }
         Task::Bench { name, json } => {
             setup::run()?;
-            build(true)?;
+            build(!bench_debug())?;
             bench::run(name, json.as_deref())
         }
     }
@@ -130,8 +131,15 @@ fn build(release: bool) -> Result<()> {
     run_command(&mut cmd)
 }
 
-/// Path of a binary built by `build`.
+/// `SIMUBOOST_BENCH_DEBUG=1`: benchmarks run the debug binaries (no release build; figures of
+/// bytes and requests are the same, times are not comparable with release figures).
+fn bench_debug() -> bool {
+    std::env::var_os("SIMUBOOST_BENCH_DEBUG").is_some_and(|v| v != "0")
+}
+
+/// Path of a binary built by `build` (the debug one under `SIMUBOOST_BENCH_DEBUG`).
 pub fn binary(name: &str, release: bool) -> PathBuf {
+    let release = release && !bench_debug();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));

@@ -38,6 +38,9 @@ const APT_PROVIDES: &[&str] = &[
     "/usr/sbin/munged",
 ];
 const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow"];
+/// An S3-compatible server for the object-storage tests and benchmark (`moto_server`, started by
+/// them on 127.0.0.1; boto3 comes with it).
+const S3_SERVER_PACKAGE: &str = "moto[server]";
 
 /// Output of a command, or `None` if it could not run or failed.
 fn output(program: &str, args: &[&str]) -> Option<String> {
@@ -162,6 +165,18 @@ pub fn run() -> Result<()> {
             Command::new("python3")
                 .args(["-m", "pip", "install", "-q", "--root-user-action=ignore"])
                 .args(PYTHON_PACKAGES),
+        )?;
+    }
+
+    if step(
+        "Python package moto[server] (moto_server: the S3 tests' object store)",
+        output("python3", &["-c", "import moto.server, boto3, flask"]).is_some()
+            && output("moto_server", &["--help"]).is_some(),
+    ) {
+        run_command(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "-q", "--root-user-action=ignore"])
+                .arg(S3_SERVER_PACKAGE),
         )?;
     }
     Ok(())

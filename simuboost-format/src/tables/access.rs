@@ -11,6 +11,7 @@ use super::columns::{
 };
 use crate::pages::GfnSet;
 use crate::records::{Access, AccessKind, AccessSource};
+use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
 pub(crate) const TABLE: Table = Table {
@@ -46,10 +47,15 @@ pub(crate) fn write(path: &Path, interval: u64, access: &[Access]) -> Result<u64
 
 /// Reads an access log and checks it like the writer checked its input ([`check`]), plus that
 /// `kind` and `source` hold only the documented values.
-pub(crate) fn read(path: &Path, interval: u64, mem_pages: u64) -> Result<Vec<Access>, FormatError> {
+pub(crate) fn read(
+    storage: &dyn RunStorage,
+    path: &Path,
+    interval: u64,
+    mem_pages: u64,
+) -> Result<Vec<Access>, FormatError> {
     let mut access = Vec::new();
     // One row per frame touched.
-    for batch in read_batches(path, None, mem_pages)? {
+    for batch in read_batches(storage, path, None, mem_pages)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         let gfns = cols.u64s("gfn")?;
@@ -171,14 +177,23 @@ mod tests {
         };
         let good = [a(7, 0), a(1, 1)];
         write(&path, 2, &good).unwrap();
-        assert_eq!(read(&path, 2, 8).unwrap(), good);
+        assert_eq!(
+            read(&crate::storage::LocalStorage::new(tmp.path()), &path, 2, 8).unwrap(),
+            good
+        );
         for (rows, mem_pages, msg) in [
             (vec![a(7, 0), a(7, 1)], 8, "appears twice"),
             (vec![a(1, 1), a(7, 0)], 8, "first-touch order"),
             (vec![a(7, 0)], 7, "beyond guest memory"),
         ] {
             write(&path, 2, &rows).unwrap();
-            let e = read(&path, 2, mem_pages).unwrap_err();
+            let e = read(
+                &crate::storage::LocalStorage::new(tmp.path()),
+                &path,
+                2,
+                mem_pages,
+            )
+            .unwrap_err();
             assert!(e.to_string().contains(msg), "{msg}: {e}");
             assert_eq!(e.path(), Some(path.as_path()));
         }
@@ -192,7 +207,7 @@ mod tests {
         ];
         let b = RecordBatch::try_new(TABLE.schema(), columns).unwrap();
         write_file(&path, TABLE.schema(), &[b], Settings::Access).unwrap();
-        let e = read(&path, 2, 8).unwrap_err();
+        let e = read(&crate::storage::LocalStorage::new(tmp.path()), &path, 2, 8).unwrap_err();
         assert!(e.to_string().contains("\"execute\""), "{e}");
     }
 }

@@ -12,6 +12,7 @@ use super::columns::{
     HASH_BYTES,
 };
 use super::PageLimits;
+use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
 pub(crate) const TABLE: Table = Table {
@@ -79,13 +80,14 @@ pub(crate) fn write(path: &Path, checkpoint: u64, rows: &[PageRow]) -> Result<u6
 /// is `Some((slot, hash))` for a non-zero page and `None` for a zero one. A row with a slot but
 /// no hash, or a hash but no slot, is corrupt: the writer sets both or neither.
 pub(crate) fn read(
+    storage: &dyn RunStorage,
     path: &Path,
     checkpoint: u64,
     limits: PageLimits,
     mut f: impl FnMut(u64, Option<(u64, u128)>),
 ) -> Result<(), FormatError> {
     let names: Vec<&str> = TABLE.names().collect();
-    for batch in read_batches(path, Some(&names), limits.mem_pages)? {
+    for batch in read_batches(storage, path, Some(&names), limits.mem_pages)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;
@@ -133,7 +135,14 @@ mod tests {
         let good = [row(1, Some(3), Some(7u128 << 100)), row(2, None, None)];
         write(&path, 2, &good).unwrap();
         let mut got = Vec::new();
-        read(&path, 2, LIMITS, |g, e| got.push((g, e))).unwrap();
+        read(
+            &crate::storage::LocalStorage::new(tmp.path()),
+            &path,
+            2,
+            LIMITS,
+            |g, e| got.push((g, e)),
+        )
+        .unwrap();
         assert_eq!(got, vec![(1, Some((3, 7u128 << 100))), (2, None)]);
 
         for (bad, msg) in [
@@ -147,7 +156,14 @@ mod tests {
             ),
         ] {
             write(&path, 2, &[bad]).unwrap();
-            let e = read(&path, 2, LIMITS, |_, _| {}).unwrap_err();
+            let e = read(
+                &crate::storage::LocalStorage::new(tmp.path()),
+                &path,
+                2,
+                LIMITS,
+                |_, _| {},
+            )
+            .unwrap_err();
             assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains(msg), "{msg}: {e}");
             assert_eq!(e.path(), Some(path.as_path()));

@@ -5,7 +5,6 @@
 //! name through [`BatchBuilder`], reading takes them by name through [`Cols`], so the order of
 //! the columns in a file is decided in exactly one place: the declaration.
 
-use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
 use crate::fsutil::write_atomic;
+use crate::storage::RunStorage;
 use crate::{FormatError, FORMAT_VERSION};
 
 /// Width of a `hash` column value: an xxh3-128, big-endian.
@@ -35,6 +35,9 @@ const PAGE_TABLE_ROW_GROUP: usize = 128 * 1024;
 
 /// Rows per batch when reading.
 const READ_BATCH: usize = 64 * 1024;
+/// The largest table a reader accepts (an interval's events hold the data of its disk reads,
+/// the largest tables of a run): a bound on what a damaged or hostile run makes it allocate.
+pub(crate) const MAX_TABLE_BYTES: u64 = 2 << 30;
 
 // ---------------------------------------------------------------------------------------------
 // Declarations
@@ -346,16 +349,15 @@ impl<'t> BatchBuilder<'t> {
 /// on arbitrary input, and a damaged file must come back as an error naming it, never abort a
 /// replay.
 pub(crate) fn read_batches(
+    storage: &dyn RunStorage,
     path: &Path,
     columns: Option<&[&str]>,
     max_rows: u64,
 ) -> Result<Vec<RecordBatch>, FormatError> {
-    let file = File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            FormatError::corrupt(path, "missing, but the manifest lists it as complete")
-        } else {
-            FormatError::io(path, "open", e)
-        }
+    // Tables are small next to pages.bin: read whole, then decoded from memory (a remote run
+    // costs one request per table).
+    let file = storage.get(path, MAX_TABLE_BYTES)?.ok_or_else(|| {
+        FormatError::corrupt(path, "missing, but the manifest lists it as complete")
     })?;
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -393,8 +395,11 @@ pub(crate) fn read_batches(
 }
 
 /// Reads a table that must hold exactly one row.
-pub(crate) fn read_one_row(path: &Path) -> Result<RecordBatch, FormatError> {
-    let mut rows: Vec<RecordBatch> = read_batches(path, None, 1)?
+pub(crate) fn read_one_row(
+    storage: &dyn RunStorage,
+    path: &Path,
+) -> Result<RecordBatch, FormatError> {
+    let mut rows: Vec<RecordBatch> = read_batches(storage, path, None, 1)?
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .collect();

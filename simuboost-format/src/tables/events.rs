@@ -10,6 +10,7 @@ use super::columns::{
     Settings, Table,
 };
 use crate::records::Event;
+use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
 /// Events are written in batches of at most this many rows or [`BATCH_BYTES`] of data, so
@@ -90,11 +91,16 @@ pub(crate) fn write(path: &Path, events: &[Event]) -> Result<u64, FormatError> {
 
 /// Reads the events of `interval` from `path`, checking that exits ascend and that every
 /// buffer lies inside guest memory (`mem_bytes`).
-pub(crate) fn read(path: &Path, interval: u64, mem_bytes: u64) -> Result<Vec<Event>, FormatError> {
+pub(crate) fn read(
+    storage: &dyn RunStorage,
+    path: &Path,
+    interval: u64,
+    mem_bytes: u64,
+) -> Result<Vec<Event>, FormatError> {
     let mut events = Vec::new();
     // Not bounded here: an interval has as many exits as it has (the replayer checks the
     // interval's boundaries against the checkpoints' states).
-    for batch in read_batches(path, None, u64::MAX)? {
+    for batch in read_batches(storage, path, None, u64::MAX)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         let exit = cols.u64s("exit")?;

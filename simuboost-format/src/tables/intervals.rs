@@ -8,6 +8,7 @@ use super::columns::{
     Settings, Table,
 };
 use crate::records::IntervalRecord;
+use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
 const EXITS: &str = "Exit counts at checkpoint i and checkpoint i+1.";
@@ -103,8 +104,12 @@ pub(crate) fn write(path: &Path, rec: &IntervalRecord) -> Result<u64, FormatErro
     write_table(path, &TABLE, &[batch])
 }
 
-pub(crate) fn read(path: &Path, interval: u64) -> Result<IntervalRecord, FormatError> {
-    let batch = read_one_row(path)?;
+pub(crate) fn read(
+    storage: &dyn RunStorage,
+    path: &Path,
+    interval: u64,
+) -> Result<IntervalRecord, FormatError> {
+    let batch = read_one_row(storage, path)?;
     let cols = Cols::new(&batch, path);
     cols.check_number("interval", interval)?;
     let u64_of = |name| cols.u64s(name).map(|v| v[0]);
@@ -164,10 +169,13 @@ mod tests {
             ..Default::default()
         };
         write(&path, &rec).unwrap();
-        assert_eq!(read(&path, 4).unwrap(), rec);
+        assert_eq!(
+            read(&crate::storage::LocalStorage::new(tmp.path()), &path, 4).unwrap(),
+            rec
+        );
         rec.complete = true;
         write(&path, &rec).unwrap();
-        let e = read(&path, 4).unwrap_err();
+        let e = read(&crate::storage::LocalStorage::new(tmp.path()), &path, 4).unwrap_err();
         assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains("dropped 9 events"), "{e}");
     }

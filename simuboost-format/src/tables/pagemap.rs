@@ -14,6 +14,7 @@ use super::columns::{
 };
 use super::PageLimits;
 use crate::pages::PageMap;
+use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
 pub(crate) const TABLE: Table = Table {
@@ -62,12 +63,13 @@ pub(crate) fn write(path: &Path, checkpoint: u64, map: &PageMap) -> Result<u64, 
 
 /// Reads a consolidated page map into `map` (which must be empty).
 pub(crate) fn read(
+    storage: &dyn RunStorage,
     path: &Path,
     checkpoint: u64,
     limits: PageLimits,
     map: &mut PageMap,
 ) -> Result<(), FormatError> {
-    for batch in read_batches(path, None, limits.mem_pages)? {
+    for batch in read_batches(storage, path, None, limits.mem_pages)? {
         let cols = Cols::new(&batch, path);
         cols.check_number("checkpoint", checkpoint)?;
         let gfns = cols.u64s("gfn")?;
@@ -108,14 +110,27 @@ mod tests {
         for m in [map, PageMap::new(LIMITS.mem_pages)] {
             write(&path, 4, &m).unwrap();
             let mut back = PageMap::new(LIMITS.mem_pages);
-            read(&path, 4, LIMITS, &mut back).unwrap();
+            read(
+                &crate::storage::LocalStorage::new(tmp.path()),
+                &path,
+                4,
+                LIMITS,
+                &mut back,
+            )
+            .unwrap();
             assert_eq!(back, m);
         }
         // Big-endian in the file: the first byte of the value is the hash's top byte.
         let mut map = PageMap::new(LIMITS.mem_pages);
         map.set(3, Some((1, 0xaa << 120 | 0xbb)));
         write(&path, 4, &map).unwrap();
-        let b = &read_batches(&path, Some(&["hash"]), u64::MAX).unwrap()[0];
+        let b = &read_batches(
+            &crate::storage::LocalStorage::new(tmp.path()),
+            &path,
+            Some(&["hash"]),
+            u64::MAX,
+        )
+        .unwrap()[0];
         let h = b.column(0).as_any().downcast_ref::<FixedSizeBinaryArray>();
         let v = h.unwrap().value(0);
         assert_eq!((v[0], v[15]), (0xaa, 0xbb));
@@ -169,7 +184,14 @@ mod tests {
         for (hash, msg) in cases {
             write_with_hash(&path, hash);
             let mut map = PageMap::new(LIMITS.mem_pages);
-            let e = read(&path, 0, LIMITS, &mut map).unwrap_err();
+            let e = read(
+                &crate::storage::LocalStorage::new(tmp.path()),
+                &path,
+                0,
+                LIMITS,
+                &mut map,
+            )
+            .unwrap_err();
             assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains(msg), "{msg}: {e}");
             assert!(e.to_string().contains("`hash`"), "{e}");

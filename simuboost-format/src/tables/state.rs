@@ -12,6 +12,7 @@ use super::columns::{
     Settings, Table,
 };
 use crate::records::{CheckpointState, GeneralRegs, VcpuState};
+use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
 const REG: &str = "General registers (`kvm_regs`).";
@@ -107,8 +108,12 @@ pub(crate) fn write(path: &Path, state: &CheckpointState) -> Result<u64, FormatE
     write_table(path, &TABLE, &[batch])
 }
 
-pub(crate) fn read(path: &Path, checkpoint: u64) -> Result<CheckpointState, FormatError> {
-    let batch = read_one_row(path)?;
+pub(crate) fn read(
+    storage: &dyn RunStorage,
+    path: &Path,
+    checkpoint: u64,
+) -> Result<CheckpointState, FormatError> {
+    let batch = read_one_row(storage, path)?;
     let cols = Cols::new(&batch, path);
     cols.check_number("checkpoint", checkpoint)?;
     let u64_of = |name| cols.u64s(name).map(|v| v[0]);

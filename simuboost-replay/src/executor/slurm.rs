@@ -156,7 +156,7 @@ impl SlurmExecutor {
         if let Some(mib) = self.options.mem_per_task_mib {
             return mib;
         }
-        match Run::open(&self.task.run_dir) {
+        match crate::runs::open_run(&self.task.run_dir) {
             Ok(run) => task_memory_mib(&run, intervals, self.options.mode),
             // The replay itself will report an unreadable run; ask for a generous amount.
             Err(_) => 4096,

@@ -101,7 +101,8 @@ pub struct MissStats {
     pub serve_time: Duration,
 }
 
-/// `(start index, length)` of the runs of consecutive values in `values` (ascending).
+/// `(start index, length)` of the runs of consecutive values in `values` (each one more than
+/// the one before).
 fn runs(values: &[u64]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut i = 0;
     std::iter::from_fn(move || {

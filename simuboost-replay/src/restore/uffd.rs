@@ -70,9 +70,8 @@ impl UffdMemory {
     }
 
     /// Installs frames `gfns` (ascending, below guest memory size) with their contents from
-    /// `source`, in bulk: every page is read (from the mmapped pages.bin, else one `pread` per
-    /// run of consecutive slots) and checked against its hash, then one copy per run of
-    /// consecutive frames. Frames already installed are skipped.
+    /// `source`, in bulk: the pages are read from pages.bin in slot order, coalesced into few
+    /// reads, and checked against their hashes, then one copy per run of consecutive frames. Frames already installed are skipped.
     pub fn install(&self, source: &PageSource, gfns: &[u64]) -> Result<LoadStats, RestoreError> {
         let mut stats = LoadStats::default();
         let mut data: Vec<(u64, u64, u128)> = Vec::with_capacity(gfns.len());
@@ -86,6 +85,10 @@ impl UffdMemory {
                 None => zeros.push(gfn),
             }
         }
+        // In slot order: each chunk then covers a compact part of pages.bin, which the page
+        // store reads with few requests (the recorder appends a checkpoint's new pages in gfn
+        // order, so runs of consecutive frames mostly stay runs of consecutive slots).
+        data.sort_unstable_by_key(|&(gfn, slot, _)| (slot, gfn));
         STAGING.with(|staging| {
             let mut staging = staging.borrow_mut();
             self.install_pages(source, &data, &mut staging)
@@ -105,8 +108,9 @@ impl UffdMemory {
         Ok(stats)
     }
 
-    /// Copies the pages `data` (`(gfn, slot, hash)`, gfns ascending) into guest memory through
-    /// `staging`, a chunk at a time.
+    /// Copies the pages `data` (`(gfn, slot, hash)`, in slot order) into guest memory through
+    /// `staging`, a chunk at a time: one read of the chunk's slots, then one copy per run of
+    /// consecutive frames.
     fn install_pages(
         &self,
         source: &PageSource,
@@ -124,15 +128,9 @@ impl UffdMemory {
                 hashes.push(hash);
             }
             let buffer = staging.get(chunk.len());
-            if source.mapped.is_some() {
-                for (i, page) in buffer.chunks_exact_mut(PAGE_SIZE).enumerate() {
-                    source.read_page(slots[i], hashes[i], frames[i], page)?;
-                }
-            } else {
-                source
-                    .store
-                    .read_pages_verified(&slots, &hashes, &frames, buffer)?;
-            }
+            source
+                .store
+                .read_pages_verified(&slots, &hashes, &frames, buffer)?;
             for (first, count) in runs(&frames) {
                 let offset = first * PAGE_SIZE;
                 self.copy(
