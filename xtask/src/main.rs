@@ -4,6 +4,8 @@
 //! - `cargo xtask demo`: the main job (the README's first command).
 //! - `cargo xtask test`: every check and test (the README's second command, and CI's).
 //! - `cargo xtask bench NAME`: benchmarks that report figures and ratios.
+//! - `cargo xtask fuzz [--runs N | --time S] [TARGET...]`: the readers' fuzz targets (`fuzz/`);
+//!   `cargo xtask fuzz-corpus` makes their seeds from a real recording.
 
 mod bench;
 mod bench_analyses;
@@ -12,6 +14,7 @@ mod bench_replay;
 mod bench_s3;
 mod bench_scale;
 mod bench_sim;
+mod fuzz;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +54,24 @@ enum Task {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Run the fuzz targets of the run readers (cargo-fuzz, nightly), each for N iterations
+    /// (default) or S seconds.
+    Fuzz {
+        /// Iterations per target.
+        #[arg(long, conflicts_with = "time", default_value_t = fuzz::TEST_RUNS)]
+        runs: u64,
+        /// Seconds per target instead of a number of iterations.
+        #[arg(long)]
+        time: Option<u64>,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
+    /// Record a tiny run and copy its files into fuzz/corpus/<target>/ as seeds.
+    FuzzCorpus {
+        /// Take the seeds from this recorded run (64 MiB guest) instead of recording one.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +99,22 @@ fn run_task(task: Task) -> Result<()> {
         Task::Test { filter } => {
             setup::run()?;
             test(filter.as_deref())
+        }
+        Task::Fuzz {
+            runs,
+            time,
+            targets,
+        } => {
+            setup::run()?;
+            let budget = match time {
+                Some(s) => fuzz::Budget::Seconds(s),
+                None => fuzz::Budget::Runs(runs),
+            };
+            fuzz::run(budget, &targets)
+        }
+        Task::FuzzCorpus { from } => {
+            setup::run()?;
+            fuzz::corpus(from.as_deref())
         }
         Task::Bench { name, json } => {
             setup::run()?;
@@ -250,6 +287,8 @@ fn demo() -> Result<()> {
 
 fn test(filter: Option<&str>) -> Result<()> {
     run_command(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz targets are their own workspace (built by `cargo +nightly fuzz`).
+    run_command(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     run_command(cargo().args([
         "clippy",
         "--workspace",
@@ -264,6 +303,8 @@ fn test(filter: Option<&str>) -> Result<()> {
             .args(["clippy", "--release", "--", "-D", "warnings"])
             .current_dir(root().join("simuboost-guest")),
     )?;
+    // Every reader of a run, fuzzed briefly from the committed seeds (GUARANTEES.md).
+    fuzz::run(fuzz::Budget::Runs(fuzz::TEST_RUNS), &[])?;
     // The end-to-end tests run the binaries, so build them first.
     build(false)?;
     let mut cmd = cargo();

@@ -106,6 +106,15 @@ pub fn run() -> Result<()> {
         ]))?;
     }
 
+    // `cargo fuzz version` answers only when cargo-fuzz is installed.
+    if step(
+        "cargo-fuzz (the readers' fuzz targets)",
+        output("cargo", &["fuzz", "--version"]).is_some(),
+    ) {
+        run_command(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+            .context("installing cargo-fuzz")?;
+    }
+
     let llvm_prefix = format!("/usr/lib/llvm-{LLVM_VERSION}");
     let llvm_config = format!("{llvm_prefix}/bin/llvm-config");
     let polly = format!("{llvm_prefix}/lib/libPolly.a");
