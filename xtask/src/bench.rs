@@ -10,6 +10,7 @@ use serde::Serialize;
 use simuboost_abi::WorkloadId;
 use simuboost_workloads::needs_disk;
 
+use crate::bench_replay::median;
 use crate::{binary, root, run_command};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -193,11 +194,6 @@ fn host_run(workload: WorkloadId, units: u64, vm: &VmRun, dir: &Path) -> Result<
         .unwrap_or_default()
         .to_string();
     Ok((seconds, checksum))
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn guest_speed(json: Option<&Path>) -> Result<()> {

@@ -26,6 +26,7 @@ use simuboost_report::replay::ReplayReport;
 use simuboost_tests::s3::S3Server;
 
 use crate::bench_record::{record_run, tail};
+use crate::bench_replay::median;
 use crate::{binary, root};
 
 const RECORD: &[&str] = &[
@@ -46,19 +47,6 @@ const BUCKET: &str = "simuboost-bench";
 const MODES: [&str; 3] = ["sparse", "full", "lazy"];
 /// Modes replayed from S3 too (see the module documentation for lazy).
 const REMOTE_MODES: usize = 2;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 fn replay_one(cmd: &mut Command, what: &str) -> Result<ReplayReport> {
     let out = cmd

@@ -21,6 +21,7 @@ use simuboost_report::replay::ReplayReport;
 use simuboost_tests::slurm::SlurmCluster;
 
 use crate::bench_record::{record_run, tail};
+use crate::bench_replay::median;
 use crate::{binary, root};
 
 const REPEATS: usize = 3;
@@ -39,19 +40,6 @@ const RECORD: &[&str] = &[
     "--seed",
     "1",
 ];
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 fn unix_ns() -> u128 {
     SystemTime::now()
