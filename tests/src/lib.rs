@@ -4,8 +4,9 @@
 //!
 //! The binaries are built by `cargo xtask test` (or `cargo build --bins`) before the tests run.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use simuboost_report::daemon::RunSummary;
 use simuboost_report::replay::ReplayReport;
@@ -93,6 +94,32 @@ pub fn copy_run(from: &Path, to: &Path) {
     );
 }
 
+/// Runs `python3 -c SCRIPT ARGS` with `stdin` on its standard input (the tests' route to
+/// pyarrow, DuckDB and boto3, which `cargo xtask setup` installs) and returns what it printed;
+/// panics with `what` and Python's error output if it fails.
+pub fn python3(what: &str, script: &str, args: &[&OsStr], stdin: Option<&[u8]>) -> String {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut input = child.stdin.take().expect("piped stdin");
+    std::io::Write::write_all(&mut input, stdin.unwrap_or_default())
+        .expect("the input is written to python3");
+    drop(input);
+    let out = child.wait_with_output().expect("python3 finishes");
+    assert!(
+        out.status.success(),
+        "{what}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Rewrites one cell of a Parquet table with pyarrow, keeping its schema: how the tests craft
 /// damaged or altered runs.
 pub fn alter_cell(table: &Path, row: usize, column: &str, value: u64) {
@@ -108,15 +135,11 @@ pq.write_table(t, {path:?})
 "#,
         path = table.display().to_string()
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "pyarrow rewrite of {} failed: {}",
-        table.display(),
-        String::from_utf8_lossy(&out.stderr)
+    python3(
+        &format!("pyarrow rewrite of {} failed", table.display()),
+        &script,
+        &[],
+        None,
     );
 }
 
@@ -128,23 +151,13 @@ import sys, json, duckdb
 rows = duckdb.connect().execute(sys.stdin.read()).fetchall()
 print(json.dumps([[str(v) for v in r] for r in rows]))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    std::io::Write::write_all(child.stdin.as_mut().expect("piped stdin"), sql.as_bytes())
-        .expect("the query is written to python3");
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("python3 finishes");
-    assert!(
-        out.status.success(),
-        "DuckDB query failed (is duckdb installed? `cargo xtask setup`):\n{sql}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python3(
+        &format!("DuckDB query failed (is duckdb installed? `cargo xtask setup`):\n{sql}"),
+        script,
+        &[],
+        Some(sql.as_bytes()),
     );
-    serde_json::from_slice(&out.stdout).expect("python3 printed JSON rows")
+    serde_json::from_str(&out).expect("python3 printed JSON rows")
 }
 
 /// The daemon's summary of the run in `dir` (`summary.json`).

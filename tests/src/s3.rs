@@ -100,16 +100,7 @@ impl S3Server {
              aws_secret_access_key={KEY:?}, region_name='us-east-1')\n{code}\n",
             endpoint = self.endpoint
         );
-        let out = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "boto3 failed: {}\n{code}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::python3(&format!("boto3 failed running\n{code}"), &script, &[], None)
     }
 
     /// Creates `bucket` (at least 3 characters).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use simuboost_format::{layout, Run};
 use simuboost_report::replay::exit::{ERROR, INTERRUPTED, USAGE};
 use simuboost_tests::{
-    alter_cell, binary, copy_run, daemon, kvm_and_root_available, record_workload, replay,
+    alter_cell, binary, copy_run, daemon, kvm_and_root_available, python3, record_workload, replay,
     replay_reports, Finished,
 };
 
@@ -495,15 +495,11 @@ pq.write_table(pa.concat_tables([t] * ({rows} // t.num_rows + 1)), {path:?})
 "#,
         path = table.display().to_string()
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "pyarrow rewrite of {} failed: {}",
-        table.display(),
-        String::from_utf8_lossy(&out.stderr)
+    python3(
+        &format!("pyarrow rewrite of {} failed", table.display()),
+        &script,
+        &[],
+        None,
     );
 }
 
@@ -924,18 +920,14 @@ for path in sorted(glob.glob(os.path.join(run, "*", "*.parquet"))):
     out[os.path.relpath(path, run)] = [[f.name, name(f.type), f.nullable] for f in table.schema]
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(&run)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "DuckDB or pyarrow could not read the run:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python3(
+        "DuckDB or pyarrow could not read the run",
+        script,
+        &[run.as_os_str()],
+        None,
     );
     let files: BTreeMap<String, Vec<(String, String, bool)>> =
-        serde_json::from_slice(&out.stdout).expect("the script's JSON");
+        serde_json::from_str(&out).expect("the script's JSON");
     let mut seen = std::collections::BTreeSet::new();
     for (file, schema) in &files {
         let dir = file.split('/').next().expect("a directory");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use simuboost_abi::{Op, PAGE_SIZE};
 use simuboost_format::Run;
-use simuboost_tests::{daemon, kvm_and_root_available, summary, Finished};
+use simuboost_tests::{daemon, kvm_and_root_available, python3, summary, Finished};
 use simuboost_workloads::pattern;
 
 const SMALL_MEM: &str = "64M";
@@ -347,25 +347,10 @@ for q in queries:
     assert len(rows) > 0, q
 print(len(queries))
 "#;
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(serde_json::to_string(&queries).expect("json").as_bytes())
-            .expect("write queries");
-    }
-    let out = child.wait_with_output().expect("python exits");
-    assert!(
-        out.status.success(),
-        "a FORMAT.md query failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    python3(
+        "a FORMAT.md query failed",
+        script,
+        &[],
+        Some(serde_json::to_string(&queries).expect("json").as_bytes()),
     );
 }
