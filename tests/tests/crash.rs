@@ -10,27 +10,11 @@ use std::time::{Duration, Instant};
 
 use simuboost_format::Run;
 use simuboost_tests::{daemon, kvm_and_root_available, record_workload, replay, replay_reports};
+use simuboost_workloads::rng::Rng;
 
-/// SplitMix64: a few lines of well-known generator, so the test needs no crate to be
-/// reproducible from its seed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
-        of[self.below(of.len() as u64) as usize]
-    }
+/// One of `of`, drawn by `rng`.
+fn pick<'a>(rng: &mut Rng, of: &[&'a str]) -> &'a str {
+    of[rng.below(of.len() as u64) as usize]
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -90,14 +74,17 @@ fn kill_9_at_random_moments_never_loses_a_completed_interval() {
         "kill -9 at {kills} random moments drawn from seed {seed} (SIMUBOOST_CRASH_SEED={seed} \
          repeats them)"
     );
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut with_intervals = 0;
     let mut total_intervals = 0;
     for kill in 0..kills {
-        let workload = rng.pick(&["kvstore", "build", "compress", "sort", "pattern", "stream"]);
-        let mem = rng.pick(&["64M", "128M"]);
-        let interval = rng.pick(&["30ms", "80ms", "200ms"]);
+        let workload = pick(
+            &mut rng,
+            &["kvstore", "build", "compress", "sort", "pattern", "stream"],
+        );
+        let mem = pick(&mut rng, &["64M", "128M"]);
+        let interval = pick(&mut rng, &["30ms", "80ms", "200ms"]);
         // From before the first checkpoint (boot, the disk image) to several intervals in.
         let after = Duration::from_millis(rng.below(2000));
         let what = format!(
