@@ -113,8 +113,10 @@ fn check_reconstruction(workload: &str, work: &str) {
             work,
             "--seed",
             "9",
+            // Every checkpoint also stores a dump of the whole guest memory: intervals of 100 ms
+            // keep a run's dumps near 1 GiB, two tests at a time, where 30 ms filled a CI disk.
             "--interval",
-            "30ms",
+            "100ms",
             "--verify-dumps",
         ],
     )
