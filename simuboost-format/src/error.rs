@@ -41,6 +41,7 @@ pub enum FormatError {
 
     /// The object store holding the run failed a request (unreachable endpoint, bad
     /// credentials, no such bucket, ...), after its retries.
+    #[cfg(feature = "s3")]
     #[error("{path}: {source}")]
     Storage {
         path: PathBuf,
@@ -103,6 +104,7 @@ impl FormatError {
         }
     }
 
+    #[cfg(feature = "s3")]
     pub(crate) fn storage(path: impl Into<PathBuf>, source: object_store::Error) -> Self {
         FormatError::Storage {
             path: path.into(),
@@ -130,11 +132,12 @@ impl FormatError {
             FormatError::Io { path, .. }
             | FormatError::Parquet { path, .. }
             | FormatError::Arrow { path, .. }
-            | FormatError::Storage { path, .. }
             | FormatError::Corrupt { path, .. }
             | FormatError::UnsupportedVersion { path, .. }
             | FormatError::NotARun { path }
             | FormatError::DirNotEmpty { path } => Some(path),
+            #[cfg(feature = "s3")]
+            FormatError::Storage { path, .. } => Some(path),
             FormatError::CheckpointOutOfRange { .. }
             | FormatError::IntervalOutOfRange { .. }
             | FormatError::InvalidInput { .. } => None,

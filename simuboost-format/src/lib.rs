@@ -55,6 +55,7 @@ mod records;
 pub mod storage;
 mod tables;
 mod tree;
+#[cfg(feature = "s3")]
 pub mod upload;
 mod writer;
 
@@ -66,8 +67,11 @@ pub use records::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
     GeneralRegs, IntervalRecord, VcpuState,
 };
-pub use storage::{is_remote, LocalStorage, ObjectStorage, RunStorage, StorageStats};
+#[cfg(feature = "s3")]
+pub use storage::ObjectStorage;
+pub use storage::{is_remote, LocalStorage, RunStorage, StorageStats};
 pub use tables::PageRow;
+#[cfg(feature = "s3")]
 pub use upload::{PagesLayout, UploadStats, Uploader};
 pub use writer::{write_guest_image, CheckpointInput, RunWriter, DEFAULT_CONSOLIDATE_EVERY};
 
