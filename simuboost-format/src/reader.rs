@@ -33,11 +33,10 @@ impl Run {
     /// [`FormatError::NotARun`]; a manifest of another format version is
     /// [`FormatError::UnsupportedVersion`].
     pub fn open(dir: &Path) -> Result<Run, FormatError> {
-        let run = Run::open_in(Arc::new(LocalStorage::new(dir)))?;
-        // A local run is a directory tree: refuse symbolic links and states the manifest does
-        // not account for before anything is read through it.
-        crate::tree::check_run_tree(dir, run.manifest.checkpoints)?;
-        Ok(run)
+        // A local run is a directory tree: refuse symbolic links before anything is read
+        // through it.
+        crate::tree::check_run_tree(dir)?;
+        Run::open_in(Arc::new(LocalStorage::new(dir)))
     }
 
     /// Opens the run at `location`: `s3://bucket/prefix` (see [`crate::storage`]) or a
@@ -53,6 +52,21 @@ impl Run {
     /// Opens the run in `storage`.
     pub fn open_in(storage: Arc<dyn RunStorage>) -> Result<Run, FormatError> {
         let manifest = Manifest::read_from(storage.as_ref())?;
+        // A reader of "every interval" loops and allocates in proportion to the manifest's
+        // count: bound it by the states the run holds (one per complete checkpoint). Which
+        // checkpoints exist is still the manifest's word alone.
+        let state_dir = storage.root().join(layout::STATE_DIR);
+        let states = storage.count_files(&state_dir, manifest.checkpoints)?;
+        if states < manifest.checkpoints {
+            return Err(FormatError::corrupt(
+                layout::manifest(storage.root()),
+                format!(
+                    "it counts {} complete checkpoints, but {} holds the state of only {states}",
+                    manifest.checkpoints,
+                    state_dir.display()
+                ),
+            ));
+        }
         Ok(Run {
             dir: storage.root().to_path_buf(),
             storage,

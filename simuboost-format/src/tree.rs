@@ -1,10 +1,6 @@
 //! Checks of a run directory's tree made when it is opened: a run is untrusted input, so a
-//! reader refuses symbolic links inside it (they could lead it to any file of the machine), and
-//! a manifest that counts more checkpoints than the directory holds (an absurd count would make
-//! a reader of "every interval" allocate and loop in proportion to a number read from disk).
-//!
-//! Directory listings are used only as these bounds: which checkpoints exist is still the
-//! manifest's word alone.
+//! reader refuses symbolic links inside it (they could lead it to any file of the machine).
+//! The bound on the manifest's checkpoint count holds for every storage ([`crate::Run::open_in`]).
 
 use std::path::Path;
 
@@ -24,17 +20,15 @@ fn symlink_error(path: &Path) -> FormatError {
     )
 }
 
-/// Refuses symbolic links among the entries of `dir`; returns how many entries are
-/// `ckpt-*.parquet` files.
-fn check_entries(dir: &Path) -> Result<u64, FormatError> {
+/// Refuses symbolic links among the entries of `dir`.
+fn check_entries(dir: &Path) -> Result<(), FormatError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // A subdirectory a run never needed (none is required to exist); the reads that need
         // a file report it missing, naming it.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(FormatError::io(dir, "read directory", e)),
     };
-    let mut checkpoints = 0;
     for entry in entries {
         let entry = entry.map_err(|e| FormatError::io(dir, "read directory", e))?;
         let kind = entry
@@ -43,17 +37,12 @@ fn check_entries(dir: &Path) -> Result<u64, FormatError> {
         if kind.is_symlink() {
             return Err(symlink_error(&entry.path()));
         }
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if kind.is_file() && name.starts_with("ckpt-") && name.ends_with(".parquet") {
-            checkpoints += 1;
-        }
     }
-    Ok(checkpoints)
+    Ok(())
 }
 
-/// Checks the tree of the run at `dir` whose manifest counts `checkpoints` complete ones.
-pub(crate) fn check_run_tree(dir: &Path, checkpoints: u64) -> Result<(), FormatError> {
+/// Checks the tree of the run at `dir`.
+pub(crate) fn check_run_tree(dir: &Path) -> Result<(), FormatError> {
     check_entries(dir)?;
     for sub in layout::SUBDIRS {
         let path = dir.join(sub);
@@ -61,17 +50,7 @@ pub(crate) fn check_run_tree(dir: &Path, checkpoints: u64) -> Result<(), FormatE
             Ok(meta) if meta.file_type().is_symlink() => return Err(symlink_error(&path)),
             _ => {}
         }
-        let states = check_entries(&path)?;
-        if sub == layout::STATE_DIR && states < checkpoints {
-            return Err(FormatError::corrupt(
-                layout::manifest(dir),
-                format!(
-                    "it counts {checkpoints} complete checkpoints, but {} holds the state of \
-                     only {states}",
-                    path.display()
-                ),
-            ));
-        }
+        check_entries(&path)?;
     }
     Ok(())
 }

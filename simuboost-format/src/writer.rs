@@ -557,7 +557,7 @@ impl RunWriter {
 /// guest filled a CI disk. Readers see the holes as zeros.
 fn write_sparse(file: &mut File, path: &Path, bytes: &[u8]) -> Result<(), FormatError> {
     let mut offset = 0;
-    for chunk in bytes.chunks(PAGE_SIZE as usize) {
+    for chunk in bytes.chunks(PAGE_SIZE) {
         if !is_zero_page(chunk) {
             file.write_all_at(chunk, offset as u64)
                 .map_err(|e| FormatError::io(path, "write", e))?;

@@ -342,6 +342,18 @@ fn damaged_remote_runs_and_failed_uploads() {
     );
     let location = format!("s3://{BUCKET}/damaged");
     upload(&server, &run, &location).expect_code(0);
+    // Before the damage: the simulator engine restores from the remote run like KVM does.
+    let out = replay_from(
+        &server,
+        &location,
+        &["--interval", "1", "--engine", "sim", "--json"],
+    );
+    out.expect_code(0);
+    let reports = replay_reports(&out);
+    assert!(
+        reports.len() == 1 && reports[0].verified && reports[0].bytes_fetched > 0,
+        "{reports:?}"
+    );
     let pages = std::fs::read(run.join("pages.bin")).expect("pages.bin");
     let mut flipped = pages.clone();
     for b in flipped.iter_mut() {
@@ -359,6 +371,26 @@ fn damaged_remote_runs_and_failed_uploads() {
     let out = replay_from(&server, &location, &["--interval", "0", "--mode", "full"]);
     out.expect_code(1);
     assert!(out.stderr.contains("pages.bin"), "{}", out.stderr);
+
+    // A remote manifest that counts far more checkpoints than the run holds: refused after one
+    // bounded listing, as locally, not looped over.
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("manifest.json")).expect("manifest"))
+            .expect("manifest JSON");
+    manifest["checkpoints"] = serde_json::json!(1u64 << 50);
+    server.put(
+        BUCKET,
+        "damaged/manifest.json",
+        manifest.to_string().as_bytes(),
+    );
+    let out = replay_from(&server, &location, &["--all", "--jobs", "2"]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(&format!("{location}/manifest.json"))
+            && out.stderr.contains("holds the state of only"),
+        "{}",
+        out.stderr
+    );
 
     // No such bucket: the upload fails, reported, after retries; the run is untouched.
     let before = std::fs::read(run.join("manifest.json")).expect("manifest");
