@@ -251,6 +251,14 @@ fn parse_s3(location: &str) -> Result<(String, String), FormatError> {
     Ok((bucket.to_string(), prefix.to_string()))
 }
 
+/// Whether the object `location` lies directly in the "directory" `dir` (a listing is
+/// recursive).
+fn directly_under(location: &object_store::path::Path, dir: &object_store::path::Path) -> bool {
+    location
+        .prefix_match(dir)
+        .is_some_and(|mut rest| rest.next().is_some() && rest.next().is_none())
+}
+
 fn not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
@@ -358,13 +366,7 @@ impl RunStorage for ObjectStorage {
             let mut files = 0u64;
             while files < stop_at {
                 match listing.next().await {
-                    Some(Ok(meta))
-                        if meta.location.prefix_match(&key).is_some_and(|mut rest| {
-                            rest.next().is_some() && rest.next().is_none()
-                        }) =>
-                    {
-                        files += 1
-                    }
+                    Some(Ok(meta)) if directly_under(&meta.location, &key) => files += 1,
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e),
                     None => break,
