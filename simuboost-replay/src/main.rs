@@ -17,7 +17,9 @@ use simuboost_replay::executor::local::LocalExecutor;
 use simuboost_replay::executor::slurm::{SlurmExecutor, SlurmOptions};
 use simuboost_replay::executor::{child_args, Executor, IntervalOutcome, ReplayTask};
 use simuboost_replay::replay::check_interval;
-use simuboost_replay::runs::{is_remote_path, newest_run, open_run, DEFAULT_RUNS_DIR};
+use simuboost_replay::runs::{
+    is_inside_run, is_remote_path, newest_run, open_run, DEFAULT_RUNS_DIR,
+};
 use simuboost_replay::{replay_interval, Engine, Mode, ReplayOptions, ReplayReport};
 
 use simuboost_report::replay::exit::{
@@ -413,7 +415,9 @@ fn make_executor(args: &Args, task: ReplayTask, mode: Mode) -> anyhow::Result<Bo
                         .join(format!("{name}-{now}"))
                 }
             };
-            if dir.starts_with(&task.run_dir) {
+            let inside = is_inside_run(&dir, &task.run_dir)
+                .with_context(|| format!("cannot resolve {}", dir.display()))?;
+            if inside {
                 anyhow::bail!(
                     "the Slurm directory {} is inside the run: a replay never writes into a run; \
                      give another --slurm-dir",

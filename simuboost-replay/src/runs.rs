@@ -40,6 +40,39 @@ pub enum RunsError {
     },
 }
 
+/// `path` made absolute with its symbolic links resolved as far as it exists; the part that
+/// does not exist yet is appended as given. "Is this output inside the run?" must see through
+/// links, or a link to the run would let a replay write into it.
+pub fn resolve_path(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize()?;
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
+}
+
+/// Whether `out` (which may not exist yet) lies inside the run directory `run`, links
+/// resolved. A run in object storage has nothing local to write into.
+pub fn is_inside_run(out: &Path, run: &Path) -> std::io::Result<bool> {
+    if is_remote_path(run) {
+        return Ok(false);
+    }
+    let Ok(run) = run.canonicalize() else {
+        return Ok(false);
+    };
+    Ok(resolve_path(out)?.starts_with(run))
+}
+
 /// The newest run in `dir`: the subdirectory with a manifest whose name sorts last (the
 /// daemon names runs by their RFC 3339 start time).
 pub fn newest_run(dir: &Path) -> Result<PathBuf, RunsError> {

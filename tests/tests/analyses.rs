@@ -369,6 +369,36 @@ fn analysis_options_are_checked_and_the_trace_limit_holds() {
         !run_dir.join("analyses").exists(),
         "nothing was written into the run"
     );
+    // The same through a symbolic link to the run, for --out and for the Slurm executor's
+    // directory (refused before anything is submitted, so no cluster is needed).
+    let link = run_dir.with_extension("link");
+    std::os::unix::fs::symlink(&run_dir, &link).expect("symlink to the run");
+    let through_link = link.join("results").display().to_string();
+    for args in [
+        &[
+            "--interval",
+            "0",
+            "--engine",
+            "sim",
+            "--analysis",
+            "pages",
+            "--out",
+            &through_link,
+        ][..],
+        &["--all", "--executor", "slurm", "--slurm-dir", &through_link][..],
+    ] {
+        let r = replay(&run_dir, args);
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains("inside the run"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            !run_dir.join("results").exists(),
+            "{args:?}: wrote into the run"
+        );
+    }
 
     let limited = replay(
         &run_dir,

@@ -69,21 +69,7 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ou
 
 /// `path` made absolute with its symbolic links resolved, for as much of it as exists.
 fn resolve(path: &Path) -> Result<PathBuf, OutputError> {
-    let absolute = std::path::absolute(path).map_err(io("resolve", path))?;
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut resolved = existing.canonicalize().map_err(io("resolve", existing))?;
-    resolved.extend(rest.iter().rev());
-    Ok(resolved)
+    crate::runs::resolve_path(path).map_err(io("resolve", path))
 }
 
 fn pq(path: &Path) -> impl Fn(String) -> OutputError + '_ {
