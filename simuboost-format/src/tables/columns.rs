@@ -8,12 +8,14 @@
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{
     Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray, RecordBatch, StringArray,
     UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
@@ -345,9 +347,13 @@ impl<'t> BatchBuilder<'t> {
 
 /// Reads all rows of `path` (only `columns`, if given).
 ///
-/// The decoder runs under `catch_unwind`: the parquet crate is not documented to be panic-free
-/// on arbitrary input, and a damaged file must come back as an error naming it, never abort a
-/// replay.
+/// The decoder runs on a thread of its own, under `catch_unwind` and a deadline: the parquet
+/// crate is not documented to be panic-free on arbitrary input, and it does not always finish
+/// either (fuzzing found a 7 KiB file whose page header makes parquet 60.1's Thrift `skip` loop
+/// over billions of list elements without consuming input: a list of booleans). A damaged file
+/// must come back as an error naming it, never abort or hang a replay. A decoder that misses
+/// its deadline is left running on its thread, which ends with the process; the replay
+/// reports the file and exits.
 pub(crate) fn read_batches(
     storage: &dyn RunStorage,
     path: &Path,
@@ -359,39 +365,77 @@ pub(crate) fn read_batches(
     let file = storage.get(path, MAX_TABLE_BYTES)?.ok_or_else(|| {
         FormatError::corrupt(path, "missing, but the manifest lists it as complete")
     })?;
-    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| FormatError::parquet(path, e))?;
-        // Before decoding anything: a small file can encode any number of equal or evenly
-        // spaced values, and a reader must not allocate in proportion to a count read from disk.
-        let rows = builder.metadata().file_metadata().num_rows();
-        if !matches!(u64::try_from(rows), Ok(rows) if rows <= max_rows) {
-            return Err(FormatError::corrupt(
-                path,
-                format!("its footer claims {rows} rows; this table holds at most {max_rows}"),
-            ));
-        }
-        let builder = match columns {
-            Some(cols) => {
-                let mask = ProjectionMask::columns(builder.parquet_schema(), cols.iter().copied());
-                builder.with_projection(mask)
-            }
-            None => builder,
-        };
-        let reader = builder
-            .with_batch_size(READ_BATCH)
-            .build()
-            .map_err(|e| FormatError::parquet(path, e))?;
-        reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| FormatError::arrow(path, e))
-    }));
-    decoded.unwrap_or_else(|_| {
-        Err(FormatError::corrupt(
+    let deadline = decode_deadline(file.len() as u64);
+    let columns: Option<Vec<String>> = columns.map(|c| c.iter().map(|s| s.to_string()).collect());
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    let owned_path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("parquet-decode".into())
+        .spawn(move || {
+            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                decode(file, &owned_path, columns.as_deref(), max_rows)
+            }))
+            .unwrap_or_else(|_| {
+                Err(FormatError::corrupt(
+                    &owned_path,
+                    "the Parquet decoder panicked on this file",
+                ))
+            });
+            // The reader may have given up waiting: nobody to tell, then.
+            let _ = sender.send(decoded);
+        })
+        .map_err(|e| FormatError::io(path, "start a decoder thread for", e))?;
+    match receiver.recv_timeout(deadline) {
+        Ok(decoded) => decoded,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(FormatError::corrupt(
             path,
-            "the Parquet decoder panicked on this file",
-        ))
-    })
+            format!("the Parquet decoder did not finish it within {deadline:?}"),
+        )),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(FormatError::corrupt(
+            path,
+            "the Parquet decoder stopped without a result",
+        )),
+    }
+}
+
+/// How long decoding a table of `bytes` may take: far more than a loaded machine needs for a
+/// real table (5 s, plus a throughput of 4 MiB/s), far less than forever.
+fn decode_deadline(bytes: u64) -> Duration {
+    Duration::from_secs(5) + Duration::from_secs_f64(bytes as f64 / f64::from(4u32 << 20))
+}
+
+fn decode(
+    file: Bytes,
+    path: &Path,
+    columns: Option<&[String]>,
+    max_rows: u64,
+) -> Result<Vec<RecordBatch>, FormatError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| FormatError::parquet(path, e))?;
+    // Before decoding anything: a small file can encode any number of equal or evenly
+    // spaced values, and a reader must not allocate in proportion to a count read from disk.
+    let rows = builder.metadata().file_metadata().num_rows();
+    if !matches!(u64::try_from(rows), Ok(rows) if rows <= max_rows) {
+        return Err(FormatError::corrupt(
+            path,
+            format!("its footer claims {rows} rows; this table holds at most {max_rows}"),
+        ));
+    }
+    let builder = match columns {
+        Some(cols) => {
+            let mask =
+                ProjectionMask::columns(builder.parquet_schema(), cols.iter().map(String::as_str));
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    let reader = builder
+        .with_batch_size(READ_BATCH)
+        .build()
+        .map_err(|e| FormatError::parquet(path, e))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| FormatError::arrow(path, e))
 }
 
 /// Reads a table that must hold exactly one row.
@@ -531,4 +575,36 @@ pub(crate) fn hash_at(h: &FixedSizeBinaryArray, i: usize) -> u128 {
     let mut b = [0u8; HASH_BYTES as usize];
     b.copy_from_slice(h.value(i));
     u128::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStorage;
+
+    /// The file fuzzing found (`fuzz/fuzz_targets/access_table.rs`): its page header makes the
+    /// parquet crate's Thrift `skip` loop for minutes. The reader gives up at its deadline
+    /// and names the file.
+    #[test]
+    fn a_decoder_that_does_not_finish_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("interval-000000.parquet");
+        std::fs::write(
+            &path,
+            include_bytes!("../../testdata/thrift-skip-loop.parquet"),
+        )
+        .unwrap();
+        let began = std::time::Instant::now();
+        let e = read_batches(&LocalStorage::new(tmp.path()), &path, None, 1 << 20).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("interval-000000.parquet") && message.contains("did not finish"),
+            "{message}"
+        );
+        assert!(
+            began.elapsed() < decode_deadline(7164) + Duration::from_secs(5),
+            "took {:?}",
+            began.elapsed()
+        );
+    }
 }
