@@ -41,9 +41,11 @@ enum Task {
     },
     /// The main job: build, then run the default workload in a KVM VM.
     Demo,
-    /// Run every check and test: formatting, clippy, unit and end-to-end tests.
+    /// Run every check and test: formatting, clippy, unit and end-to-end tests, then every
+    /// reader's fuzz target for a short fixed-seed run.
     Test {
-        /// Only the tests whose names contain this filter.
+        /// Only the workspace tests whose names contain this filter (the fuzz targets do not
+        /// run).
         filter: Option<String>,
     },
     /// Run a benchmark (`guest-speed`, `record`).
@@ -303,9 +305,6 @@ fn test(filter: Option<&str>) -> Result<()> {
             .args(["clippy", "--release", "--", "-D", "warnings"])
             .current_dir(root().join("simuboost-guest")),
     )?;
-    // The fuzz targets are not run here yet: their first nightly build (sanitizers, arrow and
-    // parquet) took 29 minutes on this machine, and `cargo xtask fuzz` has not completed a run
-    // end to end. `cargo xtask fuzz` runs them (docs/GUARANTEES.md).
     // The end-to-end tests run the binaries, so build them first.
     build(false)?;
     let mut cmd = cargo();
@@ -313,5 +312,11 @@ fn test(filter: Option<&str>) -> Result<()> {
     if let Some(filter) = filter {
         cmd.arg(filter);
     }
-    run_command(&mut cmd)
+    run_command(&mut cmd)?;
+    // A filter names tests of the workspace; without one, the suite also runs every reader's
+    // fuzz target for its short, fixed-seed budget (docs/GUARANTEES.md).
+    if filter.is_none() {
+        fuzz::run(fuzz::Budget::Runs(fuzz::TEST_RUNS), &[])?;
+    }
+    Ok(())
 }
