@@ -811,5 +811,14 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
     for path in std::iter::once(default.as_path()).chain(json_out) {
         fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     }
+    // The image and the eager snapshot are each a guest memory's worth of disk; the run stays
+    // for inspection (the next run of the bench replaces it).
+    for big in [
+        setup.image.clone(),
+        setup.migration_file(false),
+        setup.migration_file(true),
+    ] {
+        fs::remove_file(&big).with_context(|| format!("cannot remove {}", big.display()))?;
+    }
     Ok(())
 }
