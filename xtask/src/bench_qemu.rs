@@ -48,13 +48,15 @@
 //!   "mem_bytes": u64,                  // guest RAM
 //!   "image_nonzero_bytes": u64,        // non-zero 4 KiB pages of the image (checkpoint N) * 4096
 //!   "qemu_saved_bytes": {"eager": u64, "lazy": u64},   // size of each migration file
+//!   "qemu_saved_ram_bytes": {"eager": u64, "lazy": u64}, // RAM pages in it (ram.normal-bytes)
 //!   "repetitions": u64,
 //!   "rows": [{
 //!     "system": "qemu-eager" | "qemu-lazy" | "simuboost-full" | "simuboost-sparse",
 //!     "cache": "warm" | "cold",
 //!     "restore_ms": {"median": f64, "min": f64, "max": f64},
 //!     "start_to_running_ms": {..},           // process start to running (simuboost: upper bound)
-//!     "bytes_loaded": {..},                  // bytes copied into guest RAM by the restore
+//!     "bytes_loaded": {..},                  // non-zero RAM bytes the restore reads (QEMU: those
+//!                                            // in its file, ROMs included)
 //!     "guest_resident_at_resume_bytes": {..},
 //!     "process_rss_at_resume_bytes": {..} | null,  // QEMU only
 //!     "guest_resident_after_interval_bytes": {..},  // QEMU: after reading the working set
@@ -304,8 +306,9 @@ impl Setup {
         self.dir.join(if lazy { "lazy.mig" } else { "eager.mig" })
     }
 
-    /// Saves the paused VM whose RAM is the image, as QEMU's eager or lazy snapshot.
-    fn save(&self, lazy: bool) -> Result<u64> {
+    /// Saves the paused VM whose RAM is the image, as QEMU's eager or lazy snapshot; returns the
+    /// file's size and the RAM bytes in it (non-zero pages, `ram.normal-bytes`).
+    fn save(&self, lazy: bool) -> Result<(u64, u64)> {
         let mut qemu = self.spawn(Ram::Image, false, "save")?;
         let path = self.migration_file(lazy);
         let _ = fs::remove_file(&path);
@@ -331,11 +334,15 @@ impl Setup {
         let size = fs::metadata(&path)
             .with_context(|| format!("cannot stat {}", path.display()))?
             .len();
-        Ok(size)
+        let ram = info
+            .pointer("/ram/normal-bytes")
+            .and_then(Value::as_u64)
+            .context("QEMU's query-migrate reported no ram.normal-bytes")?;
+        Ok((size, ram))
     }
 
-    /// One QEMU restore to a running VM.
-    fn restore(&self, lazy: bool) -> Result<Sample> {
+    /// One QEMU restore to a running VM; `loaded` is the RAM bytes its snapshot file holds.
+    fn restore(&self, lazy: bool, loaded: u64) -> Result<Sample> {
         let ram = if lazy { Ram::Image } else { Ram::Anonymous };
         let mut qemu = self.spawn(ram, true, "restore")?;
         if lazy {
@@ -356,7 +363,6 @@ impl Setup {
         let pid = qemu.child.id();
         let guest = ram_rss(pid)?;
         let process = vm_rss(pid)?;
-        let loaded = if lazy { 0 } else { guest };
         // Then QEMU itself reads every frame of the interval's working set (`pmemsave` to
         // /dev/null, one command per run of frames): the faults a guest running the interval
         // would cause at least. Reads only: the interval's writes are not replayed here.
@@ -641,8 +647,8 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
         image,
         working_set,
     };
-    let eager_size = setup.save(false)?;
-    let lazy_size = setup.save(true)?;
+    let (eager_size, eager_ram) = setup.save(false)?;
+    let (lazy_size, lazy_ram) = setup.save(true)?;
     eprintln!(
         "bench qemu: eager snapshot {:.1} MiB, lazy snapshot {:.1} MiB (+ the image)",
         mib(eager_size as f64),
@@ -651,8 +657,8 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
 
     let measure = |system: &str| -> Result<Sample> {
         match system {
-            "qemu-eager" => setup.restore(false),
-            "qemu-lazy" => setup.restore(true),
+            "qemu-eager" => setup.restore(false, eager_ram),
+            "qemu-lazy" => setup.restore(true, lazy_ram),
             "simuboost-full" => simuboost(&run, interval, "full"),
             "simuboost-sparse" => simuboost(&run, interval, "sparse"),
             _ => unreachable!("unknown system {system}"),
@@ -790,6 +796,7 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
         "mem_bytes": MEM_BYTES,
         "image_nonzero_bytes": image_pages * PAGE as u64,
         "qemu_saved_bytes": { "eager": eager_size, "lazy": lazy_size },
+        "qemu_saved_ram_bytes": { "eager": eager_ram, "lazy": lazy_ram },
         "repetitions": REPS,
         "rows": rows.iter().map(|r| json!({
             "system": r.system,
