@@ -37,6 +37,9 @@ pub enum Benchmark {
     /// Runs in object storage: bytes and requests a replay fetches from S3 (moto_server on
     /// 127.0.0.1) sparse vs full vs lazy, and bytes read from the local page store.
     S3,
+    /// A real peer: QEMU's snapshot restore (eager `migrate` to a file, and lazy file-backed RAM
+    /// with `x-ignore-shared`) vs simuboost's full and sparse restore of the same memory.
+    Qemu,
 }
 
 pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
@@ -49,6 +52,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Analyses => crate::bench_analyses::run(json),
         Benchmark::Scale => crate::bench_scale::run(json),
         Benchmark::S3 => crate::bench_s3::run(json),
+        Benchmark::Qemu => crate::bench_qemu::run(json),
     }
 }
 

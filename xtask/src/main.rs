@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_analyses;
+mod bench_qemu;
 mod bench_record;
 mod bench_replay;
 mod bench_s3;

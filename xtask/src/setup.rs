@@ -41,6 +41,19 @@ const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow"];
 /// An S3-compatible server for the object-storage tests and benchmark (`moto_server`, started by
 /// them on 127.0.0.1; boto3 comes with it).
 const S3_SERVER_PACKAGE: &str = "moto[server]";
+/// QEMU, the snapshot-restore peer of `cargo xtask bench qemu` (run as a separate process, never
+/// linked). Debian's QEMU 10.0.2 comes from bookworm-backports: the preinstalled `qemu-utils`
+/// 10.0.2 blocks bookworm's own 7.2 (shared/MACHINE.md).
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+const QEMU_BINARY: &str = "qemu-system-x86_64";
+const QEMU_SUITE: &str = "bookworm-backports";
+/// The apt source added only for the install, and removed again afterwards.
+const QEMU_SOURCE_FILE: &str = "/etc/apt/sources.list.d/simuboost-bookworm-backports.sources";
+const QEMU_SOURCE: &str = "Types: deb\n\
+URIs: http://deb.debian.org/debian\n\
+Suites: bookworm-backports\n\
+Components: main\n\
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
 
 /// Output of a command, or `None` if it could not run or failed.
 fn output(program: &str, args: &[&str]) -> Option<String> {
@@ -188,5 +201,34 @@ pub fn run() -> Result<()> {
                 .arg(S3_SERVER_PACKAGE),
         )?;
     }
+
+    let qemu = output(QEMU_BINARY, &["--version"]).unwrap_or_default();
+    if step(
+        "QEMU 10 from bookworm-backports (the peer of `cargo xtask bench qemu`)",
+        qemu.starts_with("QEMU emulator version 10."),
+    ) {
+        install_qemu()?;
+    }
     Ok(())
+}
+
+/// Adds the backports suite, installs QEMU from it, and removes the suite again (also when the
+/// install fails), so that nothing else is ever taken from backports by accident.
+fn install_qemu() -> Result<()> {
+    std::fs::write(QEMU_SOURCE_FILE, QEMU_SOURCE)
+        .with_context(|| format!("cannot write {QEMU_SOURCE_FILE}"))?;
+    let installed = run_command(Command::new("apt-get").args(["update", "-q"])).and_then(|()| {
+        run_command(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "-t"])
+                .args([QEMU_SUITE, QEMU_PACKAGE])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
+    let removed = std::fs::remove_file(QEMU_SOURCE_FILE)
+        .with_context(|| format!("cannot remove {QEMU_SOURCE_FILE}"));
+    installed.context("installing QEMU from bookworm-backports")?;
+    removed?;
+    // Forget the suite's package lists too.
+    run_command(Command::new("apt-get").args(["update", "-q"]))
 }
