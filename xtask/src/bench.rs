@@ -37,9 +37,15 @@ pub enum Benchmark {
     /// Runs in object storage: bytes and requests a replay fetches from S3 (moto_server on
     /// 127.0.0.1) sparse vs full vs lazy, and bytes read from the local page store.
     S3,
+    /// The main figures with repetitions, medians and spreads, written to docs/BENCHMARKS.md
+    /// with PNG plots in docs/plots/ (`--quick`: small sizes, a few minutes).
+    Report,
 }
 
-pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
+pub fn run(benchmark: Benchmark, json: Option<&Path>, quick: bool) -> Result<()> {
+    if quick && !matches!(benchmark, Benchmark::Report) {
+        bail!("--quick applies to `bench report` only");
+    }
     match benchmark {
         Benchmark::GuestSpeed => guest_speed(json),
         Benchmark::Record => crate::bench_record::run(json),
@@ -49,6 +55,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Analyses => crate::bench_analyses::run(json),
         Benchmark::Scale => crate::bench_scale::run(json),
         Benchmark::S3 => crate::bench_s3::run(json),
+        Benchmark::Report => crate::bench_report::run(quick, json),
     }
 }
 
