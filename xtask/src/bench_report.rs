@@ -87,16 +87,18 @@ impl Plan {
             Plan {
                 quick,
                 repeats: 2,
+                // Short runs: a recording of `build` stores ~70 MiB per second of guest time,
+                // and development machines share a small disk.
                 recordings: vec![
-                    spec("build", "512M", "1s", &["--duration", "6s"]),
-                    spec("build", "512M", "500ms", &["--duration", "4s"]),
                     spec("build", "256M", "1s", &["--duration", "5s"]),
+                    spec("build", "256M", "500ms", &["--duration", "3s"]),
+                    spec("build", "512M", "1s", &["--duration", "4s"]),
                     // kvstore first clears and fills its table (most of RAM).
-                    spec("kvstore", "256M", "1s", &["--duration", "7s"]),
-                    spec("compress", "256M", "1s", &["--duration", "5s"]),
+                    spec("kvstore", "256M", "1s", &["--duration", "5s"]),
+                    spec("compress", "256M", "1s", &["--duration", "4s"]),
                 ],
                 concurrent: 4,
-                dirty_set_mem: "512M",
+                dirty_set_mem: "256M",
                 dirty_set_duration: "2s",
                 dirty_set_intervals: &["100ms", "400ms"],
                 vm_sizes: &["256M", "1G"],
@@ -607,28 +609,25 @@ pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
     let plots = docs.join("plots");
     fs::create_dir_all(&plots).with_context(|| format!("cannot create {}", plots.display()))?;
 
-    // 1 and 3: every recording, replayed sparse/full/lazy; the first (build) is kept for the
-    // concurrency and parallel sections.
+    // 1 and 3: every recording, replayed sparse/full/lazy. The first (build) also feeds
+    // 2 (concurrent replays in one memory budget) and 4 (parallel replay); each recording is
+    // removed as soon as it is measured, since recordings take hundreds of MiB of disk.
     let mut results = Vec::new();
-    let mut primary = None;
+    let mut shared = None;
     for spec in &plan.recordings {
         let (result, rec) = measure_recording(spec, &plan)?;
-        results.push(result);
-        if primary.is_none() {
-            primary = Some(rec);
-        } else {
-            rec.remove()?;
+        if shared.is_none() {
+            shared = Some((
+                concurrency(&rec, &result.label, &plan)?,
+                parallel(&rec, machine.cores, &plan)?,
+            ));
         }
+        results.push(result);
+        rec.remove()?;
     }
-    let primary = primary.context("the plan has no recording")?;
-    let primary_label = results[0].label.clone();
+    let (concurrency, parallel) = shared.context("the plan has no recording")?;
 
-    // 2. Concurrent replays in one memory budget.
-    let concurrency = concurrency(&primary, &primary_label, &plan)?;
-
-    // 4. Parallel replay, then downtime sweeps.
-    let parallel = parallel(&primary, machine.cores, &plan)?;
-    primary.remove()?;
+    // 4. Downtime sweeps.
     let dirty_sweep = downtime_sweep(
         "--interval",
         plan.dirty_set_intervals,
@@ -759,7 +758,7 @@ impl Report<'_> {
             m.cores, m.memory_gib, m.kvm_backend, m.cpu, m.kernel, m.load_average_before, self.load_average_after)?;
         writeln!(md, "**Repetitions**: every replay and daemon run below is repeated {} times; each figure is the **median (min–max)** over all samples (repetitions × intervals), never a single run. Recordings themselves are made once per configuration (their byte counts come from that one recording).\n", plan.repeats)?;
         if plan.quick {
-            writeln!(md, "**This is a `--quick` run**: guests of 256–512 MiB, {} repetitions, fewer workloads, two interval lengths and two guest sizes only for `build`, short downtime sweeps. `cargo xtask bench report` (without `--quick`) runs 512 MiB–1 GiB guests, more workloads and the full sweeps with 3 repetitions.\n", plan.repeats)?;
+            writeln!(md, "**This is a `--quick` run**: short recordings (3–5 s) of 256–512 MiB guests, {} repetitions, fewer workloads, two interval lengths and two guest sizes only for `build`, short downtime sweeps. `cargo xtask bench report` (without `--quick`) runs 512 MiB–1 GiB guests, more workloads and the full sweeps with 3 repetitions.\n", plan.repeats)?;
         }
         self.write_restore(md)?;
         self.write_concurrency(md)?;
