@@ -40,9 +40,15 @@ pub enum Benchmark {
     /// A real peer: QEMU's snapshot restore (eager `migrate` to a file, and lazy file-backed RAM
     /// with `x-ignore-shared`) vs simuboost's full and sparse restore of the same memory.
     Qemu,
+    /// The main figures with repetitions, medians and spreads, written to docs/BENCHMARKS.md
+    /// with PNG plots in docs/plots/ (`--quick`: small sizes, a few minutes).
+    Report,
 }
 
-pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
+pub fn run(benchmark: Benchmark, json: Option<&Path>, quick: bool) -> Result<()> {
+    if quick && !matches!(benchmark, Benchmark::Report) {
+        bail!("--quick applies to `bench report` only");
+    }
     match benchmark {
         Benchmark::GuestSpeed => guest_speed(json),
         Benchmark::Record => crate::bench_record::run(json),
@@ -53,6 +59,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>) -> Result<()> {
         Benchmark::Scale => crate::bench_scale::run(json),
         Benchmark::S3 => crate::bench_s3::run(json),
         Benchmark::Qemu => crate::bench_qemu::run(json),
+        Benchmark::Report => crate::bench_report::run(quick, json),
     }
 }
 

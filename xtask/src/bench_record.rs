@@ -54,7 +54,7 @@ pub(crate) fn tail(stderr: &[u8]) -> String {
 }
 
 /// One daemon run; returns its `--json` summary and removes the run directory.
-fn daemon_run(dir: &Path, args: &[&str]) -> Result<RunSummary> {
+pub(crate) fn daemon_run(dir: &Path, args: &[&str]) -> Result<RunSummary> {
     // Checkpointing alone unless the caller asks for the tracer (see `trace`).
     let tracer: &[&str] = if args.contains(&"--tracer") {
         &[]
@@ -69,7 +69,7 @@ fn daemon_run(dir: &Path, args: &[&str]) -> Result<RunSummary> {
 }
 
 /// The run directory a benchmark's daemon runs use (each run replaces it).
-fn scratch_run(benchmark: &str) -> Result<PathBuf> {
+pub(crate) fn scratch_run(benchmark: &str) -> Result<PathBuf> {
     let scratch = root().join("target").join("bench").join(benchmark);
     fs::create_dir_all(&scratch)?;
     Ok(scratch.join("run"))

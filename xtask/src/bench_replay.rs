@@ -32,10 +32,10 @@ const SEED: &str = "1";
 /// A recorded run kept on disk for replays.
 pub(crate) struct Recording {
     pub(crate) dir: PathBuf,
-    mem_bytes: u64,
+    pub(crate) mem_bytes: u64,
     /// Complete checkpoints (manifest): intervals `0..checkpoints - 1` can be replayed.
     checkpoints: u64,
-    summary: RunSummary,
+    pub(crate) summary: RunSummary,
 }
 
 impl Recording {
@@ -104,14 +104,28 @@ fn num(v: &Value, key: &str) -> f64 {
 /// Fails unless the process succeeded and every replay verified.
 pub(crate) fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayReport>, f64)> {
     let start = Instant::now();
-    let out = Command::new(binary("simuboost-replay", true))
-        .arg("--run")
-        .arg(run)
-        .args(args)
-        .arg("--json")
+    let out = replay_command(run, args)
         .output()
         .context("cannot run simuboost-replay")?;
     let wall = start.elapsed().as_secs_f64();
+    let rows = replay_rows(run, args, &out)?;
+    Ok((rows, wall))
+}
+
+/// `simuboost-replay --run DIR ARGS --json`, not yet started.
+pub(crate) fn replay_command(run: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("simuboost-replay", true));
+    cmd.arg("--run").arg(run).args(args).arg("--json");
+    cmd
+}
+
+/// The rows a finished `replay_command` printed; fails unless the process succeeded and every
+/// replay verified.
+pub(crate) fn replay_rows(
+    run: &Path,
+    args: &[&str],
+    out: &std::process::Output,
+) -> Result<Vec<ReplayReport>> {
     let what = format!(
         "simuboost-replay --run {} {}",
         run.display(),
@@ -156,7 +170,7 @@ pub(crate) fn replay(run: &Path, args: &[&str]) -> Result<(Vec<ReplayReport>, f6
     }
     let rows = rows?;
     ensure!(!rows.is_empty(), "{what} reported no replay");
-    Ok((rows, wall))
+    Ok(rows)
 }
 
 /// Median; the mean of the middle two for an even count.
@@ -174,15 +188,15 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Percent saved by `new` relative to `base`.
-fn reduction(new: f64, base: f64) -> f64 {
+pub(crate) fn reduction(new: f64, base: f64) -> f64 {
     (1.0 - new / base) * 100.0
 }
 
-fn mib(bytes: f64) -> f64 {
+pub(crate) fn mib(bytes: f64) -> f64 {
     bytes / MIB
 }
 
-fn ram_label(bytes: u64) -> String {
+pub(crate) fn ram_label(bytes: u64) -> String {
     if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
@@ -243,33 +257,35 @@ pub(crate) fn steady_intervals(intervals: u64) -> Vec<u64> {
 
 /// Medians over the replayed intervals of one workload, per mode.
 #[derive(Serialize)]
-struct ModeRow {
-    workload: String,
-    mem_bytes: u64,
-    intervals: Vec<u64>,
-    working_set_pages: f64,
-    working_set_percent: f64,
-    footprint_mib: [f64; 3],
-    footprint_reduction_percent: f64,
-    footprint_reduction_vs_all_ram_percent: f64,
-    restore_ms: [f64; 3],
-    restore_reduction_percent: f64,
-    load_ms: [f64; 2],
-    load_reduction_percent: f64,
-    lazy_misses: f64,
-    replay_ms: [f64; 3],
+pub(crate) struct ModeRow {
+    pub(crate) workload: String,
+    pub(crate) mem_bytes: u64,
+    pub(crate) intervals: Vec<u64>,
+    pub(crate) working_set_pages: f64,
+    pub(crate) working_set_percent: f64,
+    pub(crate) footprint_mib: [f64; 3],
+    pub(crate) footprint_reduction_percent: f64,
+    pub(crate) footprint_reduction_vs_all_ram_percent: f64,
+    pub(crate) restore_ms: [f64; 3],
+    pub(crate) restore_reduction_percent: f64,
+    pub(crate) load_ms: [f64; 2],
+    pub(crate) load_reduction_percent: f64,
+    pub(crate) lazy_misses: f64,
+    pub(crate) replay_ms: [f64; 3],
     /// Full-mode restores: bytes of non-zero pages copied, and pages installed.
-    full_bytes_loaded: f64,
-    full_pages_loaded: f64,
-    full_zero_pages_loaded: f64,
-    full_load_ms: f64,
-    full_load_mbps: f64,
-    replays: Vec<ReplayReport>,
+    pub(crate) full_bytes_loaded: f64,
+    pub(crate) full_pages_loaded: f64,
+    pub(crate) full_zero_pages_loaded: f64,
+    pub(crate) full_load_ms: f64,
+    pub(crate) full_load_mbps: f64,
+    pub(crate) replays: Vec<ReplayReport>,
 }
 
-const MODES: [&str; 3] = ["sparse", "full", "lazy"];
+pub(crate) const MODES: [&str; 3] = ["sparse", "full", "lazy"];
 
-fn sparse_full_lazy(label: &str, rec: &Recording) -> Result<ModeRow> {
+/// Replays the steady intervals of `rec` in every mode, `repeats` times each (alternating
+/// intervals, so that a slow stretch of a shared machine is spread over them); medians over all.
+pub(crate) fn sparse_full_lazy(label: &str, rec: &Recording, repeats: usize) -> Result<ModeRow> {
     let intervals = steady_intervals(rec.intervals());
     ensure!(
         !intervals.is_empty(),
@@ -277,7 +293,11 @@ fn sparse_full_lazy(label: &str, rec: &Recording) -> Result<ModeRow> {
         rec.intervals()
     );
     let mut replays = Vec::new();
-    for &i in &intervals {
+    for &i in intervals
+        .iter()
+        .cycle()
+        .take(intervals.len() * repeats.max(1))
+    {
         let (rows, _) = replay(
             &rec.dir,
             &["--interval", &i.to_string(), "--mode", "sparse,full,lazy"],
@@ -361,7 +381,7 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
         } else {
             format!("{workload} ({})", ram_label(rec.mem_bytes))
         };
-        rows.push(sparse_full_lazy(&label, &rec)?);
+        rows.push(sparse_full_lazy(&label, &rec, 1)?);
         rec.remove()?;
     }
 

@@ -3,7 +3,8 @@
 //! - `cargo xtask setup`: install what the build and tests need (idempotent, fast when done).
 //! - `cargo xtask demo`: the main job (the README's first command).
 //! - `cargo xtask test`: every check and test (the README's second command, and CI's).
-//! - `cargo xtask bench NAME`: benchmarks that report figures and ratios.
+//! - `cargo xtask bench NAME`: benchmarks that report figures and ratios;
+//!   `cargo xtask bench report [--quick]` writes docs/BENCHMARKS.md and its plots.
 //! - `cargo xtask fuzz [--runs N | --time S] [TARGET...]`: the readers' fuzz targets (`fuzz/`);
 //!   `cargo xtask fuzz-corpus` makes their seeds from a real recording.
 
@@ -12,6 +13,7 @@ mod bench_analyses;
 mod bench_qemu;
 mod bench_record;
 mod bench_replay;
+mod bench_report;
 mod bench_s3;
 mod bench_scale;
 mod bench_sim;
@@ -49,13 +51,16 @@ enum Task {
         /// run).
         filter: Option<String>,
     },
-    /// Run a benchmark (`guest-speed`, `record`).
+    /// Run a benchmark (`guest-speed`, `record`, ..., `report` [--quick]).
     Bench {
         /// Which benchmark.
         name: bench::Benchmark,
         /// Write the results as JSON to this file as well.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// `report` only: small sizes and few repetitions (a few minutes).
+        #[arg(long)]
+        quick: bool,
     },
     /// Run the fuzz targets of the run readers (cargo-fuzz, nightly), each for N iterations
     /// (default) or S seconds.
@@ -119,10 +124,10 @@ fn run_task(task: Task) -> Result<()> {
             setup::run()?;
             fuzz::corpus(from.as_deref())
         }
-        Task::Bench { name, json } => {
+        Task::Bench { name, json, quick } => {
             setup::run()?;
             build(!bench_debug())?;
-            bench::run(name, json.as_deref())
+            bench::run(name, json.as_deref(), quick)
         }
     }
 }

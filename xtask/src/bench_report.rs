@@ -1,0 +1,1455 @@
+//! `cargo xtask bench report [--quick]`: one run of the main figures, written to
+//! docs/BENCHMARKS.md with PNG plots in docs/plots/.
+//!
+//! It measures nothing of its own: recordings and replays come from `bench_replay`, daemon runs
+//! from `bench_record`; this file repeats them, keeps every sample, and reports the median and
+//! the spread (min–max) of each figure beside the published ones (shared ANCHORS: SimuBoost's
+//! sparse checkpointing, the working-set study). The one new measurement is the peak resident
+//! memory of concurrent replays, which the OS reports per child (`wait4`'s rusage).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use plotters::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use simuboost_report::replay::ReplayReport;
+
+use crate::bench_record::{daemon_run, recording, scratch_run};
+use crate::bench_replay::{
+    median, mib, ram_label, record, reduction, replay, replay_command, replay_rows, scratch,
+    sparse_full_lazy, ModeRow, Recording, MODES,
+};
+use crate::root;
+
+/// Published figures (shared ANCHORS): sparse checkpointing of a Linux kernel build, and the
+/// largest working set of one interval in the working-set study.
+const PUBLISHED_FOOTPRINT_SAVED: f64 = 79.0;
+const PUBLISHED_LOADING_SAVED: f64 = 89.0;
+const PUBLISHED_MAX_WORKING_SET: f64 = 7.94;
+/// The memory budget that concurrent replays must share ("more concurrent simulations on a
+/// single workstation"), and the target ratio of sparse to full replays fitting into it.
+const BUDGET_BYTES: u64 = 1 << 30;
+const CONCURRENCY_TARGET: f64 = 10.0;
+const PAGE: f64 = 4096.0;
+
+/// One recording: the workload, guest memory, interval, and how long it runs.
+struct RecordingSpec {
+    workload: &'static str,
+    mem: &'static str,
+    interval: &'static str,
+    extra: &'static [&'static str],
+}
+
+const fn spec(
+    workload: &'static str,
+    mem: &'static str,
+    interval: &'static str,
+    extra: &'static [&'static str],
+) -> RecordingSpec {
+    RecordingSpec {
+        workload,
+        mem,
+        interval,
+        extra,
+    }
+}
+
+/// What a report run measures; `--quick` shrinks sizes and repetitions to a few minutes.
+struct Plan {
+    quick: bool,
+    /// Repetitions of every replay and daemon run (each figure is a median over them).
+    repeats: usize,
+    /// The first is `build`: it also feeds the concurrency and parallel-replay sections.
+    recordings: Vec<RecordingSpec>,
+    /// Replays started at once in the concurrency section.
+    concurrent: usize,
+    /// Downtime vs dirty set: stream at these intervals.
+    dirty_set_mem: &'static str,
+    dirty_set_duration: &'static str,
+    dirty_set_intervals: &'static [&'static str],
+    /// Downtime vs VM size: pattern, 200 steps per interval, this much work.
+    vm_sizes: &'static [&'static str],
+    vm_size_work: &'static str,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                repeats: 2,
+                // Short runs: a recording of `build` stores ~70 MiB per second of guest time,
+                // and development machines share a small disk.
+                recordings: vec![
+                    spec("build", "256M", "1s", &["--duration", "5s"]),
+                    spec("build", "256M", "500ms", &["--duration", "3s"]),
+                    spec("build", "512M", "1s", &["--duration", "4s"]),
+                    // kvstore first clears and fills its table (most of RAM).
+                    spec("kvstore", "256M", "1s", &["--duration", "5s"]),
+                    spec("compress", "256M", "1s", &["--duration", "4s"]),
+                ],
+                concurrent: 4,
+                dirty_set_mem: "256M",
+                dirty_set_duration: "2s",
+                dirty_set_intervals: &["100ms", "400ms"],
+                vm_sizes: &["256M", "1G"],
+                vm_size_work: "2000",
+            }
+        } else {
+            Plan {
+                quick,
+                repeats: 3,
+                recordings: vec![
+                    spec("build", "1G", "1s", &["--duration", "8s"]),
+                    spec("build", "1G", "500ms", &["--duration", "6s"]),
+                    spec("build", "512M", "1s", &["--duration", "8s"]),
+                    spec("kvstore", "1G", "1s", &["--duration", "14s"]),
+                    spec("kvstore", "512M", "1s", &["--duration", "10s"]),
+                    spec("compress", "1G", "1s", &["--duration", "6s"]),
+                    spec("sort", "1G", "1s", &["--duration", "6s"]),
+                    spec("stream", "1G", "1s", &["--duration", "6s"]),
+                ],
+                concurrent: 6,
+                dirty_set_mem: "1G",
+                dirty_set_duration: "5s",
+                dirty_set_intervals: &["50ms", "100ms", "200ms", "400ms", "800ms"],
+                vm_sizes: &["256M", "512M", "1G", "2G", "4G"],
+                vm_size_work: "8000",
+            }
+        }
+    }
+}
+
+/// Median and spread of repeated samples.
+#[derive(Clone, Copy, Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+    samples: usize,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+        Spread {
+            median: median(values.clone()),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            samples: values.len(),
+        }
+    }
+
+    /// `median (min–max)` with `decimals` decimals.
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+/// The host, read from the OS: every figure depends on it.
+#[derive(Serialize)]
+struct Machine {
+    cores: usize,
+    memory_gib: f64,
+    cpu: String,
+    kvm_backend: String,
+    kernel: String,
+    load_average_before: String,
+}
+
+fn machine() -> Machine {
+    let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+    let meminfo = read("/proc/meminfo");
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    // Which KVM module is loaded names the backend; PVM (software, shadow paging) makes
+    // every guest exit and shadow page fault ~25 µs, which shapes most figures.
+    let module = |name: &str| Path::new("/sys/module").join(name).exists();
+    let kvm_backend = if module("kvm_pvm") {
+        "PVM (kvm_pvm: software virtualization, shadow paging)"
+    } else if module("kvm_intel") {
+        "VMX (kvm_intel)"
+    } else if module("kvm_amd") {
+        "SVM (kvm_amd)"
+    } else {
+        "unknown"
+    }
+    .to_string();
+    Machine {
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        memory_gib: mem_kib / (1u64 << 20) as f64,
+        cpu,
+        kvm_backend,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        load_average_before: load_average(),
+    }
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
+/// Section 1 and 3 results of one recording.
+#[derive(Serialize)]
+struct RecordingResult {
+    label: String,
+    workload: &'static str,
+    mem_bytes: u64,
+    interval: &'static str,
+    modes: ModeRow,
+    footprint_mib: [Spread; 3],
+    restore_ms: [Spread; 3],
+    lazy_misses: Spread,
+    /// Sparse footprint saved vs full and vs a whole-RAM image, per sample pair.
+    footprint_saved_vs_full: Spread,
+    footprint_saved_vs_ram: Spread,
+    restore_saved_vs_full: Spread,
+    /// Access-log frames per interval (the tracer's working set), in interval order.
+    working_set_frames: Vec<u64>,
+    captured_pages: u64,
+    zero_pages: u64,
+    dedup_pages: u64,
+    stored_pages: u64,
+    bytes_written_per_interval: f64,
+    intervals: u64,
+}
+
+/// Samples of one field of one mode's replays.
+fn mode_samples(rows: &[ReplayReport], mode: &str, field: fn(&ReplayReport) -> f64) -> Vec<f64> {
+    rows.iter()
+        .filter(|r| r.mode.name() == mode)
+        .map(field)
+        .collect()
+}
+
+/// Per-sample reductions: the sparse and full replays of one `--mode sparse,full,lazy` call
+/// are paired (same interval, same moment), so their ratio is not mixed across repetitions.
+fn paired_saving(rows: &[ReplayReport], field: fn(&ReplayReport) -> f64) -> Spread {
+    let sparse = mode_samples(rows, "sparse", field);
+    let full = mode_samples(rows, "full", field);
+    Spread::of(sparse.iter().zip(&full).map(|(s, f)| reduction(*s, *f)))
+}
+
+/// The tracer's frames per interval, from the run's Parquet interval table (DuckDB).
+fn working_set_frames(run: &Path) -> Result<Vec<u64>> {
+    const QUERY: &str = r#"
+import sys, duckdb
+rows = duckdb.sql(f"SELECT traced_frames FROM '{sys.argv[1]}/intervals/*.parquet' ORDER BY interval").fetchall()
+print(" ".join(str(r[0]) for r in rows))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", QUERY])
+        .arg(run)
+        .output()
+        .context("cannot run python3 (cargo xtask setup installs duckdb)")?;
+    ensure!(
+        out.status.success(),
+        "the DuckDB query of {} failed: {}",
+        run.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().context("DuckDB printed a non-number"))
+        .collect()
+}
+
+fn measure_recording(spec: &RecordingSpec, plan: &Plan) -> Result<(RecordingResult, Recording)> {
+    let mut args = vec![
+        "--workload",
+        spec.workload,
+        "--mem",
+        spec.mem,
+        "--interval",
+        spec.interval,
+    ];
+    args.extend_from_slice(spec.extra);
+    let dir = scratch()?.join(format!(
+        "report-{}-{}-{}",
+        spec.workload, spec.mem, spec.interval
+    ));
+    let rec = record(&dir, &args)?;
+    let label = format!(
+        "{} {} {}",
+        spec.workload,
+        ram_label(rec.mem_bytes),
+        spec.interval
+    );
+    let modes = sparse_full_lazy(&label, &rec, plan.repeats)?;
+    let rows = &modes.replays;
+    let ram_mib = mib(rec.mem_bytes as f64);
+    let footprint_mib = MODES.map(|m| {
+        Spread::of(mode_samples(rows, m, |r| {
+            r.footprint_bytes as f64 / (1u64 << 20) as f64
+        }))
+    });
+    let restore_ms = MODES.map(|m| Spread::of(mode_samples(rows, m, |r| r.restore_ms)));
+    let sparse_fp = mode_samples(rows, "sparse", |r| r.footprint_bytes as f64);
+    let totals = recording(&rec.summary)?;
+    let result = RecordingResult {
+        label,
+        workload: spec.workload,
+        mem_bytes: rec.mem_bytes,
+        interval: spec.interval,
+        footprint_mib,
+        restore_ms,
+        lazy_misses: Spread::of(mode_samples(rows, "lazy", |r| r.misses as f64)),
+        footprint_saved_vs_full: paired_saving(rows, |r| r.footprint_bytes as f64),
+        footprint_saved_vs_ram: Spread::of(sparse_fp.iter().map(|b| reduction(mib(*b), ram_mib))),
+        restore_saved_vs_full: paired_saving(rows, |r| r.restore_ms),
+        working_set_frames: working_set_frames(&rec.dir)?,
+        captured_pages: totals.captured_pages,
+        zero_pages: totals.zero_pages,
+        dedup_pages: totals.dedup_pages,
+        stored_pages: totals.stored_pages,
+        bytes_written_per_interval: totals.bytes_written as f64 / totals.intervals.max(1) as f64,
+        intervals: rec.intervals(),
+        modes,
+    };
+    Ok((result, rec))
+}
+
+/// Waits for child `pid` and returns its exit status and peak resident memory in bytes.
+fn wait_with_peak_rss(pid: u32) -> Result<(ExitStatus, u64)> {
+    let pid = libc::pid_t::try_from(pid).context("child pid out of range")?;
+    let mut status: libc::c_int = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    loop {
+        // SAFETY: `pid` is a child of this process that nobody has waited for yet, and both
+        // out-pointers point to live, writable values of the types wait4 expects.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
+        if r == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).context("wait4 for a replay failed");
+        }
+    }
+    // SAFETY: the rusage was zero-initialised (a valid value of this plain C struct) and wait4
+    // has filled it in.
+    let usage = unsafe { usage.assume_init() };
+    // Linux reports ru_maxrss in KiB.
+    let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    Ok((ExitStatus::from_raw(status), peak))
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        // A read error leaves what was read; the replay's own status says whether it failed.
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// One replay of a concurrent batch: its report and its peak resident memory.
+#[derive(Serialize)]
+struct PeakReplay {
+    interval: u64,
+    peak_rss_bytes: u64,
+    footprint_bytes: u64,
+}
+
+/// Starts one replay per interval at once and waits for all; every replay must verify.
+fn concurrent_batch(run: &Path, intervals: &[u64], mode: &str) -> Result<Vec<PeakReplay>> {
+    let args: Vec<Vec<String>> = intervals
+        .iter()
+        .map(|i| {
+            ["--interval", &i.to_string(), "--mode", mode]
+                .map(String::from)
+                .to_vec()
+        })
+        .collect();
+    let mut children = Vec::new();
+    for a in &args {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut child = replay_command(run, &a)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start simuboost-replay")?;
+        let stdout = read_all(child.stdout.take().context("no stdout pipe")?);
+        let stderr = read_all(child.stderr.take().context("no stderr pipe")?);
+        // Reaped by wait4 below, not by `Child::wait`: std cannot report the peak memory.
+        children.push((child.id(), stdout, stderr));
+    }
+    let mut replays = Vec::new();
+    for ((pid, stdout, stderr), (a, &interval)) in
+        children.into_iter().zip(args.iter().zip(intervals))
+    {
+        let (status, peak) = wait_with_peak_rss(pid)?;
+        let output = Output {
+            status,
+            stdout: stdout
+                .join()
+                .map_err(|_| anyhow!("stdout reader panicked"))?,
+            stderr: stderr
+                .join()
+                .map_err(|_| anyhow!("stderr reader panicked"))?,
+        };
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let rows = replay_rows(run, &a, &output)?;
+        replays.push(PeakReplay {
+            interval,
+            peak_rss_bytes: peak,
+            footprint_bytes: rows.iter().map(|r| r.footprint_bytes).max().unwrap_or(0),
+        });
+    }
+    Ok(replays)
+}
+
+#[derive(Serialize)]
+struct ConcurrencyMode {
+    mode: &'static str,
+    peak_rss_mib: Spread,
+    footprint_mib: Spread,
+    /// Sum of the peaks of one batch (all started at once), over the repetitions.
+    batch_total_mib: Spread,
+    /// Replays that fit the budget at the median peak, and at the largest peak.
+    fit_median: u64,
+    fit_worst: u64,
+    replays: Vec<Vec<PeakReplay>>,
+}
+
+#[derive(Serialize)]
+struct Concurrency {
+    recording: String,
+    intervals: Vec<u64>,
+    budget_bytes: u64,
+    modes: Vec<ConcurrencyMode>,
+    ratio_median: f64,
+    ratio_worst: f64,
+}
+
+fn concurrency(rec: &Recording, label: &str, plan: &Plan) -> Result<Concurrency> {
+    // Different intervals, never interval 0 (boot); wraps around on a short run.
+    let replayable: Vec<u64> = (1..rec.intervals()).collect();
+    ensure!(!replayable.is_empty(), "{label}: too few intervals");
+    let intervals: Vec<u64> = replayable
+        .iter()
+        .copied()
+        .cycle()
+        .take(plan.concurrent)
+        .collect();
+    let mut modes = Vec::new();
+    for mode in ["sparse", "full"] {
+        let mut batches = Vec::new();
+        for _ in 0..plan.repeats {
+            eprintln!(
+                "bench report: {} concurrent {mode} replays of {label}",
+                intervals.len()
+            );
+            batches.push(concurrent_batch(&rec.dir, &intervals, mode)?);
+        }
+        let peaks = Spread::of(
+            batches
+                .iter()
+                .flatten()
+                .map(|r| mib(r.peak_rss_bytes as f64)),
+        );
+        let budget = mib(BUDGET_BYTES as f64);
+        modes.push(ConcurrencyMode {
+            mode,
+            peak_rss_mib: peaks,
+            footprint_mib: Spread::of(
+                batches
+                    .iter()
+                    .flatten()
+                    .map(|r| mib(r.footprint_bytes as f64)),
+            ),
+            batch_total_mib: Spread::of(
+                batches
+                    .iter()
+                    .map(|b| b.iter().map(|r| mib(r.peak_rss_bytes as f64)).sum::<f64>()),
+            ),
+            fit_median: (budget / peaks.median).floor() as u64,
+            fit_worst: (budget / peaks.max).floor() as u64,
+            replays: batches,
+        });
+    }
+    let ratio = |f: fn(&ConcurrencyMode) -> u64| f(&modes[0]) as f64 / f(&modes[1]).max(1) as f64;
+    Ok(Concurrency {
+        recording: label.to_string(),
+        intervals,
+        budget_bytes: BUDGET_BYTES,
+        ratio_median: ratio(|m| m.fit_median),
+        ratio_worst: ratio(|m| m.fit_worst),
+        modes,
+    })
+}
+
+#[derive(Serialize)]
+struct ParallelRow {
+    jobs: usize,
+    wall_s: Spread,
+    speedup: f64,
+}
+
+/// `--all --jobs J` for J = 1..=cores, alternating J within each repetition.
+fn parallel(rec: &Recording, cores: usize, plan: &Plan) -> Result<Vec<ParallelRow>> {
+    let jobs: Vec<usize> = (1..=cores.max(2)).collect();
+    let mut walls = vec![Vec::new(); jobs.len()];
+    for _ in 0..plan.repeats {
+        for (k, j) in jobs.iter().enumerate() {
+            let (rows, wall) = replay(
+                &rec.dir,
+                &["--all", "--jobs", &j.to_string(), "--mode", "sparse"],
+            )?;
+            ensure!(
+                rows.len() as u64 == rec.intervals(),
+                "--all --jobs {j} replayed {} of {} intervals",
+                rows.len(),
+                rec.intervals()
+            );
+            eprintln!("bench report: --all --jobs {j}: {wall:.2} s");
+            walls[k].push(wall);
+        }
+    }
+    let base = median(walls[0].clone());
+    Ok(jobs
+        .iter()
+        .zip(walls)
+        .map(|(&jobs, w)| {
+            let wall_s = Spread::of(w);
+            ParallelRow {
+                jobs,
+                speedup: base / wall_s.median,
+                wall_s,
+            }
+        })
+        .collect())
+}
+
+#[derive(Serialize)]
+struct DowntimePoint {
+    /// The swept setting: an interval length or a guest size.
+    setting: String,
+    dirty_pages: Spread,
+    downtime_ms: Spread,
+    max_downtime_ms: Spread,
+}
+
+/// Daemon runs (no tracer) of `base` plus each setting, `repeats` times, alternating settings.
+fn downtime_sweep(
+    flag: &str,
+    settings: &[&str],
+    base: &[&str],
+    repeats: usize,
+) -> Result<Vec<DowntimePoint>> {
+    let dir = scratch_run("report")?;
+    let mut samples = vec![Vec::new(); settings.len()];
+    for _ in 0..repeats {
+        for (k, &setting) in settings.iter().enumerate() {
+            let mut args = base.to_vec();
+            args.extend([flag, setting, "--seed", "1"]);
+            let s = daemon_run(&dir, &args)?;
+            let r = recording(&s)?;
+            eprintln!(
+                "bench report: {} {flag} {setting}: {:.0} dirty pages, {:.1} ms downtime",
+                base.join(" "),
+                r.mean_dirty_pages,
+                r.mean_downtime_ms
+            );
+            samples[k].push((r.mean_dirty_pages, r.mean_downtime_ms, r.max_downtime_ms));
+        }
+    }
+    Ok(settings
+        .iter()
+        .zip(samples)
+        .map(|(setting, s)| DowntimePoint {
+            setting: setting.to_string(),
+            dirty_pages: Spread::of(s.iter().map(|v| v.0)),
+            downtime_ms: Spread::of(s.iter().map(|v| v.1)),
+            max_downtime_ms: Spread::of(s.iter().map(|v| v.2)),
+        })
+        .collect())
+}
+
+pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
+    let began = Instant::now();
+    let plan = Plan::new(quick);
+    let machine = machine();
+    let docs = root().join("docs");
+    let plots = docs.join("plots");
+    fs::create_dir_all(&plots).with_context(|| format!("cannot create {}", plots.display()))?;
+
+    // 1 and 3: every recording, replayed sparse/full/lazy. The first (build) also feeds
+    // 2 (concurrent replays in one memory budget) and 4 (parallel replay); each recording is
+    // removed as soon as it is measured, since recordings take hundreds of MiB of disk.
+    let mut results = Vec::new();
+    let mut shared = None;
+    for spec in &plan.recordings {
+        let (result, rec) = measure_recording(spec, &plan)?;
+        if shared.is_none() {
+            shared = Some((
+                concurrency(&rec, &result.label, &plan)?,
+                parallel(&rec, machine.cores, &plan)?,
+            ));
+        }
+        results.push(result);
+        rec.remove()?;
+    }
+    let (concurrency, parallel) = shared.context("the plan has no recording")?;
+
+    // 4. Downtime sweeps.
+    let dirty_sweep = downtime_sweep(
+        "--interval",
+        plan.dirty_set_intervals,
+        &[
+            "--workload",
+            "stream",
+            "--mem",
+            plan.dirty_set_mem,
+            "--duration",
+            plan.dirty_set_duration,
+        ],
+        plan.repeats,
+    )?;
+    let size_sweep = downtime_sweep(
+        "--mem",
+        plan.vm_sizes,
+        &[
+            "--workload",
+            "pattern",
+            "--work",
+            plan.vm_size_work,
+            "--interval-exits",
+            "200",
+        ],
+        plan.repeats,
+    )?;
+
+    let qemu_json = root().join("target").join("bench").join("qemu.json");
+    let qemu: Option<Value> = match fs::read(&qemu_json) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not JSON", qemu_json.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", qemu_json.display())),
+    };
+
+    let seconds = began.elapsed().as_secs_f64();
+    let report = Report {
+        plan: &plan,
+        machine: &machine,
+        load_average_after: load_average(),
+        date: utc_now(),
+        seconds,
+        results: &results,
+        concurrency: &concurrency,
+        parallel: &parallel,
+        dirty_sweep: &dirty_sweep,
+        size_sweep: &size_sweep,
+        qemu: qemu.as_ref(),
+    };
+    plot_restore(&plots.join("restore.png"), &results)?;
+    plot_working_sets(&plots.join("working-set.png"), &results)?;
+    plot_downtime(&plots.join("downtime.png"), &dirty_sweep, &size_sweep)?;
+    plot_concurrency(&plots.join("concurrency.png"), &concurrency)?;
+    let markdown = report.markdown();
+    let out = docs.join("BENCHMARKS.md");
+    fs::write(&out, markdown).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "bench report: wrote {} and {} in {seconds:.0} s",
+        out.display(),
+        plots.display()
+    );
+
+    let data = json!({
+        "quick": plan.quick, "repeats": plan.repeats, "machine": machine,
+        "recordings": results, "concurrency": concurrency, "parallel": parallel,
+        "downtime_vs_dirty_set": dirty_sweep, "downtime_vs_vm_size": size_sweep,
+        "bench_seconds": seconds,
+    });
+    let path = json_out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root().join("target").join("bench").join("report.json"));
+    fs::write(&path, serde_json::to_string_pretty(&data)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Everything BENCHMARKS.md shows.
+struct Report<'a> {
+    plan: &'a Plan,
+    machine: &'a Machine,
+    load_average_after: String,
+    date: String,
+    seconds: f64,
+    results: &'a [RecordingResult],
+    concurrency: &'a Concurrency,
+    parallel: &'a [ParallelRow],
+    dirty_sweep: &'a [DowntimePoint],
+    size_sweep: &'a [DowntimePoint],
+    qemu: Option<&'a Value>,
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "not met"
+    }
+}
+
+impl Report<'_> {
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.write(&mut md);
+        md
+    }
+
+    fn write(&self, md: &mut String) -> std::fmt::Result {
+        let m = self.machine;
+        let plan = self.plan;
+        let build = if crate::bench_debug() {
+            "debug profile (SIMUBOOST_BENCH_DEBUG=1; simuboost's binaries built optimised, times not comparable with a release build)"
+        } else {
+            "release build"
+        };
+        writeln!(md, "# Benchmarks\n")?;
+        writeln!(
+            md,
+            "Generated by `cargo xtask bench report{}` on {} in {:.0} s; do not edit by hand, \
+             rerun it. The machine's JSON is in `target/bench/report.json`.\n",
+            if plan.quick { " --quick" } else { "" },
+            self.date,
+            self.seconds
+        )?;
+        writeln!(md, "**Machine** (read from the host): {} cores, {:.1} GiB memory, KVM backend **{}**, CPU {}, kernel {}. Load average before / after: {} / {} (other builds share this machine, so times are noisy). Binaries: {build}.\n",
+            m.cores, m.memory_gib, m.kvm_backend, m.cpu, m.kernel, m.load_average_before, self.load_average_after)?;
+        writeln!(md, "**Repetitions**: every replay and daemon run below is repeated {} times; each figure is the **median (min–max)** over all samples (repetitions × intervals), never a single run. Recordings themselves are made once per configuration (their byte counts come from that one recording).\n", plan.repeats)?;
+        if plan.quick {
+            writeln!(md, "**This is a `--quick` run**: short recordings (3–5 s) of 256–512 MiB guests, {} repetitions, fewer workloads, two interval lengths and two guest sizes only for `build`, short downtime sweeps. `cargo xtask bench report` (without `--quick`) runs 512 MiB–1 GiB guests, more workloads and the full sweeps with 3 repetitions.\n", plan.repeats)?;
+        }
+        self.write_restore(md)?;
+        self.write_concurrency(md)?;
+        self.write_working_sets(md)?;
+        self.write_recording(md)?;
+        self.write_qemu(md)?;
+        Ok(())
+    }
+
+    fn write_restore(&self, md: &mut String) -> std::fmt::Result {
+        writeln!(md, "## 1. Sparse vs full vs lazy restore\n")?;
+        writeln!(md, "Each recording (eBPF tracer on) is replayed in its last steady intervals (up to 3, never interval 0 or the final one), in all three modes, {} times. **sparse** restores the interval's working set up front; **full** restores every non-zero page of the checkpoint and maps the rest to the shared zero page (already a stronger baseline than a whole-RAM image); **lazy** restores nothing up front and serves each first touch through userfaultfd (one miss each). Footprint is guest memory resident after the replay. The thesis' baseline was a whole-RAM image, so the saving is also given against all of guest RAM.\n", self.plan.repeats)?;
+        writeln!(
+            md,
+            "![footprint, restore time and misses per mode](plots/restore.png)\n"
+        )?;
+        writeln!(md, "| recording | working set (% of RAM) | footprint MiB sparse | full | lazy | restore ms sparse | full | lazy | lazy misses |")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for r in self.results {
+            writeln!(
+                md,
+                "| {} | {:.0} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} |",
+                r.label,
+                r.modes.working_set_pages,
+                r.modes.working_set_percent,
+                r.footprint_mib[0].show(1),
+                r.footprint_mib[1].show(1),
+                r.footprint_mib[2].show(1),
+                r.restore_ms[0].show(1),
+                r.restore_ms[1].show(1),
+                r.restore_ms[2].show(1),
+                r.lazy_misses.show(0),
+            )?;
+        }
+        writeln!(
+            md,
+            "\n### Reduction by sparse restore, beside the published figures\n"
+        )?;
+        writeln!(md, "Published (SimuBoost sparse checkpointing, Linux kernel build): memory footprint down by up to **{PUBLISHED_FOOTPRINT_SAVED}%**, checkpoint loading time down by up to **{PUBLISHED_LOADING_SAVED}%**, both against loading the whole checkpoint (all of guest RAM).\n")?;
+        writeln!(md, "| recording | footprint saved vs full (zero pages already skipped) | footprint saved vs whole-RAM image | restore time saved vs full |")?;
+        writeln!(md, "|---|---:|---:|---:|")?;
+        for r in self.results {
+            writeln!(
+                md,
+                "| {} | {}% | {}% | {}% |",
+                r.label,
+                r.footprint_saved_vs_full.show(1),
+                r.footprint_saved_vs_ram.show(1),
+                r.restore_saved_vs_full.show(1),
+            )?;
+        }
+        writeln!(md, "\nThe sparse and full replays of one sample are paired (same interval, same moment) before taking the reduction. Restore time against a whole-RAM load is not measured: no mode loads zero pages byte by byte.\n")?;
+        Ok(())
+    }
+
+    fn write_concurrency(&self, md: &mut String) -> std::fmt::Result {
+        let c = self.concurrency;
+        writeln!(md, "## 2. Concurrent replays in one memory budget\n")?;
+        writeln!(md, "The thesis' claim: sparse checkpoints let more simulations run at once on one workstation. Here {} replays of different intervals of `{}` ({:?}) are started at once, as separate `simuboost-replay` processes, {} times per mode. Each one's **peak resident memory** is the kernel's `ru_maxrss` for that process (from `wait4`), which covers guest memory, page-store reads and the binary itself. Replays fitting a budget of {} = ⌊budget / peak⌋, once at the median peak and once at the largest peak seen (worst case).\n",
+            c.intervals.len(), c.recording, c.intervals, self.plan.repeats, ram_label(c.budget_bytes))?;
+        writeln!(
+            md,
+            "![peak memory per concurrent replay](plots/concurrency.png)\n"
+        )?;
+        writeln!(md, "| mode | peak RSS per replay MiB | guest footprint MiB | sum of one batch's peaks MiB | fit in {} (median peak) | fit (largest peak) |", ram_label(c.budget_bytes))?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+        for m in &c.modes {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                m.mode,
+                m.peak_rss_mib.show(1),
+                m.footprint_mib.show(1),
+                m.batch_total_mib.show(1),
+                m.fit_median,
+                m.fit_worst
+            )?;
+        }
+        writeln!(md, "\nSparse / full replays fitting the budget: **{:.1}×** at the median peak, {:.1}× at the largest (target ≥ {CONCURRENCY_TARGET:.0}×: {}). The ratio is bounded by what every replay needs whatever the mode (the replayer's own memory and the pages the interval writes), and by how much of the guest's memory is non-zero, since `full` skips zero pages.\n",
+            c.ratio_median, c.ratio_worst, met(c.ratio_median >= CONCURRENCY_TARGET))?;
+        Ok(())
+    }
+
+    fn write_working_sets(&self, md: &mut String) -> std::fmt::Result {
+        writeln!(md, "## 3. Working set per interval over time\n")?;
+        writeln!(md, "Frames the eBPF tracer logged in each interval (the run's `intervals/` table, `traced_frames`), as a share of guest RAM; interval 0 includes boot. Intervals are wall-clock time: on a busier machine the guest gets less work done per interval and touches fewer frames, and each recording is made once, so these shares move between report runs. Published: the largest working set of one interval was **{PUBLISHED_MAX_WORKING_SET}% of guest RAM** (working-set study).\n")?;
+        writeln!(md, "![working set per interval](plots/working-set.png)\n")?;
+        writeln!(md, "| recording | intervals | working set % of RAM, median (min–max) over intervals 1.. | largest |")?;
+        writeln!(md, "|---|---:|---:|---:|")?;
+        for r in self.results {
+            let shares: Vec<f64> = share_of_ram(r).into_iter().skip(1).collect();
+            let s = Spread::of(shares);
+            writeln!(
+                md,
+                "| {} | {} | {}% | {:.2}% |",
+                r.label,
+                r.working_set_frames.len(),
+                s.show(2),
+                s.max
+            )?;
+        }
+        let above: Vec<&str> = self
+            .results
+            .iter()
+            .filter(|r| {
+                share_of_ram(r)
+                    .into_iter()
+                    .skip(1)
+                    .any(|s| s > PUBLISHED_MAX_WORKING_SET)
+            })
+            .map(|r| r.label.as_str())
+            .collect();
+        writeln!(
+            md,
+            "\nAbove the published maximum in some interval after the first: {}.",
+            if above.is_empty() {
+                "none".to_string()
+            } else {
+                above.join(", ")
+            }
+        )?;
+        writeln!(md, "`kvstore`'s working set is far larger than the published maximum by construction: it first clears and fills a table spanning most of guest memory, then serves Zipf-distributed requests over the whole table, so one interval touches a large share of all frames.\n")?;
+        Ok(())
+    }
+
+    fn write_recording(&self, md: &mut String) -> std::fmt::Result {
+        writeln!(
+            md,
+            "## 4. Checkpointing: downtime, storage, parallel replay\n"
+        )?;
+        writeln!(
+            md,
+            "![downtime vs dirty set and vs VM size](plots/downtime.png)\n"
+        )?;
+        writeln!(
+            md,
+            "### Downtime vs dirty set (stream, {} guest, dirty log, no tracer)\n",
+            self.plan.dirty_set_mem
+        )?;
+        writeln!(
+            md,
+            "| interval | dirty pages/interval | mean downtime ms | max downtime ms |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|")?;
+        for p in self.dirty_sweep {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                p.setting,
+                p.dirty_pages.show(0),
+                p.downtime_ms.show(2),
+                p.max_downtime_ms.show(1)
+            )?;
+        }
+        writeln!(
+            md,
+            "\n### Downtime vs VM size at the same dirty set (pattern, 200 steps per interval)\n"
+        )?;
+        writeln!(
+            md,
+            "| guest memory | dirty pages/interval | mean downtime ms | max downtime ms |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|")?;
+        for p in self.size_sweep {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                p.setting,
+                p.dirty_pages.show(0),
+                p.downtime_ms.show(2),
+                p.max_downtime_ms.show(1)
+            )?;
+        }
+        if let (Some(first), Some(last)) = (self.size_sweep.first(), self.size_sweep.last()) {
+            let ratio = last.downtime_ms.median / first.downtime_ms.median;
+            writeln!(md, "\n{} / {} mean downtime (medians): {ratio:.2}× (target ≤ 1.5×: {}). Each row's mean is over the run's intervals, the spread over repetitions.\n", last.setting, first.setting, met(ratio <= 1.5))?;
+        }
+        writeln!(
+            md,
+            "### Storage per interval (the recordings of section 1)\n"
+        )?;
+        writeln!(md, "Published: dedup by content hash saved up to 42% of pages, 40–50% of the duplicates being zero pages.\n")?;
+        writeln!(md, "| recording | intervals | captured pages | zero | deduplicated | stored | MiB written/interval | saved by zero+dedup |")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+        for r in self.results {
+            let saved =
+                (r.zero_pages + r.dedup_pages) as f64 / r.captured_pages.max(1) as f64 * 100.0;
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {saved:.1}% |",
+                r.label,
+                r.intervals,
+                r.captured_pages,
+                r.zero_pages,
+                r.dedup_pages,
+                r.stored_pages,
+                mib(r.bytes_written_per_interval)
+            )?;
+        }
+        writeln!(
+            md,
+            "\nOne recording per row: these are counts of that recording, not repeated.\n"
+        )?;
+        writeln!(
+            md,
+            "### Parallel replay (`--all --jobs N`, sparse, {})\n",
+            self.concurrency.recording
+        )?;
+        writeln!(md, "| jobs | wall s | speedup vs 1 job (medians) |")?;
+        writeln!(md, "|---:|---:|---:|")?;
+        for p in self.parallel {
+            writeln!(
+                md,
+                "| {} | {} | {:.2}× |",
+                p.jobs,
+                p.wall_s.show(2),
+                p.speedup
+            )?;
+        }
+        writeln!(
+            md,
+            "\nOn {} cores the ideal speedup is {}×; jobs beyond the core count only share them.\n",
+            self.machine.cores, self.machine.cores
+        )?;
+        Ok(())
+    }
+
+    fn write_qemu(&self, md: &mut String) -> std::fmt::Result {
+        writeln!(md, "## 5. Peer: QEMU snapshot restore\n")?;
+        writeln!(md, "<!-- Fed by target/bench/qemu.json (written by `cargo xtask bench qemu --json target/bench/qemu.json`). -->\n")?;
+        match self.qemu {
+            None => writeln!(md, "**Not run**: `target/bench/qemu.json` was absent when this report was generated. Run `cargo xtask bench qemu --json target/bench/qemu.json`, then this report, to fill this section. (Earlier manual measurement, shared notes: QEMU 10.0.2 restoring a 1 GiB guest with 540 MB non-zero took 0.14–0.85 s and 573 MiB resident eagerly; 0.05–0.10 s and 43–49 MiB with file-backed lazy RAM.)\n")?,
+            Some(v) => {
+                writeln!(md, "From `target/bench/qemu.json`:\n")?;
+                write_json_table(md, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renders a JSON value: an array of flat objects (or an object holding one) as a table,
+/// anything else as a code block, since the QEMU harness owns its schema.
+fn write_json_table(md: &mut String, v: &Value) -> std::fmt::Result {
+    let rows = v.as_array().or_else(|| {
+        v.as_object()
+            .and_then(|o| o.values().find_map(Value::as_array))
+    });
+    let objects: Option<Vec<&serde_json::Map<String, Value>>> =
+        rows.and_then(|r| r.iter().map(Value::as_object).collect());
+    match objects {
+        Some(objects) if !objects.is_empty() => {
+            let keys: Vec<&String> = objects[0].keys().collect();
+            writeln!(
+                md,
+                "| {} |",
+                keys.iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )?;
+            writeln!(md, "|{}", "---|".repeat(keys.len()))?;
+            for o in objects {
+                let cells: Vec<String> = keys
+                    .iter()
+                    .map(|k| match o.get(*k) {
+                        Some(Value::Number(n)) => n
+                            .as_f64()
+                            .map_or_else(|| n.to_string(), |f| format!("{f:.3}")),
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    })
+                    .collect();
+                writeln!(md, "| {} |", cells.join(" | "))?;
+            }
+            writeln!(md)
+        }
+        _ => writeln!(
+            md,
+            "```json\n{}\n```\n",
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        ),
+    }
+}
+
+/// Working set per interval as a percentage of guest RAM.
+fn share_of_ram(r: &RecordingResult) -> Vec<f64> {
+    r.working_set_frames
+        .iter()
+        .map(|&f| f as f64 * PAGE / r.mem_bytes as f64 * 100.0)
+        .collect()
+}
+
+// ---- Plots ----
+
+const MODE_COLORS: [RGBColor; 3] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+];
+const LINE_COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn draw_error(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("cannot draw {}: {e}", path.display())
+}
+
+/// Text needs a font: the embedded DejaVu Sans, so that no system font is needed.
+fn register_font() -> Result<()> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| anyhow!("the embedded DejaVu Sans font is not a valid font"))
+}
+
+/// One panel of grouped bars: one group per label, one bar per series, with min–max whiskers.
+struct BarPanel<'a> {
+    title: &'a str,
+    y_label: &'a str,
+    series: Vec<(&'a str, RGBColor, Vec<Spread>)>,
+}
+
+fn draw_bar_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    labels: &[String],
+    panel: &BarPanel<'_>,
+) -> Result<(), String> {
+    let top = panel
+        .series
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().map(|s| s.max))
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.15;
+    let n = labels.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * n + 2)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                labels[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(panel.y_label)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let k = panel.series.len() as f64;
+    let width = 0.8 / k;
+    for (s, (name, color, values)) in panel.series.iter().enumerate() {
+        let color = *color;
+        let left = |g: usize| g as f64 - 0.4 + s as f64 * width;
+        chart
+            .draw_series(values.iter().enumerate().map(|(g, v)| {
+                Rectangle::new(
+                    [(left(g) + 0.01, 0.0), (left(g) + width - 0.01, v.median)],
+                    color.filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        chart
+            .draw_series(values.iter().enumerate().map(|(g, v)| {
+                let c = left(g) + width / 2.0;
+                PathElement::new(vec![(c, v.min), (c, v.max)], BLACK.stroke_width(2))
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn plot_restore(path: &Path, results: &[RecordingResult]) -> Result<()> {
+    register_font()?;
+    let labels: Vec<String> = results.iter().map(|r| r.label.clone()).collect();
+    let ram = |r: &RecordingResult| {
+        let m = mib(r.mem_bytes as f64);
+        Spread {
+            median: m,
+            min: m,
+            max: m,
+            samples: 1,
+        }
+    };
+    let panels = [
+        BarPanel {
+            title: "Guest memory footprint after the replay (median, min-max)",
+            y_label: "MiB",
+            series: vec![
+                (
+                    "sparse",
+                    MODE_COLORS[0],
+                    results.iter().map(|r| r.footprint_mib[0]).collect(),
+                ),
+                (
+                    "full (zero pages skipped)",
+                    MODE_COLORS[1],
+                    results.iter().map(|r| r.footprint_mib[1]).collect(),
+                ),
+                (
+                    "lazy",
+                    MODE_COLORS[2],
+                    results.iter().map(|r| r.footprint_mib[2]).collect(),
+                ),
+                (
+                    "whole guest RAM",
+                    RGBColor(160, 160, 160),
+                    results.iter().map(ram).collect(),
+                ),
+            ],
+        },
+        BarPanel {
+            title: "Restore time (median, min-max)",
+            y_label: "ms",
+            series: MODES
+                .iter()
+                .enumerate()
+                .map(|(m, name)| {
+                    (
+                        *name,
+                        MODE_COLORS[m],
+                        results.iter().map(|r| r.restore_ms[m]).collect(),
+                    )
+                })
+                .collect(),
+        },
+        BarPanel {
+            title: "Misses during the replay: lazy (sparse and full have none)",
+            y_label: "page faults served",
+            series: vec![(
+                "lazy",
+                MODE_COLORS[2],
+                results.iter().map(|r| r.lazy_misses).collect(),
+            )],
+        },
+    ];
+    let root_area = BitMapBackend::new(path, (1400, 1500)).into_drawing_area();
+    root_area.fill(&WHITE).map_err(|e| draw_error(path, e))?;
+    for (area, panel) in root_area.split_evenly((3, 1)).iter().zip(&panels) {
+        draw_bar_panel(area, &labels, panel).map_err(|e| draw_error(path, e))?;
+    }
+    root_area.present().map_err(|e| draw_error(path, e))
+}
+
+fn plot_concurrency(path: &Path, c: &Concurrency) -> Result<()> {
+    register_font()?;
+    let labels: Vec<String> = c
+        .modes
+        .iter()
+        .map(|m| {
+            format!(
+                "{} (fit {} in {})",
+                m.mode,
+                m.fit_median,
+                ram_label(c.budget_bytes)
+            )
+        })
+        .collect();
+    let panel = BarPanel {
+        title: "Peak resident memory per concurrent replay (median, min-max)",
+        y_label: "MiB",
+        series: vec![
+            (
+                "peak RSS (ru_maxrss)",
+                MODE_COLORS[0],
+                c.modes.iter().map(|m| m.peak_rss_mib).collect(),
+            ),
+            (
+                "guest footprint",
+                MODE_COLORS[2],
+                c.modes.iter().map(|m| m.footprint_mib).collect(),
+            ),
+        ],
+    };
+    let root_area = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
+    root_area.fill(&WHITE).map_err(|e| draw_error(path, e))?;
+    draw_bar_panel(&root_area, &labels, &panel).map_err(|e| draw_error(path, e))?;
+    root_area.present().map_err(|e| draw_error(path, e))
+}
+
+fn plot_working_sets(path: &Path, results: &[RecordingResult]) -> Result<()> {
+    register_font()?;
+    let series: Vec<(&str, Vec<f64>)> = results
+        .iter()
+        .map(|r| (r.label.as_str(), share_of_ram(r)))
+        .collect();
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(PUBLISHED_MAX_WORKING_SET, f64::max)
+        * 1.1;
+    let longest = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1) as f64;
+    let root_area = BitMapBackend::new(path, (1200, 700)).into_drawing_area();
+    root_area.fill(&WHITE).map_err(|e| draw_error(path, e))?;
+    let mut chart = ChartBuilder::on(&root_area)
+        .caption(
+            "Working set per interval (share of guest RAM)",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..longest, 0.0..top)
+        .map_err(|e| draw_error(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("interval")
+        .y_desc("% of guest RAM")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| draw_error(path, e))?;
+    for (k, (name, values)) in series.iter().enumerate() {
+        let color = LINE_COLORS[k % LINE_COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                values.iter().enumerate().map(|(i, v)| (i as f64, *v)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| draw_error(path, e))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Circle::new((i as f64, *v), 3, color.filled())),
+            )
+            .map_err(|e| draw_error(path, e))?;
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [
+                (0.0, PUBLISHED_MAX_WORKING_SET),
+                (longest, PUBLISHED_MAX_WORKING_SET),
+            ],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| draw_error(path, e))?
+        .label("published largest interval working set (7.94%)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| draw_error(path, e))?;
+    root_area.present().map_err(|e| draw_error(path, e))
+}
+
+/// One scatter panel: points with min–max whiskers in both directions, each labelled.
+fn draw_scatter_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    points: &[(String, Spread, Spread)],
+) -> Result<(), String> {
+    let x_top = points.iter().map(|p| p.1.max).fold(1.0, f64::max) * 1.15;
+    let y_top = points.iter().map(|p| p.2.max).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_top, 0.0..y_top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("mean downtime (ms)")
+        .x_label_formatter(&|x| {
+            format!("{x:.2}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string()
+        })
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let color = MODE_COLORS[0];
+    for (label, x, y) in points {
+        chart
+            .draw_series([
+                PathElement::new(
+                    vec![(x.median, y.min), (x.median, y.max)],
+                    BLACK.stroke_width(1),
+                ),
+                PathElement::new(
+                    vec![(x.min, y.median), (x.max, y.median)],
+                    BLACK.stroke_width(1),
+                ),
+            ])
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series([Circle::new((x.median, y.median), 5, color.filled())])
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series([Text::new(
+                label.clone(),
+                (x.median, y.median),
+                ("sans-serif", 14),
+            )])
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn plot_downtime(path: &Path, dirty: &[DowntimePoint], sizes: &[DowntimePoint]) -> Result<()> {
+    register_font()?;
+    let root_area = BitMapBackend::new(path, (1400, 600)).into_drawing_area();
+    root_area.fill(&WHITE).map_err(|e| draw_error(path, e))?;
+    let halves = root_area.split_evenly((1, 2));
+    let dirty_points: Vec<(String, Spread, Spread)> = dirty
+        .iter()
+        .map(|p| (format!(" {}", p.setting), p.dirty_pages, p.downtime_ms))
+        .collect();
+    draw_scatter_panel(
+        &halves[0],
+        "Downtime vs dirty set (stream; label: interval)",
+        "dirty pages per interval",
+        &dirty_points,
+    )
+    .map_err(|e| draw_error(path, e))?;
+    let size_points: Vec<(String, Spread, Spread)> = sizes
+        .iter()
+        .map(|p| {
+            let gib = parse_size_gib(&p.setting);
+            let x = Spread {
+                median: gib,
+                min: gib,
+                max: gib,
+                samples: p.downtime_ms.samples,
+            };
+            (
+                format!(" {} ({:.0} dirty)", p.setting, p.dirty_pages.median),
+                x,
+                p.downtime_ms,
+            )
+        })
+        .collect();
+    draw_scatter_panel(
+        &halves[1],
+        "Downtime vs VM size (pattern, same dirty set)",
+        "guest memory (GiB)",
+        &size_points,
+    )
+    .map_err(|e| draw_error(path, e))?;
+    root_area.present().map_err(|e| draw_error(path, e))
+}
+
+/// `256M` / `4G` in GiB (the sweep's own settings).
+fn parse_size_gib(size: &str) -> f64 {
+    let (number, unit) = size.split_at(size.len().saturating_sub(1));
+    let n: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "G" => n,
+        "M" => n / 1024.0,
+        _ => f64::NAN,
+    }
+}
