@@ -349,55 +349,38 @@ fn analysis_options_are_checked_and_the_trace_limit_holds() {
         r.expect_code(2);
         assert!(r.stderr.contains("error:"), "{args:?}: {}", r.stderr);
     }
-    let inside = run_dir.join("analyses").display().to_string();
-    let r = replay(
-        &run_dir,
-        &[
-            "--interval",
-            "0",
-            "--engine",
-            "sim",
-            "--analysis",
-            "pages",
-            "--out",
-            &inside,
-        ],
-    );
-    r.expect_code(1);
-    assert!(r.stderr.contains("inside the run"), "{}", r.stderr);
-    assert!(
-        !run_dir.join("analyses").exists(),
-        "nothing was written into the run"
-    );
-    // The same through a symbolic link to the run, for --out and for the Slurm executor's
-    // directory (refused before anything is submitted, so no cluster is needed).
+    // An output inside the run is refused before anything is created, for --out and for the
+    // Slurm executor's directory (refused before anything is submitted, so no cluster is
+    // needed), named directly and through a symbolic link to the run.
     let link = run_dir.with_extension("link");
     std::os::unix::fs::symlink(&run_dir, &link).expect("symlink to the run");
-    let through_link = link.join("results").display().to_string();
-    for args in [
-        &[
-            "--interval",
-            "0",
-            "--engine",
-            "sim",
-            "--analysis",
-            "pages",
-            "--out",
-            &through_link,
-        ][..],
-        &["--all", "--executor", "slurm", "--slurm-dir", &through_link][..],
-    ] {
-        let r = replay(&run_dir, args);
-        r.expect_code(1);
-        assert!(
-            r.stderr.contains("inside the run"),
-            "{args:?}: {}",
-            r.stderr
-        );
-        assert!(
-            !run_dir.join("results").exists(),
-            "{args:?}: wrote into the run"
-        );
+    for (inside, name) in [(&run_dir, "analyses"), (&link, "results")] {
+        let inside = inside.join(name).display().to_string();
+        for args in [
+            &[
+                "--interval",
+                "0",
+                "--engine",
+                "sim",
+                "--analysis",
+                "pages",
+                "--out",
+                &inside,
+            ][..],
+            &["--all", "--executor", "slurm", "--slurm-dir", &inside][..],
+        ] {
+            let r = replay(&run_dir, args);
+            r.expect_code(1);
+            assert!(
+                r.stderr.contains("inside the run"),
+                "{args:?}: {}",
+                r.stderr
+            );
+            assert!(
+                !run_dir.join(name).exists(),
+                "{args:?}: nothing was written into the run"
+            );
+        }
     }
 
     let limited = replay(
