@@ -24,6 +24,14 @@ use simuboost_tests::{
 
 const BUCKET: &str = "simuboost-runs";
 
+/// A moto_server on 127.0.0.1 holding the tests' bucket, or `None` (a visible skip) without
+/// moto.
+fn server_with_bucket() -> Option<S3Server> {
+    let server = S3Server::start()?;
+    server.create_bucket(BUCKET);
+    Some(server)
+}
+
 /// `simuboost-replay --run LOCATION ARGS` against `server`.
 fn replay_from(server: &S3Server, location: &str, args: &[&str]) -> Finished {
     Finished::of(
@@ -86,10 +94,9 @@ fn uploaded_runs_replay_from_s3_in_all_modes() {
     if !kvm_and_root_available() {
         return;
     }
-    let Some(server) = S3Server::start() else {
+    let Some(server) = server_with_bucket() else {
         return;
     };
-    server.create_bucket(BUCKET);
     let tmp = tempfile::tempdir().expect("temp dir");
     let run = tmp.path().join("run");
     record_workload(
@@ -185,10 +192,9 @@ fn upload_while_recording_and_follow_from_s3() {
     if !kvm_and_root_available() {
         return;
     }
-    let Some(server) = S3Server::start() else {
+    let Some(server) = server_with_bucket() else {
         return;
     };
-    server.create_bucket(BUCKET);
     let tmp = tempfile::tempdir().expect("temp dir");
     let run = tmp.path().join("run");
     let location = format!("s3://{BUCKET}/live");
@@ -274,10 +280,9 @@ fn upload_while_recording_and_follow_from_s3() {
 /// as it was.
 #[test]
 fn s3_errors_are_clear() {
-    let Some(server) = S3Server::start() else {
+    let Some(server) = server_with_bucket() else {
         return;
     };
-    server.create_bucket(BUCKET);
     let out = replay_from(
         &server,
         &format!("s3://{BUCKET}/nothing"),
@@ -328,10 +333,9 @@ fn damaged_remote_runs_and_failed_uploads() {
     if !kvm_and_root_available() {
         return;
     }
-    let Some(server) = S3Server::start() else {
+    let Some(server) = server_with_bucket() else {
         return;
     };
-    server.create_bucket(BUCKET);
     let tmp = tempfile::tempdir().expect("temp dir");
     let run = tmp.path().join("run");
     record_workload(
@@ -428,10 +432,9 @@ fn page(n: u64) -> Vec<u8> {
 /// coalesced into the ranged GETs the policy says, split at segment boundaries.
 #[test]
 fn synthetic_runs_upload_incrementally_and_read_back() {
-    let Some(server) = S3Server::start() else {
+    let Some(server) = server_with_bucket() else {
         return;
     };
-    server.create_bucket(BUCKET);
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("run");
     let mem_pages = 8192u64;
