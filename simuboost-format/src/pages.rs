@@ -106,8 +106,9 @@ impl PageStore {
         self.read_run(slot, out)
     }
 
-    /// Checks that slots `first..first + count` are readable.
-    fn check_slots(&self, first_slot: u64, count: u64) -> Result<(), FormatError> {
+    /// Checks that slots `first..first + count` are readable: committed by the manifest and
+    /// held by the file. An error names pages.bin and says which of the two failed.
+    pub fn check_slots(&self, first_slot: u64, count: u64) -> Result<(), FormatError> {
         let end = first_slot.checked_add(count);
         if end.is_none_or(|end| end > self.slots) {
             let range = format!("slots {first_slot}..{}", first_slot.saturating_add(count));
@@ -197,6 +198,36 @@ impl PageStore {
             out[to..to + PAGE_SIZE].copy_from_slice(&scratch[from..from + PAGE_SIZE]);
         }
         Ok(())
+    }
+
+    /// [`PageStore::read_run`] straight into `out`, then checks each page in place: page k of the
+    /// run (slot `first_slot + k`, read for guest frame `first_gfn + k`) must hash to
+    /// `hashes[k]`. The way to restore a run of frames that is also a run of slots with one
+    /// request and no copy besides the read itself.
+    ///
+    /// # Panics
+    /// If `out.len() != hashes.len() * PAGE_SIZE`.
+    pub fn read_run_verified(
+        &self,
+        first_slot: u64,
+        hashes: &[u128],
+        first_gfn: u64,
+        out: &mut [u8],
+    ) -> Result<(), FormatError> {
+        assert_eq!(out.len(), hashes.len() * PAGE_SIZE, "read_run_verified");
+        self.read_run(first_slot, out)?;
+        for (k, (page, &hash)) in out.chunks_exact(PAGE_SIZE).zip(hashes).enumerate() {
+            let k = k as u64;
+            self.verify_page(first_slot + k, hash, first_gfn + k, page)?;
+        }
+        Ok(())
+    }
+
+    /// pages.bin's open file when the run is a local directory (`None` in an object store), for
+    /// a reader that maps it. Only slots [`PageStore::check_slots`] accepts may be read from
+    /// such a mapping, and they must still be checked against their hashes.
+    pub fn local_file(&self) -> Result<Option<Arc<std::fs::File>>, FormatError> {
+        self.storage.local_file(&self.path)
     }
 
     /// [`PageStore::read_pages`], then checks each page against its expected hash: page i must
@@ -429,7 +460,7 @@ impl PageMap {
 
     /// Hashes of the `pages` pages from `gfn` on, e.g. of a run from [`PageMap::runs`] (the
     /// entries of zero pages among them are 0). The range must be inside the map.
-    pub(crate) fn run_hashes(&self, gfn: u64, pages: u64) -> &[u128] {
+    pub fn run_hashes(&self, gfn: u64, pages: u64) -> &[u128] {
         &self.hashes[gfn as usize..(gfn + pages) as usize]
     }
 

@@ -293,12 +293,7 @@ impl Run {
         for (gfn, slot, pages) in map.runs() {
             let start = gfn as usize * PAGE_SIZE;
             let run = &mut out[start..start + pages as usize * PAGE_SIZE];
-            store.read_run(slot, run)?;
-            let hashes = map.run_hashes(gfn, pages);
-            for (k, (page, &hash)) in run.chunks_exact(PAGE_SIZE).zip(hashes).enumerate() {
-                let k = k as u64;
-                store.verify_page(slot + k, hash, gfn + k, page)?;
-            }
+            store.read_run_verified(slot, map.run_hashes(gfn, pages), gfn, run)?;
         }
         Ok(())
     }

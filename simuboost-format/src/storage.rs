@@ -102,6 +102,13 @@ pub trait RunStorage: Send + Sync + std::fmt::Debug {
     /// number must not cost an absurd listing).
     fn count_files(&self, dir: &Path, stop_at: u64) -> Result<u64, FormatError>;
 
+    /// The open file behind `path` when the run is a local directory (`None` for an object
+    /// store): what a reader that maps the file, rather than reading it, needs.
+    fn local_file(&self, path: &Path) -> Result<Option<Arc<File>>, FormatError> {
+        let _ = path;
+        Ok(None)
+    }
+
     /// How many unneeded pages between two needed ones are worth reading to save a request:
     /// a few for a local file (a syscall), many more for an object store (a round trip).
     fn coalesce_gap_pages(&self) -> u64;
@@ -227,6 +234,10 @@ impl RunStorage for LocalStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(FormatError::io(path, "stat", e)),
         }
+    }
+
+    fn local_file(&self, path: &Path) -> Result<Option<Arc<File>>, FormatError> {
+        self.file(path).map(Some)
     }
 
     fn read_ranges(

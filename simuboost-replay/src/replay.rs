@@ -17,7 +17,7 @@ use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
 use crate::engine::kvm::KvmEngine;
 use crate::engine::sim::SimEngine;
 use crate::engine::ReplayEngine;
-use crate::restore::{LoadStats, PageSource, RestoreError, UffdMemory};
+use crate::restore::{load_dense, LoadStats, MissStats, PageSource, RestoreError, UffdMemory};
 pub use simuboost_report::replay::{Divergence, Engine, Mode, ReplayReport, Simulation};
 
 use crate::analysis::Analyses;
@@ -367,13 +367,20 @@ fn replay_with<E: ReplayEngine>(
     let inputs = IntervalInputs::read(run, interval, &options)?;
     let read_time = began.elapsed();
 
-    let uffd = UffdMemory::register(engine.memory())?;
-    let load_began = Instant::now();
-    let load = load_memory(&uffd, &inputs, options.mode)?;
-    let load_time = load_began.elapsed();
     let failed = Arc::new(AtomicBool::new(false));
-    let peers = engine.peers()?;
-    let server = uffd.serve(inputs.source.clone(), failed.clone(), peers)?;
+    let load_began = Instant::now();
+    let (load, installed, server) = if options.mode == Mode::Full && engine.memory_is_private() {
+        // Nothing will be missing: no miss handler.
+        let (load, installed) = load_dense(engine.memory(), &inputs.source)?;
+        (load, installed, None)
+    } else {
+        let uffd = UffdMemory::register(engine.memory())?;
+        let load = load_memory(&uffd, &inputs, options.mode)?;
+        let peers = engine.peers()?;
+        let server = uffd.serve(inputs.source.clone(), failed.clone(), peers)?;
+        (load, uffd.installed().clone(), Some(server))
+    };
+    let load_time = load_began.elapsed();
     engine.prepare(&inputs)?;
     let restore_time = began.elapsed();
     tracing::debug!(
@@ -391,11 +398,17 @@ fn replay_with<E: ReplayEngine>(
         .unwrap_or(Duration::from_secs(60) + inputs.recorded() * 20);
     let outcome = engine.run(&inputs, timeout, failed);
     let footprint = engine.footprint();
-    let server_error = server.take_error();
-    let misses = server.finish()?;
-    if let Some(e) = server_error {
-        return Err(e.into());
-    }
+    let misses = match server {
+        Some(server) => {
+            let server_error = server.take_error();
+            let misses = server.finish()?;
+            if let Some(e) = server_error {
+                return Err(e.into());
+            }
+            misses
+        }
+        None => MissStats::default(),
+    };
     let outcome = outcome?;
     let footprint = footprint?;
 
@@ -413,7 +426,7 @@ fn replay_with<E: ReplayEngine>(
                 engine.memory(),
                 cr3,
                 &inputs.source,
-                uffd.installed(),
+                &installed,
                 &expected_pages,
                 end_exit,
             )?;

@@ -55,6 +55,10 @@ impl ReplayEngine for KvmEngine {
         &self.memory
     }
 
+    fn memory_is_private(&self) -> bool {
+        true
+    }
+
     fn peers(&mut self) -> Result<Vec<PeerUffd>, ReplayError> {
         Ok(Vec::new())
     }

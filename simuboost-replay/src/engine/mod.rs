@@ -35,6 +35,10 @@ pub trait ReplayEngine {
     /// it).
     fn memory(&self) -> &GuestMemory;
 
+    /// True if only this process maps guest RAM, so that a full restore can fill it directly
+    /// with nobody's faults to serve ([`crate::restore::load_dense`]).
+    fn memory_is_private(&self) -> bool;
+
     /// Userfaultfds of other processes over the same guest RAM, whose faults the replayer's
     /// miss handler serves too. Called once, after the up-front load, before serving starts.
     fn peers(&mut self) -> Result<Vec<PeerUffd>, ReplayError>;

@@ -204,6 +204,11 @@ impl ReplayEngine for SimEngine {
         &self.memory
     }
 
+    fn memory_is_private(&self) -> bool {
+        // The simulator maps the same memory file, and its first touches come to our handler.
+        false
+    }
+
     fn peers(&mut self) -> Result<Vec<PeerUffd>, ReplayError> {
         let binary = simuboost_sim_proto::locate_binary()?;
         let (process, uffd) = SimProcess::spawn(&binary, self.file.as_fd())?;

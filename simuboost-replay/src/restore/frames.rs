@@ -16,6 +16,24 @@ impl InstalledFrames {
         }
     }
 
+    /// Every frame installed: what a dense restore leaves.
+    pub(super) fn all(frames: u64) -> InstalledFrames {
+        let set = InstalledFrames::new(frames);
+        for (i, word) in set.words.iter().enumerate() {
+            let first = i as u64 * 64;
+            let bits = (frames - first).min(64);
+            word.store(
+                if bits == 64 {
+                    u64::MAX
+                } else {
+                    (1 << bits) - 1
+                },
+                Ordering::Release,
+            );
+        }
+        set
+    }
+
     /// True if `gfn` has been installed.
     pub fn contains(&self, gfn: u64) -> bool {
         self.words[(gfn / 64) as usize].load(Ordering::Acquire) & (1 << (gfn % 64)) != 0
@@ -62,5 +80,14 @@ mod tests {
         assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 63, 64, 65, 199]);
         assert_eq!(set.count(), 5);
         assert!(set.contains(64) && !set.contains(66));
+    }
+
+    #[test]
+    fn all_frames_are_exactly_the_frames() {
+        for frames in [1, 63, 64, 65, 200] {
+            let set = InstalledFrames::all(frames);
+            assert_eq!(set.count(), frames);
+            assert_eq!(set.iter().last(), Some(frames - 1));
+        }
     }
 }

@@ -8,8 +8,13 @@
 //! front, the guest always sees the memory of the checkpoint; the choice only decides how many
 //! misses (~90 µs each on this kind of host) the replay pays.
 //!
+//! The exception is a full restore into memory only this process maps (the KVM engine): with
+//! nothing left to serve on demand it leaves userfaultfd once the load is done, and loads by
+//! copying straight from a mapping of pages.bin ([`load_dense`]).
+//!
 //! Every page read from pages.bin is checked against the hash the page tables give it.
 
+mod dense;
 mod footprint;
 mod frames;
 mod server;
@@ -18,6 +23,7 @@ mod uffd;
 
 use std::time::Duration;
 
+pub use dense::load_dense;
 pub use footprint::{resident_bytes, shared_resident_bytes};
 pub use frames::InstalledFrames;
 pub use server::{PageServer, PeerUffd};
@@ -51,6 +57,14 @@ pub enum RestoreError {
         what: &'static str,
         /// What the kernel said.
         detail: String,
+    },
+    /// pages.bin could not be mapped for a dense restore.
+    #[error("cannot map {path} for reading: {source}")]
+    MapPages {
+        /// pages.bin.
+        path: std::path::PathBuf,
+        /// What the kernel said.
+        source: std::io::Error,
     },
     /// Reading the run failed (a damaged pages.bin, say).
     #[error(transparent)]

@@ -184,7 +184,7 @@ impl Handler {
         match self.source.map.entry(gfn) {
             Some((slot, hash)) => {
                 self.source.read_page(slot, hash, gfn, page)?;
-                install_copy(&faults.uffd, page, host, gfn, true)?;
+                install_copy(&faults.uffd, page.as_ptr(), page.len(), host, gfn, true)?;
             }
             None => {
                 stats.zero_misses += 1;

@@ -56,13 +56,31 @@ impl UffdMemory {
         &self.installed
     }
 
-    fn host(&self, gfn: u64) -> *mut libc::c_void {
+    pub(super) fn host(&self, gfn: u64) -> *mut libc::c_void {
         (self.base + (gfn * PAGE) as usize) as *mut libc::c_void
+    }
+
+    /// Leaves userfaultfd: from now on a frame not installed faults in as fresh anonymous
+    /// memory (zeros), with no handler involved. For a restore that has installed all it will.
+    pub(super) fn unregister(&self) -> Result<(), RestoreError> {
+        self.uffd
+            .unregister(
+                self.base as *mut libc::c_void,
+                (self.frames * PAGE) as usize,
+            )
+            .map_err(uffd_error("unregister guest memory"))
     }
 
     /// Installs the frames from `gfn` on with the contents `src` (whole pages).
     fn copy(&self, src: &[u8], gfn: u64, wake: bool) -> Result<(), RestoreError> {
-        install_copy(&self.uffd, src, self.host(gfn), gfn, wake)
+        install_copy(
+            &self.uffd,
+            src.as_ptr(),
+            src.len(),
+            self.host(gfn),
+            gfn,
+            wake,
+        )
     }
 
     fn zero(&self, gfn: u64, count: u64, wake: bool) -> Result<(), RestoreError> {
@@ -167,23 +185,27 @@ impl UffdMemory {
     }
 }
 
+/// Installs `len` bytes (whole pages) from `src` at `dst`, guest frames from `gfn` on.
+/// `src` is read by the kernel only: a buffer of ours, or a mapping of pages.bin.
 pub(super) fn install_copy(
     uffd: &Uffd,
-    src: &[u8],
+    src: *const u8,
+    len: usize,
     dst: *mut libc::c_void,
     gfn: u64,
     wake: bool,
 ) -> Result<(), RestoreError> {
     let mut done = 0usize;
-    while done < src.len() {
-        // SAFETY: `dst + done .. dst + src.len()` lies inside the registered guest RAM mapping
-        // (callers pass frames below its size) and `src` is a live buffer of that length.
+    while done < len {
+        // SAFETY: `dst + done .. dst + len` lies inside the registered guest RAM mapping
+        // (callers pass frames below its size), and `src .. src + len` is mapped readable
+        // memory of the caller's (if it is not, the kernel's copy fails with EFAULT).
         // UFFDIO_COPY only fills pages that are not present; it never overwrites.
         let result = unsafe {
             uffd.copy(
-                src[done..].as_ptr().cast(),
+                src.add(done).cast(),
                 dst.cast::<u8>().add(done).cast(),
-                src.len() - done,
+                len - done,
                 wake,
             )
         };
@@ -196,8 +218,7 @@ pub(super) fn install_copy(
                 let page_gfn = gfn + (done / PAGE_SIZE) as u64;
                 let dst_page = (dst as usize + done) as *mut libc::c_void;
                 // SAFETY: as above, one page.
-                let single =
-                    unsafe { uffd.copy(src[done..].as_ptr().cast(), dst_page, PAGE_SIZE, wake) };
+                let single = unsafe { uffd.copy(src.add(done).cast(), dst_page, PAGE_SIZE, wake) };
                 match single {
                     Ok(_) => {}
                     Err(userfaultfd::Error::CopyFailed(errno)) if errno as i32 == libc::EEXIST => {
