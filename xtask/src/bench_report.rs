@@ -1319,8 +1319,8 @@ fn write_overhead(md: &mut String, o: &Overhead) -> std::fmt::Result {
         c.faults[1].median - c.faults[0].median,
         c.faults[2].median - c.faults[0].median,
         c.faults[3].median - c.faults[0].median)?;
-    writeln!(md, "**Paused** is the time the guest was stopped: checkpoint downtime (harvest, copy, state; back-pressure, the wait for a free staging buffer from the writer, is part of it), or for tracing only the drain and re-arm. **Other threads' CPU** is the daemon's CPU time (perf's task-clock, all threads) beyond its wall time, less the same for the no-recording run: mostly the writer, which hashes, compresses and writes beside the vCPU and competes with it (and with the other users of this 2-core machine) for the second core. It overlaps the run, so it is not added into the model; it is the first suspect for the unexplained rest. All per-interval figures are medians over the repetitions, in ms.\n")?;
-    writeln!(md, "| workload | mode | intervals | measured overhead | extra faults | faults × cost | paused | of which back-pressure | unexplained | other threads' CPU |")?;
+    writeln!(md, "**Paused** is the time the guest was stopped: checkpoint downtime (harvest, copy, state; back-pressure, the wait for a free staging buffer from the writer, is part of it), or for tracing only the drain and re-arm. **Extra CPU** is the CPU time of all of the daemon's threads (perf's task-clock) beyond the no-recording run's: the vCPU's time in faults plus the writer's (hash, compress, write) and the tracer drain's work. Where it exceeds the measured overhead, the rest ran beside the vCPU on the second core, which this machine shares with other users; the writer's competition for that core is not separated from the unexplained rest. All per-interval figures are medians over the repetitions, in ms.\n")?;
+    writeln!(md, "| workload | mode | intervals | measured overhead | extra faults | faults × cost | paused | of which back-pressure | unexplained | extra CPU |")?;
     writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for w in &o.workloads {
         for m in &w.modes {
@@ -1341,7 +1341,7 @@ fn write_overhead(md: &mut String, o: &Overhead) -> std::fmt::Result {
                 m.paused_ms,
                 m.backpressure_ms,
                 m.unexplained_ms,
-                m.other_cpu_ms
+                m.extra_cpu_ms
             )?;
         }
     }
@@ -2033,7 +2033,7 @@ mod tests {
             paused_ms: 80.0,
             backpressure_ms: 0.5,
             unexplained_ms: 20.0,
-            other_cpu_ms: 150.0,
+            extra_cpu_ms: 150.0,
             vmx_pml_percent: 9.5,
         };
         let o = Overhead {
