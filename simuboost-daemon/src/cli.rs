@@ -119,6 +119,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_record: bool,
 
+    /// Benchmarks only: run the eBPF tracer alone (drain and re-arm at every interval), with
+    /// no checkpoints (the dirty log is enabled, for 4 KiB mappings, but never harvested), to
+    /// separate what tracing costs from what checkpointing costs. Nothing is recorded.
+    #[arg(long, hide = true, conflicts_with_all = ["no_record", "upload", "verify_dumps"])]
+    pub trace_only: bool,
+
     /// Debug: also store a full memory dump at every checkpoint.
     #[arg(long)]
     pub verify_dumps: bool,

@@ -6,6 +6,7 @@ mod guest_image;
 mod record;
 mod run;
 mod trace;
+mod trace_only;
 mod upload;
 
 use std::process::ExitCode;

@@ -145,7 +145,7 @@ fn start_recorder(
     meta: simuboost_format::RunMeta,
     tracer: Option<Tracer>,
 ) -> Result<Option<Recorder>> {
-    if args.no_record {
+    if args.no_record || args.trace_only {
         // Without a recorder the daemon still writes summary.json (and a generated disk.img)
         // into the directory: the same rule as a recording, never into one that holds files.
         if fs::read_dir(run_dir).is_ok_and(|mut entries| entries.next().is_some()) {
@@ -232,7 +232,16 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         DirtyTrackingArg::Log => DirtyTracking::Log,
         DirtyTrackingArg::Ring => DirtyTracking::Ring,
     };
+    if args.trace_only && !matches!(args.tracer, TracerArg::Ebpf) {
+        bail!("--trace-only runs the eBPF tracer; it cannot be combined with --tracer none");
+    }
     let tracer = start_tracer(args)?;
+    // --trace-only: the tracer runs on its own, without a recorder.
+    let (tracer_alone, tracer) = if args.trace_only {
+        (tracer, None)
+    } else {
+        (None, tracer)
+    };
     let meta = simuboost_format::RunMeta {
         workload: workload.name().to_string(),
         mem_bytes: args.mem,
@@ -268,7 +277,10 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             disk,
             guest_image,
             console: open_console(args)?,
-            dirty_tracking: recorder.is_some().then_some(dirty_tracking),
+            // --trace-only keeps KVM's dirty logging on (never harvested): it is what makes KVM
+            // map guest memory in 4 KiB pages. Without it KVM maps 2 MiB pages and the tracer
+            // sees one first touch per 2 MiB, which is not the tracing a recording does.
+            dirty_tracking: (recorder.is_some() || args.trace_only).then_some(dirty_tracking),
             record_events: recorder.is_some(),
         },
         control,
@@ -300,14 +312,23 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             machine.run(deadline, STOP_GRACE, &mut recorder),
             Some(recorder),
         ),
-        None => (
-            machine.run(
-                deadline,
-                STOP_GRACE,
-                &mut simuboost_vmm::machine::NoObserver,
+        None => match tracer_alone {
+            Some(tracer) => {
+                let mut observer =
+                    crate::trace_only::TraceOnly::new(tracer, args.interval, args.interval_exits);
+                let result = machine.run(deadline, STOP_GRACE, &mut observer);
+                summary.tracing = Some(observer.finish());
+                (result, None)
+            }
+            None => (
+                machine.run(
+                    deadline,
+                    STOP_GRACE,
+                    &mut simuboost_vmm::machine::NoObserver,
+                ),
+                None,
             ),
-            None,
-        ),
+        },
     };
     if let Some(recorder) = recorder {
         let (status, reason) = match &result {

@@ -50,6 +50,24 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
     /// What the recorder did (`None` with `--no-record`).
     pub recording: Option<RecordSummary>,
+    /// What the tracer did in a `--trace-only` run (a benchmark's measurement of tracing
+    /// alone; `None` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TraceOnlySummary>,
+}
+
+/// The tracer's totals in a `--trace-only` run: access logs drained and tracking re-armed at
+/// every interval boundary, with no dirty log and no checkpoints.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TraceOnlySummary {
+    /// Interval boundaries (drain and re-arm) taken.
+    pub intervals: u64,
+    /// Mean frames in an interval's access log.
+    pub mean_working_set: f64,
+    /// Intervals whose access log lost events.
+    pub incomplete_intervals: u64,
+    /// Total time the guest was paused to drain the log and re-arm, milliseconds.
+    pub paused_ms: f64,
 }
 
 /// The recorder's totals.

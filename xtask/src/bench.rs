@@ -71,7 +71,7 @@ const REPEATS: usize = 5;
 
 /// Work units per workload, chosen for runs of a few seconds on each side (runs of a fraction
 /// of a second gave ratios that moved by ±30% from one try to the next).
-fn bench_units(workload: WorkloadId) -> Option<u64> {
+pub(crate) fn bench_units(workload: WorkloadId) -> Option<u64> {
     match workload {
         WorkloadId::Kvstore => Some(900),
         WorkloadId::Build => Some(600),
@@ -85,21 +85,23 @@ fn bench_units(workload: WorkloadId) -> Option<u64> {
 }
 
 #[derive(Serialize)]
-struct GuestSpeedRow {
-    workload: &'static str,
-    units: u64,
-    vm_seconds: f64,
-    host_seconds: f64,
+pub(crate) struct GuestSpeedRow {
+    pub(crate) workload: &'static str,
+    pub(crate) units: u64,
+    pub(crate) vm_seconds: f64,
+    pub(crate) host_seconds: f64,
     /// Fastest and slowest run of each side.
-    vm_spread: [f64; 2],
-    host_spread: [f64; 2],
-    ratio: f64,
+    pub(crate) vm_spread: [f64; 2],
+    pub(crate) host_spread: [f64; 2],
+    pub(crate) ratio: f64,
     /// Ratio of the fastest VM run to the fastest host run: noise on a shared machine only
     /// ever slows a run down.
-    best_ratio: f64,
-    guest_exits: u64,
-    exits_per_second: f64,
-    checksums_match: bool,
+    pub(crate) best_ratio: f64,
+    pub(crate) guest_exits: u64,
+    pub(crate) exits_per_second: f64,
+    pub(crate) checksums_match: bool,
+    /// VM/host per repetition (each pair run back to back).
+    pub(crate) ratios: Vec<f64>,
 }
 
 /// What one VM run reported.
@@ -207,21 +209,19 @@ fn host_run(workload: WorkloadId, units: u64, vm: &VmRun, dir: &Path) -> Result<
     Ok((seconds, checksum))
 }
 
-fn guest_speed(json: Option<&Path>) -> Result<()> {
+/// VM vs host runs of each `(workload, units)`, `repeats` times per side, alternating; the report
+/// calls this too.
+pub(crate) fn guest_speed_rows(
+    workloads: &[(WorkloadId, u64)],
+    repeats: usize,
+) -> Result<Vec<GuestSpeedRow>> {
     let scratch: PathBuf = root().join("target").join("bench").join("guest-speed");
     let mut rows = Vec::new();
     eprintln!(
-        "guest-speed: {} MiB guest, seed {SEED}, median of {REPEATS} runs per side, alternating",
+        "guest-speed: {} MiB guest, seed {SEED}, median of {repeats} runs per side, alternating",
         MEM_BYTES >> 20
     );
-    for workload in WorkloadId::ALL {
-        let Some(units) = bench_units(workload) else {
-            eprintln!(
-                "guest-speed: {} skipped (it waits on the clock)",
-                workload.name()
-            );
-            continue;
-        };
+    for &(workload, units) in workloads {
         let dir = scratch.join(workload.name());
         let (mut vm_times, mut host_times) = (Vec::new(), Vec::new());
         let (mut vm_sum, mut host_sum) = (String::new(), String::new());
@@ -234,7 +234,7 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
         }
         fs::create_dir_all(&dir)?;
         let first = vm_run(workload, units, &dir)?;
-        for repeat in 0..REPEATS {
+        for repeat in 0..repeats {
             let vm_first = repeat % 2 == 1;
             let vm = if vm_first {
                 Some(vm_run(workload, units, &dir.join(format!("vm-{repeat}")))?)
@@ -260,6 +260,11 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
             ]
         };
         let (vm_spread, host_spread) = (spread(&vm_times), spread(&host_times));
+        let ratios = vm_times
+            .iter()
+            .zip(&host_times)
+            .map(|(v, h)| v / h)
+            .collect();
         let (vm_seconds, host_seconds) = (median(vm_times), median(host_times));
         let row = GuestSpeedRow {
             workload: workload.name(),
@@ -273,7 +278,10 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
             guest_exits: exits,
             exits_per_second: exits as f64 / vm_seconds,
             checksums_match: vm_sum == host_sum,
+            ratios,
         };
+        // The runs' directories (guest disks, summaries) are not needed past this point.
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
         eprintln!(
             "guest-speed: {:<9} vm {:>7.3} s ({:.3}-{:.3})  host {:>7.3} s ({:.3}-{:.3})  ratio {:.3} (best {:.3})  ({} exits, {:.0}/s, checksums {})",
             row.workload,
@@ -291,6 +299,21 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
         );
         rows.push(row);
     }
+    Ok(rows)
+}
+
+fn guest_speed(json: Option<&Path>) -> Result<()> {
+    let mut workloads = Vec::new();
+    for workload in WorkloadId::ALL {
+        match bench_units(workload) {
+            Some(units) => workloads.push((workload, units)),
+            None => eprintln!(
+                "guest-speed: {} skipped (it waits on the clock)",
+                workload.name()
+            ),
+        }
+    }
+    let rows = guest_speed_rows(&workloads, REPEATS)?;
     println!(
         "| workload | units | VM (s), median (min-max) | host (s), median (min-max) | VM/host | fastest/fastest | guest exits/s | same checksum |"
     );

@@ -19,10 +19,11 @@ use serde_json::json;
 use simuboost_report::replay::ReplayReport;
 
 use crate::bench_replay::{median, record, replay, scratch, steady_intervals};
+use crate::bench_report::Spread;
 
 /// Workloads and how they are recorded (a 128 MiB guest): intervals of a few million to a few
 /// tens of millions of instructions, so that a traced interval takes seconds, not minutes.
-const RUNS: [(&str, &[&str]); 3] = [
+pub(crate) const RUNS: [(&str, &[&str]); 3] = [
     ("compress", &["--work", "30", "--interval-exits", "6"]),
     ("kvstore", &["--work", "20", "--interval-exits", "4"]),
     ("build", &["--work", "100", "--interval-exits", "20"]),
@@ -32,7 +33,7 @@ const RUNS: [(&str, &[&str]); 3] = [
 const TRACE_LIMIT: &str = "1000000";
 
 /// The analysis levels: a label and the extra flags.
-const LEVELS: [(&str, &[&str]); 7] = [
+pub(crate) const LEVELS: [(&str, &[&str]); 7] = [
     ("none (count + working set)", &[]),
     ("blocks", &["--analysis", "blocks"]),
     ("pages", &["--analysis", "pages"]),
@@ -46,38 +47,40 @@ const LEVELS: [(&str, &[&str]); 7] = [
 ];
 
 #[derive(Serialize)]
-struct LevelRow {
-    workload: String,
-    level: String,
-    intervals: Vec<u64>,
-    instructions: f64,
-    kvm_replay_ms: f64,
-    sim_replay_ms: f64,
-    slowdown_vs_kvm: f64,
-    slowdown_vs_plain_sim: f64,
-    mips: f64,
+pub(crate) struct LevelRow {
+    pub(crate) workload: String,
+    pub(crate) level: String,
+    pub(crate) intervals: Vec<u64>,
+    pub(crate) instructions: f64,
+    pub(crate) kvm_replay_ms: f64,
+    pub(crate) sim_replay_ms: f64,
+    pub(crate) slowdown_vs_kvm: f64,
+    pub(crate) slowdown_vs_plain_sim: f64,
+    pub(crate) mips: f64,
+    /// Spreads over the intervals (the simulated and the KVM replay of one interval paired).
+    pub(crate) slowdown_spread: Spread,
+    pub(crate) mips_spread: Spread,
     /// Trace rows and file bytes per second of recorded guest time (NaN without a trace).
-    trace_rows_per_guest_second: f64,
-    trace_mb_per_guest_second: f64,
-    trace_bytes_per_row: f64,
+    pub(crate) trace_rows_per_guest_second: f64,
+    pub(crate) trace_mb_per_guest_second: f64,
+    pub(crate) trace_bytes_per_row: f64,
 }
 
 fn analysis_of(r: &ReplayReport) -> Option<&simuboost_report::replay::AnalysisSummary> {
     r.simulation.as_ref()?.analysis.as_ref()
 }
 
-pub fn run(json_out: Option<&Path>) -> Result<()> {
+/// Records each `(workload, flags)` run and simulates its steady intervals at each of `levels`
+/// beside the KVM replay; the report calls this too.
+pub(crate) fn analyses_rows(
+    runs: &[(&str, &[&str])],
+    levels: &[(&str, &[&str])],
+) -> Result<Vec<LevelRow>> {
     let scratch = scratch()?;
     let out_dir = scratch.join("analyses-out");
     let out_arg = out_dir.display().to_string();
     let mut rows = Vec::new();
-    println!(
-        "## Analyses: simulated replay per analysis level vs the KVM replay (128 MiB guest, \
-         full restore, median over 3 steady intervals)\n"
-    );
-    println!("| workload | analysis | instructions | KVM replay (ms) | simulated (ms) | vs KVM | vs plain sim | M instr/s | trace M rows / guest s | trace MB / guest s | trace bytes / row |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (workload, extra) in RUNS {
+    for &(workload, extra) in runs {
         let dir = scratch.join(format!("analyses-{workload}"));
         let mut args = vec!["--workload", workload, "--mem", "128M"];
         args.extend(extra);
@@ -85,13 +88,13 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
         let intervals = steady_intervals(rec.intervals());
         ensure!(!intervals.is_empty(), "{workload}: too few intervals");
         let mut kvm = Vec::new();
-        let mut sim: Vec<Vec<ReplayReport>> = vec![Vec::new(); LEVELS.len()];
+        let mut sim: Vec<Vec<ReplayReport>> = vec![Vec::new(); levels.len()];
         for &i in &intervals {
             let interval = i.to_string();
             let (r, _) = replay(&rec.dir, &["--interval", &interval, "--mode", "full"])
                 .with_context(|| format!("{workload} interval {i} in KVM"))?;
             kvm.extend(r);
-            for (l, (label, flags)) in LEVELS.iter().enumerate() {
+            for (l, (label, flags)) in levels.iter().enumerate() {
                 let mut a = vec![
                     "--interval",
                     &interval,
@@ -117,7 +120,7 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
         }
         let kvm_ms = median(kvm.iter().map(|r| r.replay_ms).collect());
         let plain_ms = median(sim[0].iter().map(|r| r.replay_ms).collect());
-        for (l, (label, _)) in LEVELS.iter().enumerate() {
+        for (l, (label, _)) in levels.iter().enumerate() {
             let reports = &sim[l];
             let instructions = median(
                 reports
@@ -157,31 +160,57 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
                 trace_rows_per_guest_second: rows_per_s,
                 trace_mb_per_guest_second: bytes_per_s / 1e6,
                 trace_bytes_per_row: bytes_per_s / rows_per_s,
+                slowdown_spread: Spread::of(
+                    reports
+                        .iter()
+                        .zip(&kvm)
+                        .map(|(s, k)| s.replay_ms / k.replay_ms),
+                ),
+                mips_spread: Spread::of(reports.iter().map(|r| {
+                    r.simulation
+                        .as_ref()
+                        .map_or(f64::NAN, |s| s.instructions as f64)
+                        / r.replay_ms
+                        / 1e3
+                })),
             };
-            let opt = |v: f64, digits: usize| {
-                if v.is_nan() {
-                    "-".to_string()
-                } else {
-                    format!("{v:.digits$}")
-                }
-            };
-            println!(
-                "| {} | {} | {:.0} | {:.1} | {:.0} | {:.0}x | {:.1}x | {:.1} | {} | {} | {} |",
-                row.workload,
-                row.level,
-                row.instructions,
-                row.kvm_replay_ms,
-                row.sim_replay_ms,
-                row.slowdown_vs_kvm,
-                row.slowdown_vs_plain_sim,
-                row.mips,
-                opt(row.trace_rows_per_guest_second / 1e6, 1),
-                opt(row.trace_mb_per_guest_second, 0),
-                opt(row.trace_bytes_per_row, 2),
-            );
             rows.push(row);
         }
         rec.remove()?;
+    }
+    Ok(rows)
+}
+
+pub fn run(json_out: Option<&Path>) -> Result<()> {
+    println!(
+        "## Analyses: simulated replay per analysis level vs the KVM replay (128 MiB guest, \
+         full restore, median over 3 steady intervals)\n"
+    );
+    println!("| workload | analysis | instructions | KVM replay (ms) | simulated (ms) | vs KVM | vs plain sim | M instr/s | trace M rows / guest s | trace MB / guest s | trace bytes / row |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rows = analyses_rows(&RUNS, &LEVELS)?;
+    for row in &rows {
+        let opt = |v: f64, digits: usize| {
+            if v.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{v:.digits$}")
+            }
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.0} | {:.0}x | {:.1}x | {:.1} | {} | {} | {} |",
+            row.workload,
+            row.level,
+            row.instructions,
+            row.kvm_replay_ms,
+            row.sim_replay_ms,
+            row.slowdown_vs_kvm,
+            row.slowdown_vs_plain_sim,
+            row.mips,
+            opt(row.trace_rows_per_guest_second / 1e6, 1),
+            opt(row.trace_mb_per_guest_second, 0),
+            opt(row.trace_bytes_per_row, 2),
+        );
     }
     println!(
         "\nAnchors (SimuBoost thesis): QEMU ~30x a hardware-assisted VM, ~60x with memory \

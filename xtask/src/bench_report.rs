@@ -23,11 +23,17 @@ use serde_json::{json, Value};
 
 use simuboost_report::replay::ReplayReport;
 
+use simuboost_abi::WorkloadId;
+
+use crate::bench::GuestSpeedRow;
+use crate::bench_analyses::LevelRow;
+use crate::bench_overhead::{Overhead, OverheadPlan, VMX_EPT_FAULT_US, VMX_PML_EXIT_US};
 use crate::bench_record::{daemon_run, recording, scratch_run};
 use crate::bench_replay::{
     median, mib, ram_label, record, reduction, replay, replay_command, replay_rows, scratch,
     sparse_full_lazy, ModeRow, Recording, MODES,
 };
+use crate::bench_sim::SimRow;
 use crate::root;
 
 /// Published figures (shared ANCHORS): sparse checkpointing of a Linux kernel build, and the
@@ -47,6 +53,8 @@ struct RecordingSpec {
     mem: &'static str,
     interval: &'static str,
     extra: &'static [&'static str],
+    /// Also measure concurrent replays of it (section 2).
+    concurrency: bool,
 }
 
 const fn spec(
@@ -60,7 +68,45 @@ const fn spec(
         mem,
         interval,
         extra,
+        concurrency: false,
     }
+}
+
+impl RecordingSpec {
+    const fn with_concurrency(self) -> RecordingSpec {
+        RecordingSpec {
+            concurrency: true,
+            ..self
+        }
+    }
+}
+
+/// `stream` work for the per-fault cost calibration (it writes its whole arena each pass).
+const QUICK_STREAM_WORK: &str = "300";
+const FULL_STREAM_WORK: &str = "500";
+
+/// The overhead split's workloads: `(workload, work units)` at 1 s intervals in `mem`.
+fn overhead_workloads(
+    mem: &'static str,
+    runs: &[(&'static str, &'static str)],
+) -> Vec<(String, Vec<&'static str>)> {
+    runs.iter()
+        .map(|&(workload, units)| {
+            (
+                format!("{workload} {mem} --work {units}"),
+                vec![
+                    "--workload",
+                    workload,
+                    "--mem",
+                    mem,
+                    "--work",
+                    units,
+                    "--interval",
+                    "1s",
+                ],
+            )
+        })
+        .collect()
 }
 
 /// What a report run measures; `--quick` shrinks sizes and repetitions to a few minutes.
@@ -68,7 +114,8 @@ struct Plan {
     quick: bool,
     /// Repetitions of every replay and daemon run (each figure is a median over them).
     repeats: usize,
-    /// The first is `build`: it also feeds the concurrency and parallel-replay sections.
+    /// The first is `build`: it also feeds the parallel-replay section, and the concurrency
+    /// section's detailed table; the ones marked `concurrency` feed its summary.
     recordings: Vec<RecordingSpec>,
     /// Replays started at once in the concurrency section.
     concurrent: usize,
@@ -79,6 +126,14 @@ struct Plan {
     /// Downtime vs VM size: pattern, 200 steps per interval, this much work.
     vm_sizes: &'static [&'static str],
     vm_size_work: &'static str,
+    /// Recording overhead split: a calibration run and the workloads.
+    overhead: OverheadPlan,
+    /// Guest speed vs native: workloads and work units.
+    guest_speed: Vec<(WorkloadId, u64)>,
+    /// Simulator vs KVM replay, and per analysis level.
+    sim_runs: Vec<(&'static str, &'static [&'static str])>,
+    analyses_runs: Vec<(&'static str, &'static [&'static str])>,
+    analyses_levels: Vec<(&'static str, &'static [&'static str])>,
 }
 
 impl Plan {
@@ -90,11 +145,11 @@ impl Plan {
                 // Short runs: a recording of `build` stores ~70 MiB per second of guest time,
                 // and development machines share a small disk.
                 recordings: vec![
-                    spec("build", "256M", "1s", &["--duration", "5s"]),
-                    spec("build", "256M", "500ms", &["--duration", "3s"]),
+                    spec("build", "256M", "1s", &["--duration", "5s"]).with_concurrency(),
+                    spec("build", "256M", "500ms", &["--duration", "3s"]).with_concurrency(),
                     spec("build", "512M", "1s", &["--duration", "4s"]),
                     // kvstore first clears and fills its table (most of RAM).
-                    spec("kvstore", "256M", "1s", &["--duration", "5s"]),
+                    spec("kvstore", "256M", "1s", &["--duration", "5s"]).with_concurrency(),
                     spec("compress", "256M", "1s", &["--duration", "4s"]),
                 ],
                 concurrent: 4,
@@ -103,18 +158,52 @@ impl Plan {
                 dirty_set_intervals: &["100ms", "400ms"],
                 vm_sizes: &["256M", "1G"],
                 vm_size_work: "2000",
+                overhead: OverheadPlan {
+                    calibration: &[
+                        "--workload",
+                        "stream",
+                        "--mem",
+                        "256M",
+                        "--work",
+                        QUICK_STREAM_WORK,
+                        "--interval",
+                        "1s",
+                    ],
+                    // kvstore under tracing faults on most of its table every interval: ~40 s
+                    // for 600 units here, so a small amount of it.
+                    workloads: overhead_workloads("256M", &[("build", "600"), ("kvstore", "200")]),
+                    repeats: 2,
+                },
+                guest_speed: [WorkloadId::Build, WorkloadId::Kvstore, WorkloadId::Compress]
+                    .into_iter()
+                    .filter_map(|w| Some((w, crate::bench::bench_units(w)?)))
+                    .collect(),
+                sim_runs: crate::bench_sim::RUNS
+                    .into_iter()
+                    .filter(|(w, _)| ["build", "compress"].contains(w))
+                    .collect(),
+                analyses_runs: crate::bench_analyses::RUNS
+                    .into_iter()
+                    .filter(|(w, _)| *w == "compress")
+                    .collect(),
+                analyses_levels: crate::bench_analyses::LEVELS
+                    .into_iter()
+                    .filter(|(l, _)| {
+                        !l.starts_with("blocks") && !l.starts_with("trace,") && *l != "all"
+                    })
+                    .collect(),
             }
         } else {
             Plan {
                 quick,
                 repeats: 3,
                 recordings: vec![
-                    spec("build", "1G", "1s", &["--duration", "8s"]),
-                    spec("build", "1G", "500ms", &["--duration", "6s"]),
+                    spec("build", "1G", "1s", &["--duration", "8s"]).with_concurrency(),
+                    spec("build", "1G", "500ms", &["--duration", "6s"]).with_concurrency(),
                     spec("build", "512M", "1s", &["--duration", "8s"]),
-                    spec("kvstore", "1G", "1s", &["--duration", "14s"]),
+                    spec("kvstore", "1G", "1s", &["--duration", "14s"]).with_concurrency(),
                     spec("kvstore", "512M", "1s", &["--duration", "10s"]),
-                    spec("compress", "1G", "1s", &["--duration", "6s"]),
+                    spec("compress", "1G", "1s", &["--duration", "6s"]).with_concurrency(),
                     spec("sort", "1G", "1s", &["--duration", "6s"]),
                     spec("stream", "1G", "1s", &["--duration", "6s"]),
                 ],
@@ -124,6 +213,32 @@ impl Plan {
                 dirty_set_intervals: &["50ms", "100ms", "200ms", "400ms", "800ms"],
                 vm_sizes: &["256M", "512M", "1G", "2G", "4G"],
                 vm_size_work: "8000",
+                overhead: OverheadPlan {
+                    calibration: &[
+                        "--workload",
+                        "stream",
+                        "--mem",
+                        "256M",
+                        "--work",
+                        FULL_STREAM_WORK,
+                        "--interval",
+                        "1s",
+                    ],
+                    // Smaller than `bench record`'s 512 MiB and 1500 units: with tracing on,
+                    // kvstore's run time grows more than tenfold here.
+                    workloads: overhead_workloads(
+                        "256M",
+                        &[("build", "600"), ("kvstore", "400"), ("compress", "600")],
+                    ),
+                    repeats: 3,
+                },
+                guest_speed: WorkloadId::ALL
+                    .into_iter()
+                    .filter_map(|w| Some((w, crate::bench::bench_units(w)?)))
+                    .collect(),
+                sim_runs: crate::bench_sim::RUNS.to_vec(),
+                analyses_runs: crate::bench_analyses::RUNS.to_vec(),
+                analyses_levels: crate::bench_analyses::LEVELS.to_vec(),
             }
         }
     }
@@ -131,15 +246,15 @@ impl Plan {
 
 /// Median and spread of repeated samples.
 #[derive(Clone, Copy, Serialize)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-    samples: usize,
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) samples: usize,
 }
 
 impl Spread {
-    fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Spread {
         let values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
         Spread {
             median: median(values.clone()),
@@ -150,7 +265,7 @@ impl Spread {
     }
 
     /// `median (min–max)` with `decimals` decimals.
-    fn show(&self, decimals: usize) -> String {
+    pub(crate) fn show(&self, decimals: usize) -> String {
         format!(
             "{:.d$} ({:.d$}–{:.d$})",
             self.median,
@@ -613,19 +728,20 @@ pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
     // 2 (concurrent replays in one memory budget) and 4 (parallel replay); each recording is
     // removed as soon as it is measured, since recordings take hundreds of MiB of disk.
     let mut results = Vec::new();
-    let mut shared = None;
+    let mut parallel_rows = None;
+    let mut concurrencies = Vec::new();
     for spec in &plan.recordings {
         let (result, rec) = measure_recording(spec, &plan)?;
-        if shared.is_none() {
-            shared = Some((
-                concurrency(&rec, &result.label, &plan)?,
-                parallel(&rec, machine.cores, &plan)?,
-            ));
+        if spec.concurrency || concurrencies.is_empty() {
+            concurrencies.push(concurrency(&rec, &result.label, &plan)?);
+        }
+        if parallel_rows.is_none() {
+            parallel_rows = Some(parallel(&rec, machine.cores, &plan)?);
         }
         results.push(result);
         rec.remove()?;
     }
-    let (concurrency, parallel) = shared.context("the plan has no recording")?;
+    let parallel = parallel_rows.context("the plan has no recording")?;
 
     // 4. Downtime sweeps.
     let dirty_sweep = downtime_sweep(
@@ -665,6 +781,32 @@ pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", qemu_json.display())),
     };
 
+    // 6–8: recording overhead split, guest speed vs native, the simulator.
+    let overhead = crate::bench_overhead::measure(&plan.overhead)?;
+    let guest_speed = crate::bench::guest_speed_rows(&plan.guest_speed, plan.repeats)?;
+    // A simulated replay that diverges is a finding, not a reason to lose the whole report:
+    // each workload's failure is reported in its section, the other workloads still run.
+    let (mut sim, mut analyses, mut sim_failures) = (Vec::new(), Vec::new(), Vec::new());
+    for run in &plan.sim_runs {
+        match crate::bench_sim::sim_rows(std::slice::from_ref(run)) {
+            Ok(rows) => sim.extend(rows),
+            Err(e) => {
+                eprintln!("bench report: simulator, {}: {e:#}", run.0);
+                sim_failures.push(format!("simulator, {}: {e:#}", run.0));
+            }
+        }
+    }
+    for run in &plan.analyses_runs {
+        match crate::bench_analyses::analyses_rows(std::slice::from_ref(run), &plan.analyses_levels)
+        {
+            Ok(rows) => analyses.extend(rows),
+            Err(e) => {
+                eprintln!("bench report: analyses, {}: {e:#}", run.0);
+                sim_failures.push(format!("analyses, {}: {e:#}", run.0));
+            }
+        }
+    }
+
     let seconds = began.elapsed().as_secs_f64();
     let report = Report {
         plan: &plan,
@@ -673,16 +815,22 @@ pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
         date: utc_now(),
         seconds,
         results: &results,
-        concurrency: &concurrency,
+        concurrency: &concurrencies,
         parallel: &parallel,
         dirty_sweep: &dirty_sweep,
         size_sweep: &size_sweep,
         qemu: qemu.as_ref(),
+        overhead: &overhead,
+        guest_speed: &guest_speed,
+        sim: &sim,
+        analyses: &analyses,
+        sim_failures: &sim_failures,
     };
     plot_restore(&plots.join("restore.png"), &results)?;
     plot_working_sets(&plots.join("working-set.png"), &results)?;
     plot_downtime(&plots.join("downtime.png"), &dirty_sweep, &size_sweep)?;
-    plot_concurrency(&plots.join("concurrency.png"), &concurrency)?;
+    plot_concurrency(&plots.join("concurrency.png"), &concurrencies)?;
+    plot_overhead(&plots.join("overhead.png"), &overhead)?;
     let markdown = report.markdown();
     let out = docs.join("BENCHMARKS.md");
     fs::write(&out, markdown).with_context(|| format!("cannot write {}", out.display()))?;
@@ -694,9 +842,10 @@ pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
 
     let data = json!({
         "quick": plan.quick, "repeats": plan.repeats, "machine": machine,
-        "recordings": results, "concurrency": concurrency, "parallel": parallel,
+        "recordings": results, "concurrency": concurrencies, "parallel": parallel,
         "downtime_vs_dirty_set": dirty_sweep, "downtime_vs_vm_size": size_sweep,
-        "bench_seconds": seconds,
+        "recording_overhead": overhead, "guest_speed": guest_speed, "sim": sim,
+        "analyses": analyses, "sim_failures": sim_failures, "bench_seconds": seconds,
     });
     let path = json_out
         .map(Path::to_path_buf)
@@ -714,11 +863,18 @@ struct Report<'a> {
     date: String,
     seconds: f64,
     results: &'a [RecordingResult],
-    concurrency: &'a Concurrency,
+    /// The first is the detailed one (the plan's first recording).
+    concurrency: &'a [Concurrency],
     parallel: &'a [ParallelRow],
     dirty_sweep: &'a [DowntimePoint],
     size_sweep: &'a [DowntimePoint],
     qemu: Option<&'a Value>,
+    overhead: &'a Overhead,
+    guest_speed: &'a [GuestSpeedRow],
+    sim: &'a [SimRow],
+    analyses: &'a [LevelRow],
+    /// Workloads whose simulated replays failed, with the error.
+    sim_failures: &'a [String],
 }
 
 fn met(ok: bool) -> &'static str {
@@ -765,6 +921,9 @@ impl Report<'_> {
         self.write_working_sets(md)?;
         self.write_recording(md)?;
         self.write_qemu(md)?;
+        write_overhead(md, self.overhead)?;
+        write_guest_speed(md, self.guest_speed, self.plan.repeats)?;
+        write_simulator(md, self.sim, self.analyses, self.sim_failures)?;
         Ok(())
     }
 
@@ -815,7 +974,9 @@ impl Report<'_> {
     }
 
     fn write_concurrency(&self, md: &mut String) -> std::fmt::Result {
-        let c = self.concurrency;
+        let Some(c) = self.concurrency.first() else {
+            return Ok(());
+        };
         writeln!(md, "## 2. Concurrent replays in one memory budget\n")?;
         writeln!(md, "The thesis' claim: sparse checkpoints let more simulations run at once on one workstation. Here {} replays of different intervals of `{}` ({:?}) are started at once, as separate `simuboost-replay` processes, {} times per mode. Each one's **peak resident memory** is the kernel's `ru_maxrss` for that process (from `wait4`), which covers guest memory, page-store reads and the binary itself. Replays fitting a budget of {} = ⌊budget / peak⌋, once at the median peak and once at the largest peak seen (worst case).\n",
             c.intervals.len(), c.recording, c.intervals, self.plan.repeats, ram_label(c.budget_bytes))?;
@@ -839,7 +1000,7 @@ impl Report<'_> {
         }
         writeln!(md, "\nSparse / full replays fitting the budget: **{:.1}×** at the median peak, {:.1}× at the largest (target ≥ {CONCURRENCY_TARGET:.0}×: {}). The ratio is bounded by what every replay needs whatever the mode (the replayer's own memory and the pages the interval writes), and by how much of the guest's memory is non-zero, since `full` skips zero pages.\n",
             c.ratio_median, c.ratio_worst, met(c.ratio_median >= CONCURRENCY_TARGET))?;
-        Ok(())
+        write_concurrency_rows(md, self.concurrency, self.plan.repeats)
     }
 
     fn write_working_sets(&self, md: &mut String) -> std::fmt::Result {
@@ -965,7 +1126,9 @@ impl Report<'_> {
         writeln!(
             md,
             "### Parallel replay (`--all --jobs N`, sparse, {})\n",
-            self.concurrency.recording
+            self.results
+                .first()
+                .map_or("the first recording", |r| r.label.as_str())
         )?;
         writeln!(md, "| jobs | wall s | speedup vs 1 job (medians) |")?;
         writeln!(md, "|---:|---:|---:|")?;
@@ -1073,6 +1236,254 @@ fn write_qemu_rows(md: &mut String, v: &Value) -> std::fmt::Result {
                 .unwrap_or(f64::NAN);
             let ok = t.get("met").and_then(Value::as_bool).unwrap_or(false);
             writeln!(md, "| {name} ({goal}) | {measured:.2}× | {} |", met(ok))?;
+        }
+        writeln!(md)?;
+    }
+    Ok(())
+}
+
+/// Section 2's summary: every configuration measured, each against the target.
+fn write_concurrency_rows(
+    md: &mut String,
+    rows: &[Concurrency],
+    repeats: usize,
+) -> std::fmt::Result {
+    writeln!(md, "### Every configuration measured\n")?;
+    writeln!(md, "The same measurement ({repeats} batches per mode, peaks from `wait4`) for every recording the plan marks for it; all rows are shown.\n")?;
+    writeln!(md, "| recording | replays at once | peak RSS MiB sparse | full | fit sparse | fit full | sparse/full (median peak) | (largest peak) | target ≥ {CONCURRENCY_TARGET:.0}× |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    for c in rows {
+        let mode = |name: &str| c.modes.iter().find(|m| m.mode == name);
+        let (Some(sparse), Some(full)) = (mode("sparse"), mode("full")) else {
+            continue;
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {:.1}× | {:.1}× | {} |",
+            c.recording,
+            c.intervals.len(),
+            sparse.peak_rss_mib.show(1),
+            full.peak_rss_mib.show(1),
+            sparse.fit_median,
+            full.fit_median,
+            c.ratio_median,
+            c.ratio_worst,
+            met(c.ratio_median >= CONCURRENCY_TARGET)
+        )?;
+    }
+    let hits = rows
+        .iter()
+        .filter(|c| c.ratio_median >= CONCURRENCY_TARGET)
+        .count();
+    writeln!(md, "\nTarget met in {hits} of {} configurations. A replay's peak is bounded below by the replayer's own resident memory and the pages the interval writes, whatever the mode; `full` is bounded above by the non-zero pages of the checkpoint, so the ratio is largest where the guest's memory is mostly non-zero and the working set small.\n", rows.len())?;
+    Ok(())
+}
+
+/// `a (b–c)` of a spread, or `–` when it has no samples.
+fn show_or_dash(s: &Spread, decimals: usize) -> String {
+    if s.samples == 0 {
+        "–".to_string()
+    } else {
+        s.show(decimals)
+    }
+}
+
+/// Section 6: the recording overhead split and its account (bench_overhead.rs).
+fn write_overhead(md: &mut String, o: &Overhead) -> std::fmt::Result {
+    use crate::bench_overhead::Mode;
+    writeln!(
+        md,
+        "## 6. Recording overhead: checkpointing, tracing, both\n"
+    )?;
+    writeln!(md, "The same amount of work (`--work`, so every mode does the same guest work; 1 s intervals) run {} times in each of four modes, alternating modes within each repetition: **no recording** (`--no-record`), **checkpointing only** (dirty log, `--tracer none`), **tracing only** (the eBPF tracer drained and re-armed every interval, no checkpoints: `--trace-only`, a benchmark mode; KVM's dirty logging stays enabled but is never harvested, because it is what makes KVM map 4 KiB pages: without it KVM maps 2 MiB pages and the tracer saw ~130 first touches per interval of a 256 MiB guest instead of tens of thousands) and **both** (a normal recording). Run time is the daemon's wall time; overhead is mode / no recording − 1, paired per repetition. Median (min–max) over the repetitions.\n", o.repeats)?;
+    writeln!(md, "![run time per mode](plots/overhead.png)\n")?;
+    writeln!(md, "| workload | no recording s | checkpointing only s | overhead | tracing only s | overhead | both s | overhead |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for w in &o.workloads {
+        write!(md, "| {} | {} |", w.label, w.plain_s.show(2))?;
+        for m in &w.modes {
+            write!(
+                md,
+                " {} | {}% |",
+                m.wall_s.show(2),
+                show_or_dash(&m.overhead_percent, 0)
+            )?;
+        }
+        writeln!(md)?;
+    }
+    let c = &o.calibration;
+    writeln!(md, "\n### Where the time goes, per interval\n")?;
+    writeln!(md, "**Faults** are counted, not estimated: `perf stat -e kvmmmu:kvm_mmu_spte_requested` on the daemon (all its threads); the tracepoint fires once per page fault KVM resolves in its slow path, which on this PVM host is every write-protection fault of the dirty log and every re-armed first touch (`kvm:kvm_page_fault` does not fire here). The table counts faults beyond the no-recording run's. **Cost per fault** is measured in the same run on `{}` (it writes its whole arena in sequence, little work per page): (run time − no-recording run time − time paused) / extra faults, per repetition. Measured: checkpointing {} µs, tracing {} µs, both {} µs per fault (median (min–max); extra faults per run: {:.0} / {:.0} / {:.0}). The shared machine notes give ~10–28 µs per fault for this host.\n",
+        c.args.join(" "),
+        c.cost_us[0].show(1), c.cost_us[1].show(1), c.cost_us[2].show(1),
+        c.faults[1].median - c.faults[0].median,
+        c.faults[2].median - c.faults[0].median,
+        c.faults[3].median - c.faults[0].median)?;
+    writeln!(md, "**Paused** is the time the guest was stopped: checkpoint downtime (harvest, copy, state; back-pressure, the wait for a free staging buffer from the writer, is part of it), or for tracing only the drain and re-arm. **Extra CPU** is the CPU time of all of the daemon's threads (perf's task-clock) beyond the no-recording run's: the vCPU's time in faults plus the writer's (hash, compress, write) and the tracer drain's work. Where it exceeds the measured overhead, the rest ran beside the vCPU on the second core, which this machine shares with other users; the writer's competition for that core is not separated from the unexplained rest. All per-interval figures are medians over the repetitions, in ms.\n")?;
+    writeln!(md, "| workload | mode | intervals | measured overhead | extra faults | faults × cost | paused | of which back-pressure | unexplained | extra CPU |")?;
+    writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for w in &o.workloads {
+        for m in &w.modes {
+            let share = if m.measured_ms.abs() > f64::EPSILON {
+                format!(" ({:.0}%)", m.unexplained_ms / m.measured_ms * 100.0)
+            } else {
+                String::new()
+            };
+            writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0}{share} | {:.0} |",
+                w.label,
+                m.mode.name(),
+                m.intervals,
+                m.measured_ms,
+                m.extra_faults,
+                m.fault_ms,
+                m.paused_ms,
+                m.backpressure_ms,
+                m.unexplained_ms,
+                m.extra_cpu_ms
+            )?;
+        }
+    }
+    writeln!(md, "\n### Projection for a VMX host with PML\n")?;
+    writeln!(md, "Assumed costs (**not measured**: this host is PVM and no VMX host is available; typical orders of magnitude for KVM on recent Intel CPUs): with Page Modification Logging the CPU logs written pages itself and exits once per 512 of them, {VMX_PML_EXIT_US} µs per exit, so the dirty log costs no fault per page; a re-armed first touch is an EPT violation resolved by the TDP MMU, {VMX_EPT_FAULT_US} µs. The pauses are kept as measured here (copies and the re-arm are memory work, not virtualization). Projected overhead = (dirty pages / 512 × {VMX_PML_EXIT_US} µs + re-armed faults × {VMX_EPT_FAULT_US} µs + paused) per interval × intervals / no-recording run time. The unexplained rest is left out: what it is has not been established.\n")?;
+    writeln!(
+        md,
+        "| workload | mode | measured here | projected on VMX + PML |"
+    )?;
+    writeln!(md, "|---|---|---:|---:|")?;
+    for w in &o.workloads {
+        for m in &w.modes {
+            writeln!(
+                md,
+                "| {} | {} | {:+.0}% | {:+.1}% |",
+                w.label,
+                m.mode.name(),
+                m.overhead_percent.median,
+                m.vmx_pml_percent
+            )?;
+        }
+    }
+    let worst = o
+        .workloads
+        .iter()
+        .flat_map(|w| w.modes.iter().map(move |m| (w, m)))
+        .filter(|(_, m)| m.mode == Mode::Both)
+        .max_by(|a, b| {
+            a.1.overhead_percent
+                .median
+                .total_cmp(&b.1.overhead_percent.median)
+        });
+    if let Some((w, m)) = worst {
+        writeln!(md, "\nPublished (ANCHORS): ReVirt logs at 0–8%, DoublePlay 15–28%; SimuBoost ran a whole kernel build under simulation in 16% more time than a plain VM. The largest recording overhead here, both on, is {} at {:+.0}%; projected on VMX + PML {:+.1}%.\n", w.label, m.overhead_percent.median, m.vmx_pml_percent)?;
+    }
+    Ok(())
+}
+
+/// Section 7: each workload's run time in the VM against the same code run natively.
+fn write_guest_speed(md: &mut String, rows: &[GuestSpeedRow], repeats: usize) -> std::fmt::Result {
+    writeln!(md, "## 7. Guest speed vs native\n")?;
+    writeln!(md, "`cargo xtask bench guest-speed` in this run: each workload's `--work` in a 512 MiB VM with no recording (`simuboost-daemon run --no-record`) and the same code run natively by `simuboost-hostrun` on the same inputs, {repeats} times per side, alternating which side goes first. VM/host is paired per repetition; median (min–max). The guest's ring-3 code runs natively on PVM, but every guest exit and every first touch of a page goes through the software hypervisor.\n")?;
+    writeln!(
+        md,
+        "| workload | units | VM s | host s | VM/host | guest exits/s | same checksum |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---|")?;
+    for r in rows {
+        let spread = |v: f64, range: [f64; 2]| Spread {
+            median: v,
+            min: range[0],
+            max: range[1],
+            samples: repeats,
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.0} | {} |",
+            r.workload,
+            r.units,
+            spread(r.vm_seconds, r.vm_spread).show(3),
+            spread(r.host_seconds, r.host_spread).show(3),
+            Spread::of(r.ratios.iter().copied()).show(2),
+            r.exits_per_second,
+            if r.checksums_match { "yes" } else { "**no**" }
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// SimuBoost's anchors: QEMU's functional simulation against a hardware-assisted VM.
+const SIM_ANCHOR_PLAIN: f64 = 30.0;
+const SIM_ANCHOR_MEMORY: f64 = 60.0;
+
+/// Section 8: the simulator engine's speed and its slowdown against the KVM replay.
+fn write_simulator(
+    md: &mut String,
+    sim: &[SimRow],
+    analyses: &[LevelRow],
+    failures: &[String],
+) -> std::fmt::Result {
+    writeln!(md, "## 8. Simulator vs KVM replay\n")?;
+    writeln!(md, "`cargo xtask bench sim` and `bench analyses` in this run: a recording per workload (eBPF tracer on), its last steady intervals (up to 3) replayed once in KVM (full restore) and simulated (`--engine sim`); slowdown = simulated / KVM replay time of the same interval. Median (min–max) **over the intervals**, one replay each (intervals, not repetitions). Published (SimuBoost thesis): QEMU's functional simulation is ~{SIM_ANCHOR_PLAIN:.0}× slower than a hardware-assisted VM, ~{SIM_ANCHOR_MEMORY:.0}× with memory-access tracing. The KVM replay runs on PVM here (ring 0 emulated, each exit and first touch in software), so it is slower than on VMX and these ratios are smaller than they would be there.\n")?;
+    writeln!(md, "| workload | instructions / interval | KVM replay ms | simulated ms | slowdown | M instr/s | vs anchor ({SIM_ANCHOR_PLAIN:.0}×) |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---|")?;
+    for r in sim {
+        writeln!(
+            md,
+            "| {} | {:.0} | {:.1} | {:.1} | {}× | {} | {} |",
+            r.workload,
+            r.instructions,
+            r.kvm_replay_ms,
+            r.sim_replay_ms,
+            r.slowdown_spread.show(1),
+            r.mips_spread.show(0),
+            if r.slowdown_spread.median <= SIM_ANCHOR_PLAIN {
+                "at or below"
+            } else {
+                "above"
+            }
+        )?;
+    }
+    writeln!(
+        md,
+        "\n### Per analysis level (128 MiB guest, full restore)\n"
+    )?;
+    writeln!(md, "Each interval is simulated at every level in turn. Anchor: ~{SIM_ANCHOR_PLAIN:.0}× without instrumentation, ~{SIM_ANCHOR_MEMORY:.0}× with memory tracing (the `pages`, `cache` and `trace` levels observe memory accesses).\n")?;
+    writeln!(md, "| workload | analysis | simulated ms | vs KVM replay | vs plain simulation | M instr/s | anchor |")?;
+    writeln!(md, "|---|---|---:|---:|---:|---:|---|")?;
+    for r in analyses {
+        let memory = ["pages", "cache", "trace", "all"]
+            .iter()
+            .any(|l| r.level.starts_with(l));
+        let anchor = if memory {
+            SIM_ANCHOR_MEMORY
+        } else {
+            SIM_ANCHOR_PLAIN
+        };
+        writeln!(
+            md,
+            "| {} | {} | {:.0} | {}× | {:.1}× | {} | {}× ({}) |",
+            r.workload,
+            r.level,
+            r.sim_replay_ms,
+            r.slowdown_spread.show(1),
+            r.slowdown_vs_plain_sim,
+            r.mips_spread.show(0),
+            anchor,
+            if r.slowdown_spread.median <= anchor {
+                "at or below"
+            } else {
+                "above"
+            }
+        )?;
+    }
+    writeln!(md)?;
+    if !failures.is_empty() {
+        writeln!(md, "**Failed in this run** (these workloads have no row above; the run directory of a diverged replay is kept for inspection):
+")?;
+        for f in failures {
+            // The error's first line: the rest repeats the replayer's own output.
+            writeln!(md, "- {}", f.lines().next().unwrap_or_default())?;
         }
         writeln!(md)?;
     }
@@ -1264,14 +1675,18 @@ fn plot_restore(path: &Path, results: &[RecordingResult]) -> Result<()> {
     root_area.present().map_err(|e| draw_error(path, e))
 }
 
-fn plot_concurrency(path: &Path, c: &Concurrency) -> Result<()> {
+fn plot_concurrency(path: &Path, configs: &[Concurrency]) -> Result<()> {
     register_font()?;
-    let labels: Vec<String> = c
-        .modes
+    let modes: Vec<(&Concurrency, &ConcurrencyMode)> = configs
         .iter()
-        .map(|m| {
+        .flat_map(|c| c.modes.iter().map(move |m| (c, m)))
+        .collect();
+    let labels: Vec<String> = modes
+        .iter()
+        .map(|(c, m)| {
             format!(
-                "{} (fit {} in {})",
+                "{}: {} (fit {} in {})",
+                c.recording,
                 m.mode,
                 m.fit_median,
                 ram_label(c.budget_bytes)
@@ -1285,16 +1700,51 @@ fn plot_concurrency(path: &Path, c: &Concurrency) -> Result<()> {
             (
                 "peak RSS (ru_maxrss)",
                 MODE_COLORS[0],
-                c.modes.iter().map(|m| m.peak_rss_mib).collect(),
+                modes.iter().map(|(_, m)| m.peak_rss_mib).collect(),
             ),
             (
                 "guest footprint",
                 MODE_COLORS[2],
-                c.modes.iter().map(|m| m.footprint_mib).collect(),
+                modes.iter().map(|(_, m)| m.footprint_mib).collect(),
             ),
         ],
     };
-    let root_area = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
+    let width = (330 * labels.len()).max(1000) as u32;
+    let root_area = BitMapBackend::new(path, (width, 500)).into_drawing_area();
+    root_area.fill(&WHITE).map_err(|e| draw_error(path, e))?;
+    draw_bar_panel(&root_area, &labels, &panel).map_err(|e| draw_error(path, e))?;
+    root_area.present().map_err(|e| draw_error(path, e))
+}
+
+fn plot_overhead(path: &Path, o: &Overhead) -> Result<()> {
+    register_font()?;
+    let labels: Vec<String> = o.workloads.iter().map(|w| w.label.clone()).collect();
+    let mut series = vec![(
+        "no recording",
+        RGBColor(160, 160, 160),
+        o.workloads.iter().map(|w| w.plain_s).collect(),
+    )];
+    for (k, color) in MODE_COLORS.iter().enumerate() {
+        let name = o
+            .workloads
+            .first()
+            .and_then(|w| w.modes.get(k))
+            .map_or("", |m| m.mode.name());
+        series.push((
+            name,
+            *color,
+            o.workloads
+                .iter()
+                .filter_map(|w| w.modes.get(k).map(|m| m.wall_s))
+                .collect(),
+        ));
+    }
+    let panel = BarPanel {
+        title: "Run time of the same work per recording mode (median, min-max)",
+        y_label: "s",
+        series,
+    };
+    let root_area = BitMapBackend::new(path, (1200, 550)).into_drawing_area();
     root_area.fill(&WHITE).map_err(|e| draw_error(path, e))?;
     draw_bar_panel(&root_area, &labels, &panel).map_err(|e| draw_error(path, e))?;
     root_area.present().map_err(|e| draw_error(path, e))
@@ -1521,5 +1971,197 @@ mod tests {
         let mut other = String::new();
         write_qemu_rows(&mut other, &json!({"x": 1})).unwrap();
         assert!(other.contains("has no `rows`"), "{other}");
+    }
+    fn spread(median: f64, min: f64, max: f64) -> Spread {
+        Spread {
+            median,
+            min,
+            max,
+            samples: 3,
+        }
+    }
+
+    #[test]
+    fn concurrency_rows_state_the_target_per_row() {
+        let mode = |name: &'static str, peak: f64, fit: u64| ConcurrencyMode {
+            mode: name,
+            peak_rss_mib: spread(peak, peak - 1.0, peak + 1.0),
+            footprint_mib: spread(peak, peak, peak),
+            batch_total_mib: spread(peak * 6.0, peak * 6.0, peak * 6.0),
+            fit_median: fit,
+            fit_worst: fit,
+            replays: Vec::new(),
+        };
+        let config = |label: &str, sparse: u64, full: u64| Concurrency {
+            recording: label.to_string(),
+            intervals: vec![1, 2, 3],
+            budget_bytes: BUDGET_BYTES,
+            ratio_median: sparse as f64 / full as f64,
+            ratio_worst: sparse as f64 / full as f64,
+            modes: vec![mode("sparse", 20.0, sparse), mode("full", 400.0, full)],
+        };
+        let mut md = String::new();
+        write_concurrency_rows(
+            &mut md,
+            &[
+                config("build 1 GiB 1s", 8, 2),
+                config("compress 1 GiB 1s", 40, 4),
+            ],
+            3,
+        )
+        .unwrap();
+        assert!(
+            md.contains("| build 1 GiB 1s | 3 | 20.0 (19.0–21.0) | 400.0 (399.0–401.0) | 8 | 2 | 4.0× | 4.0× | not met |"),
+            "{md}"
+        );
+        assert!(md.contains("| compress 1 GiB 1s | 3 |"), "{md}");
+        assert!(md.contains("10.0× | 10.0× | met |"), "{md}");
+        assert!(md.contains("Target met in 1 of 2 configurations"), "{md}");
+    }
+
+    #[test]
+    fn overhead_section_accounts_per_interval() {
+        use crate::bench_overhead::{Calibration, Mode, ModeAccount, WorkloadOverhead};
+        let account = |mode: Mode, pct: f64| ModeAccount {
+            mode,
+            wall_s: spread(5.0, 4.8, 5.5),
+            overhead_percent: spread(pct, pct - 5.0, pct + 5.0),
+            intervals: 5.0,
+            measured_ms: 300.0,
+            extra_faults: 30000.0,
+            fault_ms: 200.0,
+            paused_ms: 80.0,
+            backpressure_ms: 0.5,
+            unexplained_ms: 20.0,
+            extra_cpu_ms: 150.0,
+            vmx_pml_percent: 9.5,
+        };
+        let o = Overhead {
+            repeats: 3,
+            calibration: Calibration {
+                args: vec!["--workload".into(), "stream".into()],
+                cost_us: [
+                    spread(6.5, 6.0, 7.0),
+                    spread(8.0, 7.5, 9.0),
+                    spread(7.0, 6.8, 7.2),
+                ],
+                faults: [
+                    spread(300.0, 300.0, 300.0),
+                    spread(100300.0, 100000.0, 100500.0),
+                    spread(90300.0, 90000.0, 90500.0),
+                    spread(110300.0, 110000.0, 110500.0),
+                ],
+                samples: Vec::new(),
+            },
+            workloads: vec![WorkloadOverhead {
+                label: "build 512M --work 1500".into(),
+                plain_s: spread(4.0, 3.9, 4.2),
+                modes: vec![
+                    account(Mode::Checkpointing, 40.0),
+                    account(Mode::Tracing, 30.0),
+                    account(Mode::Both, 60.0),
+                ],
+                samples: Vec::new(),
+            }],
+        };
+        let mut md = String::new();
+        write_overhead(&mut md, &o).unwrap();
+        assert!(md.contains("## 6. Recording overhead"), "{md}");
+        assert!(
+            md.contains(
+                "| build 512M --work 1500 | 4.00 (3.90–4.20) | 5.00 (4.80–5.50) | 40 (35–45)% |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("checkpointing 6.5 (6.0–7.0) µs"), "{md}");
+        assert!(
+            md.contains("extra faults per run: 100000 / 90000 / 110000"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| build 512M --work 1500 | both | 5 | 300 | 30000 | 200 | 80 | 0.5 | 20 (7%) | 150 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| build 512M --work 1500 | both | +60% | +9.5% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("both on, is build 512M --work 1500 at +60%"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn guest_speed_and_simulator_sections_render() {
+        let row = GuestSpeedRow {
+            workload: "build",
+            units: 600,
+            vm_seconds: 2.5,
+            host_seconds: 2.0,
+            vm_spread: [2.4, 2.7],
+            host_spread: [1.9, 2.2],
+            ratio: 1.25,
+            best_ratio: 1.26,
+            guest_exits: 1000,
+            exits_per_second: 400.0,
+            checksums_match: true,
+            ratios: vec![1.2, 1.25, 1.3],
+        };
+        let mut md = String::new();
+        write_guest_speed(&mut md, &[row], 3).unwrap();
+        assert!(
+            md.contains("| build | 600 | 2.500 (2.400–2.700) | 2.000 (1.900–2.200) | 1.25 (1.20–1.30) | 400 | yes |"),
+            "{md}"
+        );
+        let sim = SimRow {
+            workload: "compress".into(),
+            intervals: vec![1, 2, 3],
+            instructions: 5e7,
+            kvm_replay_ms: 10.0,
+            sim_replay_ms: 250.0,
+            slowdown: 25.0,
+            mips: 200.0,
+            slowdown_spread: spread(25.0, 20.0, 31.0),
+            mips_spread: spread(200.0, 180.0, 220.0),
+            load_ms: [1.0; 3],
+            footprint_mib: [1.0; 3],
+            misses: [0.0; 3],
+            pages_accessed: 100.0,
+            tracer_recall: 1.0,
+            tracer_recall_log_only: 1.0,
+            tracer_precision: 1.0,
+        };
+        let level = LevelRow {
+            workload: "compress".into(),
+            level: "cache (32K:8:64)".into(),
+            intervals: vec![1, 2, 3],
+            instructions: 5e7,
+            kvm_replay_ms: 10.0,
+            sim_replay_ms: 900.0,
+            slowdown_vs_kvm: 90.0,
+            slowdown_vs_plain_sim: 3.6,
+            mips: 55.0,
+            slowdown_spread: spread(90.0, 80.0, 95.0),
+            mips_spread: spread(55.0, 50.0, 60.0),
+            trace_rows_per_guest_second: f64::NAN,
+            trace_mb_per_guest_second: f64::NAN,
+            trace_bytes_per_row: f64::NAN,
+        };
+        let mut md = String::new();
+        let failure = "simulator, build: REPLAY DIVERGED: interval 17\nmore".to_string();
+        write_simulator(&mut md, &[sim], &[level], &[failure]).unwrap();
+        assert!(
+            md.contains("- simulator, build: REPLAY DIVERGED: interval 17\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| compress | 50000000 | 10.0 | 250.0 | 25.0 (20.0–31.0)× | 200 (180–220) | at or below |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| compress | cache (32K:8:64) | 900 | 90.0 (80.0–95.0)× | 3.6× | 55 (50–60) | 60× (above) |"),
+            "{md}"
+        );
     }
 }
