@@ -14,7 +14,8 @@ pub struct ForeignBuild<'a> {
     pub crate_dir: &'a str,
     /// Binary the build produces.
     pub binary: &'a str,
-    /// Target triple.
+    /// Target triple, or the file name of a target specification (`*.json`) in the crate
+    /// directory.
     pub target: &'a str,
     /// Toolchain to run cargo with through `rustup run` (`None`: the current one).
     pub toolchain: Option<&'a str>,
@@ -91,8 +92,9 @@ impl ForeignBuild<'_> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        // Cargo names the output directory of a `.json` target after the file's stem.
         let binary = target_dir
-            .join(self.target)
+            .join(self.target.strip_suffix(".json").unwrap_or(self.target))
             .join("release")
             .join(self.binary);
         assert!(

@@ -27,7 +27,9 @@ core::arch::global_asm!(
     .section .text.start, "ax"
     .global _start
 _start:
-    lea rax, [rip + __user_stack_top]
+    // As if user_main had been called: the SysV ABI wants rsp + 8 16-byte aligned at a
+    // function's entry, and SSE code relies on it (movaps to stack slots).
+    lea rax, [rip + __user_stack_top - 8]
     push {user_ss}
     push rax
     push {user_rflags}
