@@ -11,8 +11,12 @@
 //! on `PORT_EXCEPTION`; the VMM treats that as a crash and prints the exception frame.
 #![no_std]
 #![no_main]
+// The crate defines memcpy/memmove/memset (`mem`): the compiler must not turn their loops into
+// calls to themselves.
+#![no_builtins]
 
 mod device;
+mod mem;
 
 use core::fmt::Write;
 use core::panic::PanicInfo;
