@@ -1,5 +1,5 @@
-//! Builds what the daemon embeds: the guest (`simuboost-guest`, x86_64 bare metal with SSE2, nightly,
-//! `SIMUBOOST_GUEST_ELF`) and the eBPF programs (`simuboost-ebpf`, nightly,
+//! Builds what the daemon embeds: the guest (`simuboost-guest`, x86_64 bare metal with SSE2,
+//! nightly, `SIMUBOOST_GUEST_ELF`) and the eBPF programs (`simuboost-ebpf`, nightly,
 //! `-Z build-std=core`, bpf-linker, `SIMUBOOST_EBPF_OBJECT`), so that `cargo build` produces a
 //! complete binary.
 

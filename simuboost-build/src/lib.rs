@@ -1,8 +1,9 @@
 //! Builds a crate of this repository for another target from a build script.
 //!
-//! The guest (`x86_64-unknown-none`) and the eBPF programs (`bpfel-unknown-none`, nightly,
-//! `-Z build-std`) are their own workspaces, so the normal `cargo build` of the main workspace
-//! builds them through the build scripts of the crates that embed them.
+//! The guest (its own x86_64 bare-metal target with SSE2) and the eBPF programs
+//! (`bpfel-unknown-none`), both nightly with `-Z build-std`, are their own workspaces, so the
+//! normal `cargo build` of the main workspace builds them through the build scripts of the
+//! crates that embed them.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

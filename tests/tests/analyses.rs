@@ -256,8 +256,8 @@ fn hot_functions(workload: &str, extra: &[&str], interval: u64) -> Vec<(String, 
 /// In its steady state `kvstore` draws a key (Zipf, by table lookup), probes the hash table
 /// and reads or rewrites the value: `ops`, `Zipf::sample`, `Table::find` and `Table::write`,
 /// all inlined into `kvstore::run`, which does nearly all of the work; the rest is the
-/// `yield_now` between batches. (The soft-float arithmetic that builds the Zipf table runs
-/// only in the first interval.)
+/// `yield_now` between batches. (The `f64` arithmetic that builds the Zipf table runs only in
+/// the first interval.)
 #[test]
 fn kvstore_spends_its_time_in_its_operations() {
     if !kvm_and_root_available() {
