@@ -1,5 +1,5 @@
-//! Builds what the daemon embeds: the guest (`simuboost-guest`, target x86_64-unknown-none,
-//! `SIMUBOOST_GUEST_ELF`) and the eBPF programs (`simuboost-ebpf`, nightly,
+//! Builds what the daemon embeds: the guest (`simuboost-guest`, x86_64 bare metal with SSE2,
+//! nightly, `SIMUBOOST_GUEST_ELF`) and the eBPF programs (`simuboost-ebpf`, nightly,
 //! `-Z build-std=core`, bpf-linker, `SIMUBOOST_EBPF_OBJECT`), so that `cargo build` produces a
 //! complete binary.
 
@@ -7,11 +7,14 @@ fn main() {
     let elf = simuboost_build::ForeignBuild {
         crate_dir: "simuboost-guest",
         binary: "simuboost-guest",
-        target: "x86_64-unknown-none",
-        toolchain: None,
+        // x86_64-unknown-none with SSE2 (see simuboost-guest/.cargo/config.toml): `core` and
+        // `alloc` are built from source, which needs nightly and rust-src.
+        target: "x86_64-simuboost-guest.json",
+        toolchain: Some("nightly"),
         cargo_args: &[],
         encoded_rustflags: None,
-        hint: "(A missing x86_64-unknown-none target is installed by `cargo xtask setup`.)",
+        hint: "(The guest build needs the nightly toolchain with rust-src; `cargo xtask setup` \
+               installs them.)",
     }
     .run(&["simuboost-workloads", "simuboost-abi"]);
     println!("cargo:rustc-env=SIMUBOOST_GUEST_ELF={}", elf.display());

@@ -1,8 +1,9 @@
 //! Builds a crate of this repository for another target from a build script.
 //!
-//! The guest (`x86_64-unknown-none`) and the eBPF programs (`bpfel-unknown-none`, nightly,
-//! `-Z build-std`) are their own workspaces, so the normal `cargo build` of the main workspace
-//! builds them through the build scripts of the crates that embed them.
+//! The guest (its own x86_64 bare-metal target with SSE2) and the eBPF programs
+//! (`bpfel-unknown-none`), both nightly with `-Z build-std`, are their own workspaces, so the
+//! normal `cargo build` of the main workspace builds them through the build scripts of the
+//! crates that embed them.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ pub struct ForeignBuild<'a> {
     pub crate_dir: &'a str,
     /// Binary the build produces.
     pub binary: &'a str,
-    /// Target triple.
+    /// Target triple, or the file name of a target specification (`*.json`) in the crate
+    /// directory.
     pub target: &'a str,
     /// Toolchain to run cargo with through `rustup run` (`None`: the current one).
     pub toolchain: Option<&'a str>,
@@ -91,8 +93,9 @@ impl ForeignBuild<'_> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        // Cargo names the output directory of a `.json` target after the file's stem.
         let binary = target_dir
-            .join(self.target)
+            .join(self.target.strip_suffix(".json").unwrap_or(self.target))
             .join("release")
             .join(self.binary);
         assert!(

@@ -16,7 +16,12 @@ pub struct Device {
     request: Request,
     line: [u8; LINE_BUFFER],
     line_len: usize,
+    /// Requests made so far: the canary each one keeps in XMM15 across its exit.
+    calls: u64,
 }
+
+/// Mixed into the XMM15 canary so that it is never a small number a lost register could hold.
+const CANARY_SALT: u64 = 0x5353_455f_6361_6e61;
 
 impl Device {
     pub fn new() -> Device {
@@ -24,11 +29,22 @@ impl Device {
             request: Request::default(),
             line: [0; LINE_BUFFER],
             line_len: 0,
+            calls: 0,
         }
     }
 
     /// Performs one request; returns `(status, ret)`.
+    ///
+    /// Every exit also checks that the SSE state survives it: a value set in XMM15 before the
+    /// doorbell must still be there after it, in the recording (KVM keeps the guest's state)
+    /// and in a replay that starts at this exit (from the checkpoint's XSAVE area, with KVM or
+    /// the simulator). Nothing else would notice a lost register: the compiler never keeps one
+    /// live across this call (XMM registers are caller-saved and the workloads call the device
+    /// through `dyn Platform`).
     fn call(&mut self, op: Op, args: [u64; 3]) -> (u32, u64) {
+        self.calls = self.calls.wrapping_add(1);
+        let canary = self.calls ^ CANARY_SALT;
+        let kept: u64;
         let request = addr_of_mut!(self.request);
         // SAFETY: `request` points to our own, live Request; volatile so the stores happen before
         // the doorbell and the loads after it.
@@ -49,10 +65,20 @@ impl Device {
             // resumes us. asm (without `nomem`) rather than write_volatile, so that the compiler
             // also assumes the VMM read and wrote memory: the request and its buffers.
             core::arch::asm!(
+                "movq xmm15, {canary}",
                 "mov qword ptr [{doorbell}], {request}",
+                "movq {kept}, xmm15",
                 doorbell = in(reg) DOORBELL_GPA,
                 request = in(reg) request as u64,
+                canary = in(reg) canary,
+                kept = lateout(reg) kept,
+                out("xmm15") _,
                 options(nostack, preserves_flags)
+            );
+            assert!(
+                kept == canary,
+                "XMM15 was {kept:#x} after exit {}, not {canary:#x}: the SSE state was lost",
+                self.calls
             );
             (
                 read_volatile(addr_of!((*request).status)),

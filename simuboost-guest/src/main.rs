@@ -11,8 +11,12 @@
 //! on `PORT_EXCEPTION`; the VMM treats that as a crash and prints the exception frame.
 #![no_std]
 #![no_main]
+// The crate defines memcpy/memmove/memset (`mem`): the compiler must not turn their loops into
+// calls to themselves.
+#![no_builtins]
 
 mod device;
+mod mem;
 
 use core::fmt::Write;
 use core::panic::PanicInfo;
@@ -27,7 +31,9 @@ core::arch::global_asm!(
     .section .text.start, "ax"
     .global _start
 _start:
-    lea rax, [rip + __user_stack_top]
+    // As if user_main had been called: the SysV ABI wants rsp + 8 16-byte aligned at a
+    // function's entry, and SSE code relies on it (movaps to stack slots).
+    lea rax, [rip + __user_stack_top - 8]
     push {user_ss}
     push rax
     push {user_rflags}

@@ -49,7 +49,8 @@ use serde::{Deserialize, Serialize};
 /// client refuses a simulator that speaks another one (a stale binary next to a new replayer).
 ///
 /// Version 2: analyses ([`Start::analyses`], [`FromSim::Trace`], [`Final::analysis`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: the SSE state ([`CpuState::xmm`], [`CpuState::mxcsr`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// One segment register, a faithful mirror of KVM's `kvm_segment`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +133,12 @@ pub struct CpuState {
     /// MSR index and value pairs (KERNEL_GS_BASE, STAR, LSTAR, ... ; the TSC is ignored: the
     /// guest never reads it). On output: the same MSRs, read back.
     pub msrs: Vec<(u32, u64)>,
+    /// XMM0-15, each as (low, high) 64-bit halves: the guest is compiled with SSE2, so values
+    /// may live in them across an interval boundary. (The x87 and AVX state are not carried:
+    /// the guest uses neither.)
+    pub xmm: [[u64; 2]; 16],
+    /// MXCSR (SSE rounding and exception control).
+    pub mxcsr: u32,
 }
 
 /// A run of guest frames: first frame number and count.

@@ -4,7 +4,7 @@
 //! the MSRs through raw structures. Writing CS/SS does not change unicorn's CPL, so the
 //! checkpoint's CS:RIP, RFLAGS and SS:RSP are entered through a one-instruction `iretq` stub
 //! placed in the doorbell's 2 MiB page (outside RAM, mapped by the guest's own page tables);
-//! FS/GS bases and the MSRs are written after it.
+//! FS/GS bases and the MSRs are written after it. XMM0-15 and MXCSR are loaded with the GPRs.
 
 use simuboost_abi::{DOORBELL_GPA, PAGE_SIZE};
 use simuboost_sim_proto::{CpuState, DescriptorTable, Segment};
@@ -145,6 +145,61 @@ fn gprs() -> [RegisterX86; 16] {
     ]
 }
 
+fn xmm_registers() -> [RegisterX86; 16] {
+    use RegisterX86 as R;
+    [
+        R::XMM0,
+        R::XMM1,
+        R::XMM2,
+        R::XMM3,
+        R::XMM4,
+        R::XMM5,
+        R::XMM6,
+        R::XMM7,
+        R::XMM8,
+        R::XMM9,
+        R::XMM10,
+        R::XMM11,
+        R::XMM12,
+        R::XMM13,
+        R::XMM14,
+        R::XMM15,
+    ]
+}
+
+/// Loads XMM0-15 and MXCSR (the guest is compiled with SSE2; CR4.OSFXSR comes with the CRs).
+fn write_sse<D>(uc: &mut Unicorn<'_, D>, cpu: &CpuState) -> Result<(), SimError> {
+    for (reg, [lo, hi]) in xmm_registers().into_iter().zip(cpu.xmm) {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&lo.to_le_bytes());
+        bytes[8..].copy_from_slice(&hi.to_le_bytes());
+        uc.reg_write_long(reg, &bytes)
+            .map_err(uc_err("write an XMM register"))?;
+    }
+    uc.reg_write(RegisterX86::MXCSR, u64::from(cpu.mxcsr))
+        .map_err(uc_err("write MXCSR"))
+}
+
+fn read_sse<D>(uc: &Unicorn<'_, D>) -> Result<([[u64; 2]; 16], u32), SimError> {
+    let mut xmm = [[0u64; 2]; 16];
+    for (slot, reg) in xmm.iter_mut().zip(xmm_registers()) {
+        let bytes = uc
+            .reg_read_long(reg)
+            .map_err(uc_err("read an XMM register"))?;
+        let half = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        *slot = [half(0), half(8)];
+    }
+    let mxcsr = uc
+        .reg_read(RegisterX86::MXCSR)
+        .map_err(uc_err("read MXCSR"))?;
+    Ok((xmm, mxcsr as u32))
+}
+
 fn gpr_values(c: &CpuState) -> [u64; 16] {
     [
         c.rax, c.rbx, c.rcx, c.rdx, c.rsi, c.rdi, c.rsp, c.rbp, c.r8, c.r9, c.r10, c.r11, c.r12,
@@ -205,6 +260,7 @@ pub fn enter<D>(
     for (reg, value) in gprs().into_iter().zip(gpr_values(cpu)) {
         uc.reg_write(reg, value).map_err(uc_err("write a GPR"))?;
     }
+    write_sse(uc, cpu)?;
 
     // The stub: iretq with the checkpoint's frame.
     let mut page = vec![0u8; PAGE_SIZE as usize];
@@ -369,6 +425,7 @@ pub fn capture<D>(uc: &Unicorn<'_, D>, ram: &Ram, input: &CpuState) -> Result<Cp
     fs.base = reg(R::FS_BASE)?;
     let mut gs = seg(R::GS)?;
     gs.base = reg(R::GS_BASE)?;
+    let (xmm, mxcsr) = read_sse(uc)?;
     let mut msrs = Vec::with_capacity(input.msrs.len());
     for &(id, value) in &input.msrs {
         msrs.push((
@@ -420,5 +477,7 @@ pub fn capture<D>(uc: &Unicorn<'_, D>, ram: &Ram, input: &CpuState) -> Result<Cp
         efer: read_msr(uc, MSR_EFER)?,
         apic_base: input.apic_base,
         msrs,
+        xmm,
+        mxcsr,
     })
 }

@@ -166,12 +166,17 @@ fn start_state() -> CpuState {
         },
         cr0: 0x8005_0033,
         cr3: PML4,
-        cr4: 0x20,
+        // PAE, OSFXSR, OSXMMEXCPT (as the VMM sets them).
+        cr4: 0x620,
         efer: 0x500,
         msrs: vec![
             (0xc000_0102, 0x1234_5000),
             (0xc000_0081, 0x0023_0010_0000_0000),
         ],
+        // Distinct values in every XMM register (the guest does not touch them): they must
+        // come back unchanged, as must an MXCSR other than the reset value (round toward zero).
+        xmm: std::array::from_fn(|n| [0x1111 * n as u64 + 1, !(n as u64)]),
+        mxcsr: 0x7f80,
         ..CpuState::default()
     }
 }
@@ -412,6 +417,13 @@ fn exact_count_working_set_and_invalidation() {
     assert_eq!(out.cpu.efer, 0x500);
     assert_eq!(out.cpu.rsp, STACK_TOP - 8);
     assert!(out.cpu.msrs.contains(&(0xc000_0102, 0x1234_5000)));
+    assert_eq!(
+        out.cpu.xmm,
+        start_state().xmm,
+        "XMM registers are loaded and read back"
+    );
+    assert_eq!(out.cpu.mxcsr, 0x7f80);
+    assert_eq!(out.cpu.cr4, 0x620);
     assert_eq!(guest.read64(DST), 50);
     let f = |gfn: u64, read, write, fetch| AccessedFrame {
         gfn,

@@ -326,7 +326,7 @@ fn guest_image() -> Vec<u8> {
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>")
-        .join("foreign/simuboost-guest/x86_64-unknown-none/release/simuboost-guest");
+        .join("foreign/simuboost-guest/x86_64-simuboost-guest/release/simuboost-guest");
     fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 

@@ -306,10 +306,24 @@ fn test(filter: Option<&str>) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The guest is its own workspace (another target): lint it too.
+    // The guest is its own workspace (another target, built with nightly's -Z build-std: see
+    // simuboost-guest/.cargo/config.toml): lint it too. The outer cargo's environment would
+    // pin the stable toolchain.
     run_command(
-        cargo()
-            .args(["clippy", "--release", "--", "-D", "warnings"])
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
             .current_dir(root().join("simuboost-guest")),
     )?;
     // The end-to-end tests run the binaries, so build them first.

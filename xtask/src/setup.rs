@@ -80,17 +80,9 @@ pub fn run() -> Result<()> {
     if output("rustup", &["--version"]).is_none() {
         bail!("rustup is not installed; install Rust with rustup first (https://rustup.rs)");
     }
-    let targets = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
-    if step(
-        "x86_64-unknown-none target (the guest)",
-        targets.lines().any(|l| l.trim() == "x86_64-unknown-none"),
-    ) {
-        run_command(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]))?;
-    }
-
     let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
     if step(
-        "nightly toolchain (eBPF build)",
+        "nightly toolchain (the guest and eBPF builds)",
         toolchains.lines().any(|l| l.starts_with("nightly")),
     ) {
         run_command(Command::new("rustup").args([

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_dtable, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_dtable, kvm_segment, kvm_sregs, kvm_xsave};
 use userfaultfd::Uffd;
 
 use simuboost_format::{GeneralRegs, VcpuState};
@@ -44,6 +44,10 @@ const MSR_TSC: u32 = 0x10;
 /// RFLAGS bits that instructions leave architecturally undefined and unicorn computes
 /// differently from the CPU (AF after shifts, for one): masked when comparing.
 const RFLAGS_UNDEFINED: u64 = 1 << 4;
+/// MXCSR's sticky exception flags (IE, DE, ZE, OE, UE, PE): unicorn reads MXCSR back without
+/// the flags its softfloat accumulated (QEMU merges them only for STMXCSR/FXSAVE), so only the
+/// control bits are compared. The guest never reads the flags.
+const MXCSR_FLAGS: u32 = 0x3f;
 /// How much longer than the replay's timeout the simulator's own limit is.
 const SIM_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
@@ -312,6 +316,7 @@ impl ReplayEngine for SimEngine {
         }
         let expected = VcpuSnapshot::restore((), expected).map_err(ReplayError::NextState)?;
         Ok(compare_system_registers(cpu, &expected.sregs)
+            .or_else(|| compare_sse(cpu, &expected.xsave))
             .map(|(name, have, want)| register_divergence(name, have, want, end_exit)))
     }
 
@@ -426,7 +431,47 @@ pub fn cpu_state(vcpu: &VcpuSnapshot) -> CpuState {
             .copied()
             .filter(|&(index, _)| index != MSR_TSC)
             .collect(),
+        xmm: xmm_registers(&vcpu.xsave),
+        mxcsr: vcpu.xsave.region[XSAVE_MXCSR],
     }
+}
+
+/// MXCSR's 32-bit word in the XSAVE area's legacy (FXSAVE) region: byte 24.
+const XSAVE_MXCSR: usize = 24 / 4;
+/// XMM0's first 32-bit word in the legacy region: byte 160, then 16 bytes per register.
+const XSAVE_XMM0: usize = 160 / 4;
+
+/// XMM0-15 from an XSAVE area, as (low, high) halves.
+fn xmm_registers(xsave: &kvm_xsave) -> [[u64; 2]; 16] {
+    let word = |i: usize| u64::from(xsave.region[i]);
+    std::array::from_fn(|n| {
+        let at = XSAVE_XMM0 + 4 * n;
+        [
+            word(at) | word(at + 1) << 32,
+            word(at + 2) | word(at + 3) << 32,
+        ]
+    })
+}
+
+/// The first SSE register (XMM0-15, MXCSR but its flags) in which the simulator's final state differs from
+/// the recording's XSAVE area. A 128-bit register is reported by its differing half.
+fn compare_sse(cpu: &CpuState, want: &kvm_xsave) -> Option<(String, u64, u64)> {
+    let want_xmm = xmm_registers(want);
+    for (n, (have, want)) in cpu.xmm.iter().zip(&want_xmm).enumerate() {
+        for (half, name) in ["lo", "hi"].iter().enumerate() {
+            if have[half] != want[half] {
+                return Some((format!("xmm{n}.{name}"), have[half], want[half]));
+            }
+        }
+    }
+    let want_mxcsr = want.region[XSAVE_MXCSR];
+    (cpu.mxcsr & !MXCSR_FLAGS != want_mxcsr & !MXCSR_FLAGS).then(|| {
+        (
+            "mxcsr".to_string(),
+            u64::from(cpu.mxcsr),
+            u64::from(want_mxcsr),
+        )
+    })
 }
 
 fn general_regs(c: &CpuState) -> GeneralRegs {

@@ -11,9 +11,12 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use simuboost_abi::{layout, selectors};
 
 /// CR0: paging, write protect, numeric error, extension type, monitor coprocessor, protection.
+/// EM (bit 2) and TS (bit 3) are clear: x87/SSE instructions run without faulting.
 const CR0_LONG_MODE: u64 = 0x8005_0033;
-/// CR4: physical address extension (required for long mode).
-const CR4_PAE: u64 = 1 << 5;
+/// CR4: physical address extension (required for long mode), OSFXSR and OSXMMEXCPT. The guest
+/// is compiled with SSE2 (see simuboost-guest's target): without OSFXSR every SSE instruction
+/// raises #UD, and OSXMMEXCPT makes an unmasked SIMD float exception #XM rather than #UD.
+const CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
 /// EFER: long mode enabled and active.
 const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
 /// Segment type of an execute/read, accessed code segment.
@@ -132,7 +135,7 @@ impl Vcpu {
         let mut sregs = self.fd.get_sregs().map_err(ioctl("get sregs"))?;
         sregs.cr0 = CR0_LONG_MODE;
         sregs.cr3 = layout::PML4;
-        sregs.cr4 = CR4_PAE;
+        sregs.cr4 = CR4;
         sregs.efer = EFER_LME_LMA;
         sregs.cs = segment(selectors::KERNEL_CODE, SEG_TYPE_CODE, true);
         let data = segment(selectors::KERNEL_DATA, SEG_TYPE_DATA, false);
