@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_analyses;
+mod bench_position;
 mod bench_qemu;
 mod bench_record;
 mod bench_replay;

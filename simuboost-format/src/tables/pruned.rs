@@ -62,8 +62,12 @@ struct Span {
     row_groups: Vec<usize>,
     /// Byte ranges of their column chunks.
     bytes: Vec<Range<u64>>,
-    /// The decoded rows, sorted by gfn, once loaded.
-    rows: Option<Vec<Row>>,
+    /// The gfns whose rows (or absence) have been looked up, sorted.
+    asked: Vec<u64>,
+    /// Their rows, sorted by gfn. Only these are kept: a working set scattered over guest
+    /// memory hits most groups, and keeping every row would cost more memory than the dense
+    /// map it replaces (first touches of memory are expensive on the hosts measured).
+    rows: Vec<Row>,
 }
 
 /// The bytes of a file read so far: served to the Parquet decoder as if it were the file.
@@ -273,7 +277,8 @@ impl Tail {
                         last,
                         row_groups: vec![g],
                         bytes,
-                        rows: None,
+                        asked: Vec::new(),
+                        rows: Vec::new(),
                     })
                 }
                 _ => {
@@ -283,7 +288,8 @@ impl Tail {
                         last: u64::MAX,
                         row_groups: vec![g],
                         bytes,
-                        rows: None,
+                        asked: Vec::new(),
+                        rows: Vec::new(),
                     })
                 }
             }
@@ -295,7 +301,8 @@ impl Tail {
                 last: u64::MAX,
                 row_groups: Vec::new(),
                 bytes: Vec::new(),
-                rows: None,
+                asked: Vec::new(),
+                rows: Vec::new(),
             };
             for span in spans.drain(..) {
                 all.row_groups.extend(span.row_groups);
@@ -335,7 +342,8 @@ pub(crate) struct Pending {
     checkpoint: u64,
     kind: Kind,
     indexed: bool,
-    /// Per span: its gfn range and its row groups.
+    /// Per span: the gfns to look up (sorted), its gfn range and its row groups.
+    asked: Vec<Vec<u64>>,
     bounds: Vec<(u64, u64)>,
     groups: Vec<Vec<usize>>,
 }
@@ -345,7 +353,7 @@ impl PrunedTable {
     pub(crate) fn spans(&self) -> (usize, usize) {
         (
             self.spans.len(),
-            self.spans.iter().filter(|s| s.rows.is_some()).count(),
+            self.spans.iter().filter(|s| !s.asked.is_empty()).count(),
         )
     }
 
@@ -355,13 +363,18 @@ impl PrunedTable {
         (i < self.spans.len() && self.spans[i].first <= gfn).then_some(i)
     }
 
-    /// Spans not loaded yet that can hold any of `gfns` (ascending).
-    pub(crate) fn missing(&self, gfns: &[u64]) -> Vec<usize> {
-        let mut out: Vec<usize> = Vec::new();
+    /// The spans that can hold any of `gfns` (ascending) not looked up yet, each with those
+    /// gfns.
+    pub(crate) fn missing(&self, gfns: &[u64]) -> Vec<(usize, Vec<u64>)> {
+        let mut out: Vec<(usize, Vec<u64>)> = Vec::new();
         for &gfn in gfns {
             if let Some(i) = self.span_of(gfn) {
-                if self.spans[i].rows.is_none() && out.last() != Some(&i) {
-                    out.push(i);
+                if self.spans[i].asked.binary_search(&gfn).is_ok() {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some((span, list)) if *span == i => list.push(gfn),
+                    _ => out.push((i, vec![gfn])),
                 }
             }
         }
@@ -373,13 +386,14 @@ impl PrunedTable {
     pub(crate) fn fetch(
         &mut self,
         table: usize,
-        spans: Vec<usize>,
+        wanted: Vec<(usize, Vec<u64>)>,
         storage: &dyn RunStorage,
         gap: u64,
     ) -> Result<Option<Pending>, FormatError> {
-        if spans.is_empty() {
+        if wanted.is_empty() {
             return Ok(None);
         }
+        let (spans, asked): (Vec<usize>, Vec<Vec<u64>>) = wanted.into_iter().unzip();
         let mut ranges: Vec<Range<u64>> = spans
             .iter()
             .flat_map(|&s| self.spans[s].bytes.iter().cloned())
@@ -428,6 +442,7 @@ impl PrunedTable {
                 .map(|&s| self.spans[s].row_groups.clone())
                 .collect(),
             spans,
+            asked,
             fetched: self.fetched.clone(),
             metadata,
             path: self.path.clone(),
@@ -439,8 +454,18 @@ impl PrunedTable {
 
     /// Stores the rows [`Pending::decode`] produced.
     pub(crate) fn store(&mut self, decoded: Decoded) {
-        for (span, rows) in decoded.spans.into_iter().zip(decoded.rows) {
-            self.spans[span].rows = Some(rows);
+        for ((span, asked), rows) in decoded
+            .spans
+            .into_iter()
+            .zip(decoded.asked)
+            .zip(decoded.rows)
+        {
+            let span = &mut self.spans[span];
+            span.asked.extend(asked);
+            span.asked.sort_unstable();
+            span.asked.dedup();
+            span.rows.extend(rows);
+            span.rows.sort_by_key(|r| r.gfn);
         }
     }
 
@@ -450,12 +475,14 @@ impl PrunedTable {
         let Some(span) = self.span_of(gfn) else {
             return Ok(None);
         };
-        let rows = self.spans[span].rows.as_ref().ok_or_else(|| {
-            FormatError::invalid(format!(
-                "internal error: row group of gfn {gfn:#x} of {} not loaded",
+        let span = &self.spans[span];
+        if span.asked.binary_search(&gfn).is_err() {
+            return Err(FormatError::invalid(format!(
+                "internal error: gfn {gfn:#x} not looked up in {}",
                 self.path.display()
-            ))
-        })?;
+            )));
+        }
+        let rows = &span.rows;
         Ok(rows
             .binary_search_by_key(&gfn, |r| r.gfn)
             .ok()
@@ -467,6 +494,7 @@ impl PrunedTable {
 pub(crate) struct Decoded {
     pub(crate) table: usize,
     spans: Vec<usize>,
+    asked: Vec<Vec<u64>>,
     rows: Vec<Vec<Row>>,
 }
 
@@ -483,8 +511,9 @@ impl Pending {
     pub(crate) fn decode(self, names: &[&str], limits: PageLimits) -> Result<Decoded, FormatError> {
         let path = &self.path;
         let mut out = Vec::with_capacity(self.spans.len());
-        for (k, _) in self.spans.iter().enumerate() {
+        for (k, asked) in self.asked.iter().enumerate() {
             let (first, last) = self.bounds[k];
+            let mut previous: Option<u64> = None;
             let groups = self.groups[k].clone();
             let schema = self.metadata.metadata().file_metadata().schema_descr_ptr();
             let mask = ProjectionMask::columns(&schema, names.iter().copied());
@@ -542,7 +571,17 @@ impl Pending {
                             ))
                         }
                     };
-                    rows.push(Row { gfn, slot, hash });
+                    // The writer sorts by gfn; a consolidated map has each gfn once.
+                    if self.kind == Kind::Consolidated && previous.is_some_and(|p| p >= gfn) {
+                        return Err(FormatError::corrupt(
+                            path,
+                            format!("gfn {gfn:#x} appears twice or out of gfn order"),
+                        ));
+                    }
+                    previous = Some(gfn);
+                    if asked.binary_search(&gfn).is_ok() {
+                        rows.push(Row { gfn, slot, hash });
+                    }
                 }
             }
             // Sorted by gfn (the writer's order; a stable sort keeps a repeated gfn's rows in
@@ -551,15 +590,7 @@ impl Pending {
             let mut unique: Vec<Row> = Vec::with_capacity(rows.len());
             for row in rows {
                 match unique.last_mut() {
-                    Some(prev) if prev.gfn == row.gfn => {
-                        if self.kind == Kind::Consolidated {
-                            return Err(FormatError::corrupt(
-                                path,
-                                format!("gfn {:#x} appears twice", row.gfn),
-                            ));
-                        }
-                        *prev = row;
-                    }
+                    Some(prev) if prev.gfn == row.gfn => *prev = row,
                     _ => unique.push(row),
                 }
             }
@@ -568,6 +599,7 @@ impl Pending {
         Ok(Decoded {
             table: self.table,
             spans: self.spans,
+            asked: self.asked,
             rows: out,
         })
     }
