@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use anyhow::{ensure, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use simuboost_report::replay::ReplayReport;
 
