@@ -112,9 +112,20 @@ impl PartialPageMap {
             return Ok(None);
         }
         let mut tables = self.lock()?;
-        let one = [gfn];
-        if tables.iter().any(|t| !t.missing(&one).is_empty()) {
-            self.load_locked(&mut tables, &one)?;
+        // On demand, a frame's row groups are read whole: misses and verification ask for
+        // frames near each other, answered then without decoding the groups again.
+        let gap = self.storage.coalesce_gap_pages() * PAGE_SIZE as u64;
+        let mut pending = Vec::new();
+        for (i, table) in tables.iter_mut().enumerate() {
+            if let Some(wanted) = table.missing_whole(gfn) {
+                if let Some(p) = table.fetch(i, vec![wanted], self.storage.as_ref(), gap)? {
+                    pending.push(p);
+                }
+            }
+        }
+        for decoded in decode_pending(pending, NAMES, self.limits)? {
+            let table = decoded.table;
+            tables[table].store(decoded);
         }
         // The newest table with a row for the frame decides, as overlaying them in order would.
         for table in tables.iter().rev() {

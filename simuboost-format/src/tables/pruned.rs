@@ -68,6 +68,9 @@ struct Span {
     /// memory hits most groups, and keeping every row would cost more memory than the dense
     /// map it replaces (first touches of memory are expensive on the hosts measured).
     rows: Vec<Row>,
+    /// Every row of the span is in `rows` (read for an on-demand look-up: the next frames
+    /// asked are then answered without decoding the group again).
+    complete: bool,
 }
 
 /// The bytes of a file read so far: served to the Parquet decoder as if it were the file.
@@ -279,6 +282,7 @@ impl Tail {
                         bytes,
                         asked: Vec::new(),
                         rows: Vec::new(),
+                        complete: false,
                     })
                 }
                 _ => {
@@ -290,6 +294,7 @@ impl Tail {
                         bytes,
                         asked: Vec::new(),
                         rows: Vec::new(),
+                        complete: false,
                     })
                 }
             }
@@ -303,6 +308,7 @@ impl Tail {
                 bytes: Vec::new(),
                 asked: Vec::new(),
                 rows: Vec::new(),
+                complete: false,
             };
             for span in spans.drain(..) {
                 all.row_groups.extend(span.row_groups);
@@ -353,7 +359,10 @@ impl PrunedTable {
     pub(crate) fn spans(&self) -> (usize, usize) {
         (
             self.spans.len(),
-            self.spans.iter().filter(|s| !s.asked.is_empty()).count(),
+            self.spans
+                .iter()
+                .filter(|s| s.complete || !s.asked.is_empty())
+                .count(),
         )
     }
 
@@ -369,7 +378,8 @@ impl PrunedTable {
         let mut out: Vec<(usize, Vec<u64>)> = Vec::new();
         for &gfn in gfns {
             if let Some(i) = self.span_of(gfn) {
-                if self.spans[i].asked.binary_search(&gfn).is_ok() {
+                let span = &self.spans[i];
+                if span.complete || span.asked.binary_search(&gfn).is_ok() {
                     continue;
                 }
                 match out.last_mut() {
@@ -452,6 +462,14 @@ impl PrunedTable {
         }))
     }
 
+    /// The span holding `gfn`, if it has not been read whole yet and `gfn` is not looked up:
+    /// to be read whole ([`PrunedTable::fetch`] with an empty list of gfns).
+    pub(crate) fn missing_whole(&self, gfn: u64) -> Option<(usize, Vec<u64>)> {
+        self.missing(&[gfn])
+            .pop()
+            .map(|(span, _)| (span, Vec::new()))
+    }
+
     /// Stores the rows [`Pending::decode`] produced.
     pub(crate) fn store(&mut self, decoded: Decoded) {
         for ((span, asked), rows) in decoded
@@ -461,6 +479,12 @@ impl PrunedTable {
             .zip(decoded.rows)
         {
             let span = &mut self.spans[span];
+            if asked.is_empty() {
+                span.complete = true;
+                span.asked = Vec::new();
+                span.rows = rows;
+                continue;
+            }
             span.asked.extend(asked);
             span.asked.sort_unstable();
             span.asked.dedup();
@@ -476,7 +500,7 @@ impl PrunedTable {
             return Ok(None);
         };
         let span = &self.spans[span];
-        if span.asked.binary_search(&gfn).is_err() {
+        if !span.complete && span.asked.binary_search(&gfn).is_err() {
             return Err(FormatError::invalid(format!(
                 "internal error: gfn {gfn:#x} not looked up in {}",
                 self.path.display()
@@ -579,7 +603,8 @@ impl Pending {
                         ));
                     }
                     previous = Some(gfn);
-                    if asked.binary_search(&gfn).is_ok() {
+                    // An empty list: the whole span.
+                    if asked.is_empty() || asked.binary_search(&gfn).is_ok() {
                         rows.push(Row { gfn, slot, hash });
                     }
                 }
