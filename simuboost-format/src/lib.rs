@@ -50,6 +50,7 @@ mod fsutil;
 pub mod layout;
 mod manifest;
 mod pages;
+mod partial;
 mod reader;
 mod records;
 pub mod storage;
@@ -62,6 +63,7 @@ mod writer;
 pub use error::FormatError;
 pub use manifest::{Manifest, RunMeta, MAX_MEM_BYTES};
 pub use pages::{is_zero_page, page_hash, PageMap, PageStore};
+pub use partial::{PartialPageMap, PartialStats};
 pub use reader::Run;
 pub use records::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,

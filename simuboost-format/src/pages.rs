@@ -175,7 +175,7 @@ impl PageStore {
             .map_err(|_| FormatError::invalid("a page reader thread panicked"))?;
         let bytes = (fetched * PAGE) as usize;
         if scratch.len() < bytes {
-            scratch.resize(bytes, 0);
+            *scratch = huge_page_buffer(bytes);
         }
         let byte_ranges: Vec<Range<u64>> = ranges
             .iter()
@@ -302,6 +302,29 @@ impl PageStore {
             ),
         )
     }
+}
+
+/// A zeroed buffer of `bytes`, backed by transparent huge pages where the kernel allows: first
+/// touches of fresh memory cost ~10 µs per 4 KiB page on the hosts measured (a virtual
+/// machine), about three times less per byte with huge pages, and a restore's reads land in
+/// fresh memory.
+fn huge_page_buffer(bytes: usize) -> Vec<u8> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(bytes);
+    let skip = buffer.as_ptr().align_offset(PAGE_SIZE);
+    let len = buffer.capacity().saturating_sub(skip) & !(PAGE_SIZE - 1);
+    if len > 0 {
+        // SAFETY: advice on the buffer's own allocation (its page-aligned part), not touched
+        // yet; it changes no contents. A refusal only loses the speed-up.
+        unsafe {
+            libc::madvise(
+                buffer.as_mut_ptr().add(skip).cast(),
+                len,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+    buffer.resize(bytes, 0);
+    buffer
 }
 
 /// Ranges of slots (end exclusive) covering the ascending `slots`: a gap of at most `gap`

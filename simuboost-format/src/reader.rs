@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::manifest::Manifest;
 use crate::pages::{PageMap, PageStore};
+use crate::partial::PartialPageMap;
 use crate::records::{Access, CheckpointState, Event, IntervalRecord};
 use crate::storage::{open_storage, LocalStorage, RunStorage, StorageStats};
 use crate::tables::{self, PageLimits, PageRow};
@@ -264,6 +265,20 @@ impl Run {
             )?;
         }
         Ok(map)
+    }
+
+    /// The page map as of `checkpoint`, like [`Run::page_map`], but read only where it is
+    /// asked ([`PartialPageMap`]): opening it reads the footers of the consolidated map and the
+    /// page tables after it; [`PartialPageMap::load`] then reads the row groups of the frames a
+    /// restore loads, and [`PartialPageMap::entry`] any other frame's on demand.
+    pub fn partial_page_map(&self, checkpoint: u64) -> Result<PartialPageMap, FormatError> {
+        self.check_checkpoint(checkpoint)?;
+        let base = self.consolidation_base(checkpoint);
+        let mut files = vec![(layout::pagemap_table(&self.dir, base), base, true)];
+        files.extend(
+            (base + 1..=checkpoint).map(|c| (layout::checkpoint_table(&self.dir, c), c, false)),
+        );
+        PartialPageMap::open(self.storage.clone(), files, self.limits())
     }
 
     /// Opens pages.bin. Only the slots the manifest counts as committed are readable.

@@ -92,6 +92,10 @@ struct Args {
     /// 20 times its recorded length), e.g. `30s`.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// Read the whole page map up front in sparse mode too, as before partial page maps: the
+    /// baseline of `cargo xtask bench restore-position`.
+    #[arg(long, hide = true)]
+    whole_page_map: bool,
     /// With --engine sim: analyses to run on each interval, written as Parquet files to
     /// --out: any of `blocks`, `pages`, `trace`, `cache`, comma-separated, or `all`
     /// (docs/ANALYSES.md).
@@ -280,6 +284,7 @@ fn replay_one(args: &Args, run: &Run, interval: u64) -> anyhow::Result<u8> {
             engine: args.engine,
             timeout: args.timeout,
             analyses: analyses.clone(),
+            whole_page_map: args.whole_page_map,
         };
         let report = replay_interval(run, interval, options)
             .with_context(|| format!("replaying interval {interval} ({} mode)", mode.name()))?;

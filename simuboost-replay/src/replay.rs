@@ -17,7 +17,9 @@ use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
 use crate::engine::kvm::KvmEngine;
 use crate::engine::sim::SimEngine;
 use crate::engine::ReplayEngine;
-use crate::restore::{load_dense, LoadStats, MissStats, PageSource, RestoreError, UffdMemory};
+use crate::restore::{
+    load_dense, LoadStats, MissStats, PageLookup, PageSource, RestoreError, UffdMemory,
+};
 pub use simuboost_report::replay::{Divergence, Engine, Mode, ReplayReport, Simulation};
 
 use crate::analysis::Analyses;
@@ -35,6 +37,8 @@ pub struct ReplayOptions {
     pub timeout: Option<Duration>,
     /// The analyses to run (`--engine sim` only) and where their results go.
     pub analyses: Option<Arc<Analyses>>,
+    /// Read the whole page map up front even in sparse mode (a benchmark's baseline).
+    pub whole_page_map: bool,
 }
 
 /// Errors that prevent a replay (as opposed to a replay that ran and diverged).
@@ -213,7 +217,18 @@ impl IntervalInputs {
             }
             Mode::Full | Mode::Lazy => None,
         };
-        let source = Arc::new(PageSource::new(run.page_map(interval)?, run.page_store()?));
+        // A sparse restore reads only the part of the page map its working set needs (the
+        // rest on demand, for misses and verification): reading all of it grows with the
+        // written part of guest memory. Full and lazy restores need every entry.
+        let map = match &working_set {
+            Some(gfns) if !options.whole_page_map => {
+                let map = run.partial_page_map(interval)?;
+                map.load(gfns)?;
+                PageLookup::Partial(map)
+            }
+            _ => PageLookup::Whole(run.page_map(interval)?),
+        };
+        let source = Arc::new(PageSource::new(map, run.page_store()?));
         Ok(IntervalInputs {
             mem_bytes,
             record,
@@ -288,7 +303,12 @@ fn load_memory(
             inputs.working_set.as_deref().unwrap_or_default(),
         )?,
         Mode::Full => {
-            let nonzero: Vec<u64> = inputs.source.map.iter().map(|(gfn, _)| gfn).collect();
+            // Full mode reads the whole map (IntervalInputs::read); were it partial, the
+            // frames would still come in correctly, as misses.
+            let nonzero: Vec<u64> = match inputs.source.whole() {
+                Some(map) => map.iter().map(|(gfn, _)| gfn).collect(),
+                None => Vec::new(),
+            };
             let mut load = memory.install(&inputs.source, &nonzero)?;
             let zeros = memory.install_zero_rest()?;
             load.pages += zeros;
@@ -369,9 +389,13 @@ fn replay_with<E: ReplayEngine>(
 
     let failed = Arc::new(AtomicBool::new(false));
     let load_began = Instant::now();
-    let (load, installed, server) = if options.mode == Mode::Full && engine.memory_is_private() {
+    let dense = match inputs.source.whole() {
+        Some(map) if options.mode == Mode::Full && engine.memory_is_private() => Some(map),
+        _ => None,
+    };
+    let (load, installed, server) = if let Some(map) = dense {
         // Nothing will be missing: no miss handler.
-        let (load, installed) = load_dense(engine.memory(), &inputs.source)?;
+        let (load, installed) = load_dense(engine.memory(), &inputs.source, map)?;
         (load, installed, None)
     } else {
         let uffd = UffdMemory::register(engine.memory())?;

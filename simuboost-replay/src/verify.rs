@@ -121,10 +121,10 @@ pub fn verify_memory(
             }
         }
     };
-    let next_entry = |gfn: u64| -> Option<(u64, u128)> {
+    let next_entry = |gfn: u64| -> Result<Option<(u64, u128)>, FormatError> {
         match at_next.get(&gfn) {
-            Some(&entry) => entry,
-            None => source.map.entry(gfn),
+            Some(&entry) => Ok(entry),
+            None => source.entry(gfn),
         }
     };
 
@@ -139,7 +139,7 @@ pub fn verify_memory(
             continue;
         }
         checked += 1;
-        let want = expected_hash(gfn, next_entry(gfn), &mut scratch)?;
+        let want = expected_hash(gfn, next_entry(gfn)?, &mut scratch)?;
         let resident = installed.contains(gfn);
         let have = if resident {
             // SAFETY: the frame is installed (resident), lies inside guest RAM, and the vCPU is
@@ -153,7 +153,7 @@ pub fn verify_memory(
             }
         } else {
             // Never touched by the replay: still its state at N.
-            expected_hash(gfn, source.map.entry(gfn), &mut scratch)?
+            expected_hash(gfn, source.entry(gfn)?, &mut scratch)?
         };
         if have != want {
             differing += 1;
@@ -216,7 +216,7 @@ fn page_table_frames(
             if gfn >= frames || !tables.insert(gfn) {
                 continue;
             }
-            let Some((slot, hash)) = source.map.entry(gfn) else {
+            let Some((slot, hash)) = source.entry(gfn)? else {
                 continue;
             };
             if depth == 1 {

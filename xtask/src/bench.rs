@@ -25,6 +25,9 @@ pub enum Benchmark {
     /// Sparse replay: sparse vs full vs lazy restore (footprint, restore time), restore
     /// throughput vs memcpy, restore time early vs late in a long run, parallel replay speedup.
     Replay,
+    /// Restore time of interval 1 vs a late interval of a long run (#15), the page map read
+    /// in part vs whole, with the tables' and pages.bin's bytes read.
+    RestorePosition,
     /// The simulator engine: simulated vs KVM replay time of the same intervals, instructions
     /// per second, sparse vs full vs lazy restore into the simulator, tracer recall/precision.
     Sim,
@@ -54,6 +57,7 @@ pub fn run(benchmark: Benchmark, json: Option<&Path>, quick: bool) -> Result<()>
         Benchmark::Record => crate::bench_record::run(json),
         Benchmark::Trace => crate::bench_record::trace(json),
         Benchmark::Replay => crate::bench_replay::run(json),
+        Benchmark::RestorePosition => crate::bench_position::run(json),
         Benchmark::Sim => crate::bench_sim::run(json),
         Benchmark::Analyses => crate::bench_analyses::run(json),
         Benchmark::Scale => crate::bench_scale::run(json),

@@ -11,6 +11,7 @@
 mod bench;
 mod bench_analyses;
 mod bench_overhead;
+mod bench_position;
 mod bench_qemu;
 mod bench_record;
 mod bench_replay;

@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{WriterProperties, WriterVersion};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
 use crate::fsutil::write_atomic;
@@ -30,10 +30,12 @@ use crate::{FormatError, FORMAT_VERSION};
 /// Width of a `hash` column value: an xxh3-128, big-endian.
 pub(crate) const HASH_BYTES: i32 = 16;
 
-/// Rows per row group of the page tables. Row-group statistics on `gfn` let DuckDB (and a
-/// future reader) skip groups when looking for a few gfns; 128 Ki rows keeps a group around
-/// 1-3 MiB.
-const PAGE_TABLE_ROW_GROUP: usize = 128 * 1024;
+/// Rows per row group of the page tables and page maps. The tables are sorted by gfn, so the
+/// row-group statistics on `gfn` (min, max) say which groups can hold a frame: a sparse restore
+/// reads only the groups of the frames it loads ([`super::pruned`]), and DuckDB skips the
+/// others too. 2 Ki rows (about 64 KiB per group) keeps that read close to what the working
+/// set needs, while the footer stays small (a few hundred bytes per group).
+pub(crate) const PAGE_TABLE_ROW_GROUP: usize = 2 * 1024;
 
 /// Rows per batch when reading.
 const READ_BATCH: usize = 64 * 1024;
@@ -185,6 +187,10 @@ fn properties(settings: Settings) -> WriterProperties {
             .set_compression(Compression::SNAPPY)
             .set_dictionary_enabled(false)
             .set_column_dictionary_enabled(ColumnPath::from("checkpoint"), true)
+            // Statistics only where a reader prunes with them: min/max of slots and hashes
+            // would only grow the footer, which a sparse restore reads first.
+            .set_column_statistics_enabled(ColumnPath::from("slot"), EnabledStatistics::None)
+            .set_column_statistics_enabled(ColumnPath::from("hash"), EnabledStatistics::None)
             .set_max_row_group_row_count(Some(PAGE_TABLE_ROW_GROUP))
             .build(),
         Settings::Small => builder
@@ -365,22 +371,56 @@ pub(crate) fn read_batches(
     let file = storage.get(path, MAX_TABLE_BYTES)?.ok_or_else(|| {
         FormatError::corrupt(path, "missing, but the manifest lists it as complete")
     })?;
-    let deadline = decode_deadline(file.len() as u64);
+    let bytes = file.len() as u64;
     let columns: Option<Vec<String>> = columns.map(|c| c.iter().map(|s| s.to_string()).collect());
-    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     let owned_path = path.to_path_buf();
+    guarded(path, bytes, move |_| {
+        decode(file, &owned_path, columns.as_deref(), max_rows)
+    })
+}
+
+/// Which file a [`guarded`] decoder is working on, so that a panic or a missed deadline names
+/// it.
+pub(crate) struct Current(std::sync::Mutex<std::path::PathBuf>);
+
+impl Current {
+    /// Says that the decoder now works on `path`.
+    pub(crate) fn set(&self, path: &Path) {
+        if let Ok(mut current) = self.0.lock() {
+            path.clone_into(&mut current);
+        }
+    }
+
+    fn get(&self, fallback: &Path) -> std::path::PathBuf {
+        self.0
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| fallback.to_path_buf())
+    }
+}
+
+/// Runs `decode` (Parquet decoding of `bytes` bytes of untrusted input, starting with `path`)
+/// on a thread of its own, under `catch_unwind` and a deadline (see [`read_batches`]). A
+/// decoder working on several files says which one it is on through [`Current::set`].
+pub(crate) fn guarded<T: Send + 'static>(
+    path: &Path,
+    bytes: u64,
+    decode: impl FnOnce(&Current) -> Result<T, FormatError> + Send + 'static,
+) -> Result<T, FormatError> {
+    let deadline = decode_deadline(bytes);
+    let current = Arc::new(Current(std::sync::Mutex::new(path.to_path_buf())));
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    let in_thread = current.clone();
     std::thread::Builder::new()
         .name("parquet-decode".into())
         .spawn(move || {
-            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                decode(file, &owned_path, columns.as_deref(), max_rows)
-            }))
-            .unwrap_or_else(|_| {
-                Err(FormatError::corrupt(
-                    &owned_path,
-                    "the Parquet decoder panicked on this file",
-                ))
-            });
+            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| decode(&in_thread)))
+                .unwrap_or_else(|_| {
+                    Err(FormatError::corrupt(
+                        in_thread.get(Path::new("")),
+                        "the Parquet decoder panicked on this file",
+                    ))
+                });
             // The reader may have given up waiting: nobody to tell, then.
             let _ = sender.send(decoded);
         })
@@ -388,11 +428,11 @@ pub(crate) fn read_batches(
     match receiver.recv_timeout(deadline) {
         Ok(decoded) => decoded,
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(FormatError::corrupt(
-            path,
+            current.get(path),
             format!("the Parquet decoder did not finish it within {deadline:?}"),
         )),
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(FormatError::corrupt(
-            path,
+            current.get(path),
             "the Parquet decoder stopped without a result",
         )),
     }

@@ -19,6 +19,7 @@ mod columns;
 pub(crate) mod events;
 pub(crate) mod intervals;
 pub(crate) mod pagemap;
+pub(crate) mod pruned;
 pub(crate) mod state;
 
 pub use checkpoint::PageRow;
@@ -37,7 +38,7 @@ const TABLES: [&Table; 6] = [
 ];
 
 /// Limits a page table is checked against.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct PageLimits {
     /// gfns must be below this (`mem_bytes / PAGE_SIZE`).
     pub mem_pages: u64,

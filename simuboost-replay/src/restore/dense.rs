@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
 
-use simuboost_format::PAGE_SIZE;
+use simuboost_format::{PageMap, PAGE_SIZE};
 
 use super::uffd::install_copy;
 use super::{InstalledFrames, LoadStats, PageSource, RestoreError, UffdMemory, PAGE};
@@ -28,20 +28,21 @@ use super::{InstalledFrames, LoadStats, PageSource, RestoreError, UffdMemory, PA
 /// cores only contend.
 const MAX_THREADS: usize = 8;
 
-/// Installs every non-zero page of `source`'s checkpoint into `memory`, which nothing has
-/// touched yet and no other process maps (nobody else's faults need serving), then leaves
-/// userfaultfd. Returns what was loaded and the frames holding their checkpoint contents: all
+/// Installs every non-zero page of `map`, `source`'s checkpoint read whole, into `memory`,
+/// which nothing has touched yet and no other process maps (nobody else's faults need
+/// serving), then leaves userfaultfd. Returns what was loaded and the frames holding their checkpoint contents: all
 /// of them.
 pub fn load_dense(
     memory: &simuboost_vmm::vstate::memory::GuestMemory,
     source: &PageSource,
+    map: &PageMap,
 ) -> Result<(LoadStats, Arc<InstalledFrames>), RestoreError> {
     let uffd = UffdMemory::register(memory)?;
     let frames = uffd.frames;
     let loaded = match source.store.local_file()? {
-        Some(file) => install_from_mapping(&uffd, source, &file)?,
+        Some(file) => install_from_mapping(&uffd, source, map, &file)?,
         None => {
-            let nonzero: Vec<u64> = source.map.iter().map(|(gfn, _)| gfn).collect();
+            let nonzero: Vec<u64> = map.iter().map(|(gfn, _)| gfn).collect();
             uffd.install(source, &nonzero)?.bytes / PAGE
         }
     };
@@ -62,9 +63,10 @@ pub fn load_dense(
 fn install_from_mapping(
     uffd: &UffdMemory,
     source: &PageSource,
+    map: &PageMap,
     file: &std::fs::File,
 ) -> Result<u64, RestoreError> {
-    let runs: Vec<(u64, u64, u64)> = source.map.runs().collect();
+    let runs: Vec<(u64, u64, u64)> = map.runs().collect();
     let mut end_slot = 0;
     for &(gfn, slot, pages) in &runs {
         if gfn + pages > uffd.frames {
@@ -114,7 +116,7 @@ fn install_from_mapping(
             // only its own runs, so nothing writes them while they are read.
             let installed =
                 unsafe { std::slice::from_raw_parts(uffd.host(gfn).cast::<u8>(), bytes) };
-            let hashes = source.map.run_hashes(gfn, count);
+            let hashes = map.run_hashes(gfn, count);
             for (k, (page, &hash)) in installed.chunks_exact(PAGE_SIZE).zip(hashes).enumerate() {
                 let k = k as u64;
                 source.store.verify_page(slot + k, hash, gfn + k, page)?;

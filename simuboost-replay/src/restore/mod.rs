@@ -27,7 +27,7 @@ pub use dense::load_dense;
 pub use footprint::{resident_bytes, shared_resident_bytes};
 pub use frames::InstalledFrames;
 pub use server::{PageServer, PeerUffd};
-pub use source::PageSource;
+pub use source::{PageLookup, PageSource};
 pub use uffd::UffdMemory;
 
 use simuboost_format::{FormatError, PAGE_SIZE};

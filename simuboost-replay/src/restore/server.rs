@@ -181,7 +181,7 @@ impl Handler {
         }
         stats.misses += 1;
         tracing::debug!(gfn, "miss: serving the frame on demand");
-        match self.source.map.entry(gfn) {
+        match self.source.entry(gfn)? {
             Some((slot, hash)) => {
                 self.source.read_page(slot, hash, gfn, page)?;
                 install_copy(&faults.uffd, page.as_ptr(), page.len(), host, gfn, true)?;

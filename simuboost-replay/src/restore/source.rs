@@ -1,6 +1,16 @@
 //! Where restored pages come from: a checkpoint's page map and the run's page store.
 
-use simuboost_format::{FormatError, PageMap, PageStore};
+use simuboost_format::{FormatError, PageMap, PageStore, PartialPageMap};
+
+/// The page map of the checkpoint being restored: whole (full and lazy restores, which need
+/// every page's entry), or read in part (sparse restores: the row groups of the working set,
+/// the rest on demand).
+pub enum PageLookup {
+    /// Every entry, read up front.
+    Whole(PageMap),
+    /// The entries a restore asked for, and any other read when first asked.
+    Partial(PartialPageMap),
+}
 
 /// Where page contents come from: the page map of the checkpoint being restored and pages.bin
 /// (a local file or an object in object storage).
@@ -11,15 +21,32 @@ use simuboost_format::{FormatError, PageMap, PageStore};
 /// readahead pull in several times the working set.) A miss reads its one page.
 pub struct PageSource {
     /// gfn → slot and hash as of the checkpoint.
-    pub map: PageMap,
+    pub map: PageLookup,
     /// pages.bin.
     pub store: PageStore,
 }
 
 impl PageSource {
     /// Wraps a checkpoint's page map and the run's page store.
-    pub fn new(map: PageMap, store: PageStore) -> PageSource {
+    pub fn new(map: PageLookup, store: PageStore) -> PageSource {
         PageSource { map, store }
+    }
+
+    /// `(slot, hash)` of `gfn` as of the checkpoint, `None` for a zero page. A partial map
+    /// reads the part of the map that holds `gfn` if it has not yet.
+    pub fn entry(&self, gfn: u64) -> Result<Option<(u64, u128)>, FormatError> {
+        match &self.map {
+            PageLookup::Whole(map) => Ok(map.entry(gfn)),
+            PageLookup::Partial(map) => map.entry(gfn),
+        }
+    }
+
+    /// The whole map, if it was read whole.
+    pub fn whole(&self) -> Option<&PageMap> {
+        match &self.map {
+            PageLookup::Whole(map) => Some(map),
+            PageLookup::Partial(_) => None,
+        }
     }
 
     /// Copies the page in `slot` (which the page tables say hashes to `hash`, for `gfn`) into

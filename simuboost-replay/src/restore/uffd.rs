@@ -98,7 +98,7 @@ impl UffdMemory {
             if self.installed.contains(gfn) {
                 continue;
             }
-            match source.map.entry(gfn) {
+            match source.entry(gfn)? {
                 Some((slot, hash)) => data.push((gfn, slot, hash)),
                 None => zeros.push(gfn),
             }

@@ -1,0 +1,155 @@
+//! The page map as of a checkpoint, read only where it is asked: [`PartialPageMap`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::storage::RunStorage;
+use crate::tables::pruned::{decode_pending, decode_tails, open_tail, Kind, PrunedTable};
+use crate::tables::PageLimits;
+use crate::{FormatError, PAGE_SIZE};
+
+/// The columns read: the same four in page tables and page maps.
+const NAMES: &[&str] = &["checkpoint", "gfn", "slot", "hash"];
+
+/// The page map as of checkpoint N (the same answers as [`crate::Run::page_map`]), of which
+/// only the parts that are asked for are read: the consolidated map and the page tables after
+/// it are opened by their footers, [`PartialPageMap::load`] reads the row groups that can hold
+/// a set of frames (one read per file), and [`PartialPageMap::entry`] reads, on demand, the
+/// groups of a frame not loaded yet. So a sparse restore reads the part of the map its working
+/// set needs, however large the written part of guest memory has grown, and a miss still finds
+/// every frame's slot and hash.
+#[derive(Debug)]
+pub struct PartialPageMap {
+    storage: Arc<dyn RunStorage>,
+    limits: PageLimits,
+    /// The consolidated map, then the page tables after it in checkpoint order.
+    tables: Mutex<Vec<PrunedTable>>,
+}
+
+/// How much of a [`PartialPageMap`] has been read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartialStats {
+    /// Files (the consolidated map and the page tables after it).
+    pub files: usize,
+    /// Row groups of those files (a file without usable statistics counts as one).
+    pub row_groups: usize,
+    /// Of those, read and decoded.
+    pub loaded: usize,
+}
+
+impl PartialPageMap {
+    /// Opens `files` (path, checkpoint, whether it is the consolidated map), reading their
+    /// footers.
+    pub(crate) fn open(
+        storage: Arc<dyn RunStorage>,
+        files: Vec<(PathBuf, u64, bool)>,
+        limits: PageLimits,
+    ) -> Result<PartialPageMap, FormatError> {
+        let tails = files
+            .iter()
+            .map(|(path, checkpoint, consolidated)| {
+                let kind = if *consolidated {
+                    Kind::Consolidated
+                } else {
+                    Kind::Overlay
+                };
+                open_tail(storage.as_ref(), path, *checkpoint, kind)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tables = decode_tails(tails, NAMES, limits)?;
+        Ok(PartialPageMap {
+            storage,
+            limits,
+            tables: Mutex::new(tables),
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Vec<PrunedTable>>, FormatError> {
+        self.tables
+            .lock()
+            .map_err(|_| FormatError::invalid("a page map reader thread panicked"))
+    }
+
+    /// Number of guest pages the map covers.
+    pub fn mem_pages(&self) -> u64 {
+        self.limits.mem_pages
+    }
+
+    /// Reads the row groups that can hold any of `gfns` (any order; gfns past guest memory are
+    /// ignored), with one read per file.
+    pub fn load(&self, gfns: &[u64]) -> Result<(), FormatError> {
+        let mut sorted: Vec<u64> = gfns
+            .iter()
+            .copied()
+            .filter(|&g| g < self.limits.mem_pages)
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut tables = self.lock()?;
+        self.load_locked(&mut tables, &sorted)
+    }
+
+    fn load_locked(&self, tables: &mut [PrunedTable], gfns: &[u64]) -> Result<(), FormatError> {
+        let gap = self.storage.coalesce_gap_pages() * PAGE_SIZE as u64;
+        let mut pending = Vec::new();
+        for (i, table) in tables.iter_mut().enumerate() {
+            let missing = table.missing(gfns);
+            if let Some(p) = table.fetch(i, missing, self.storage.as_ref(), gap)? {
+                pending.push(p);
+            }
+        }
+        for decoded in decode_pending(pending, NAMES, self.limits)? {
+            let table = decoded.table;
+            tables[table].store(decoded);
+        }
+        Ok(())
+    }
+
+    /// `(slot, hash)` of `gfn` as of the checkpoint, or `None` if the page is zero (or beyond
+    /// guest memory). Reads the row groups that can hold it if they are not loaded yet.
+    pub fn entry(&self, gfn: u64) -> Result<Option<(u64, u128)>, FormatError> {
+        if gfn >= self.limits.mem_pages {
+            return Ok(None);
+        }
+        let mut tables = self.lock()?;
+        // On demand, a frame's row groups are read whole: misses and verification ask for
+        // frames near each other, answered then without decoding the groups again.
+        let gap = self.storage.coalesce_gap_pages() * PAGE_SIZE as u64;
+        let mut pending = Vec::new();
+        for (i, table) in tables.iter_mut().enumerate() {
+            if let Some(wanted) = table.missing_whole(gfn) {
+                if let Some(p) = table.fetch(i, vec![wanted], self.storage.as_ref(), gap)? {
+                    pending.push(p);
+                }
+            }
+        }
+        for decoded in decode_pending(pending, NAMES, self.limits)? {
+            let table = decoded.table;
+            tables[table].store(decoded);
+        }
+        // The newest table with a row for the frame decides, as overlaying them in order would.
+        for table in tables.iter().rev() {
+            if let Some(entry) = table.lookup(gfn)? {
+                return Ok(entry);
+            }
+        }
+        Ok(None)
+    }
+
+    /// How much has been read.
+    pub fn stats(&self) -> PartialStats {
+        let Ok(tables) = self.lock() else {
+            return PartialStats::default();
+        };
+        let mut stats = PartialStats {
+            files: tables.len(),
+            ..PartialStats::default()
+        };
+        for t in tables.iter() {
+            let (all, loaded) = t.spans();
+            stats.row_groups += all;
+            stats.loaded += loaded;
+        }
+        stats
+    }
+}

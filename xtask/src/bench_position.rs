@@ -1,0 +1,122 @@
+//! `cargo xtask bench restore-position`: restore time of interval 1 vs the last full interval
+//! of a long run (issue #15), with the page map read in part (what a sparse restore does) and,
+//! side by side, read whole (the baseline, `simuboost-replay --whole-page-map`).
+//!
+//! The late/early ratio of the restore time is reported with its parts: reading the tables
+//! (state, events, access log, page map), and loading the working set (which grows with the
+//! working set's non-zero pages: each needs a read, a hash and a fresh guest page, while a
+//! zero page is one cheap `UFFDIO_ZEROPAGE`). Bytes read from the tables are the storage's
+//! bytes minus those of pages.bin.
+
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+use serde_json::json;
+
+use simuboost_report::replay::ReplayReport;
+
+use crate::bench_replay::{median, record, replay, scratch};
+
+/// Repetitions per interval and variant, alternating.
+const REPEATS: usize = 7;
+/// Exits per interval: many short intervals, so the run is long.
+const EXITS: &str = "25";
+
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2} ({lo:.1}–{hi:.1})", median(v.to_vec()))
+}
+
+pub fn run(json_out: Option<&Path>) -> Result<()> {
+    let scratch = scratch()?;
+    let rec = record(
+        &scratch.join("position-pattern"),
+        &[
+            "--workload",
+            "pattern",
+            "--mem",
+            "256M",
+            "--work",
+            "6000",
+            "--interval-exits",
+            EXITS,
+        ],
+    )?;
+    ensure!(
+        rec.intervals() >= 200,
+        "the run has only {} intervals (200 needed)",
+        rec.intervals()
+    );
+    // The last interval ends at the guest's exit, a short tail; the one before is full length.
+    let late = rec.intervals() - 2;
+    let picks = [1, late];
+    let variants: [(&str, &[&str]); 2] = [("partial", &[]), ("whole", &["--whole-page-map"])];
+    let mut samples: Vec<Vec<ReplayReport>> = vec![Vec::new(); picks.len() * variants.len()];
+    for _ in 0..REPEATS {
+        for (p, interval) in picks.iter().enumerate() {
+            for (v, (_, extra)) in variants.iter().enumerate() {
+                let interval = interval.to_string();
+                let mut args = vec!["--interval", &interval, "--mode", "sparse"];
+                args.extend_from_slice(extra);
+                let (rows, _) = replay(&rec.dir, &args)?;
+                samples[p * variants.len() + v].extend(rows);
+            }
+        }
+    }
+    println!(
+        "\n## Restore time early vs late in a long run (pattern, 256 MiB, {} intervals of {EXITS} exits, sparse, median (min–max) of {REPEATS}, alternating)\n",
+        rec.intervals()
+    );
+    println!("| interval | page map | working set (non-zero) | restore ms | read tables ms | load ms | table bytes read | pages.bin bytes read |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let mut medians = std::collections::HashMap::new();
+    for (p, interval) in picks.iter().enumerate() {
+        for (v, (name, _)) in variants.iter().enumerate() {
+            let s = &samples[p * variants.len() + v];
+            let restore: Vec<f64> = s.iter().map(|r| r.restore_ms).collect();
+            let read: Vec<f64> = s.iter().map(|r| r.read_ms).collect();
+            let load: Vec<f64> = s.iter().map(|r| r.load_ms).collect();
+            let tables = s[0]
+                .bytes_fetched
+                .saturating_sub(s[0].page_store_bytes_read);
+            let nonzero = s[0].pages_loaded - s[0].zero_pages_loaded;
+            println!(
+                "| {interval} | {name} | {} ({nonzero}) | {} | {} | {} | {tables} | {} |",
+                s[0].working_set_pages,
+                spread(&restore),
+                spread(&read),
+                spread(&load),
+                s[0].page_store_bytes_read
+            );
+            let m = (median(restore), median(read), median(load));
+            medians.insert((p, v), m);
+            rows.push(json!({"interval": interval, "page_map": name,
+                "working_set_pages": s[0].working_set_pages, "nonzero_pages": nonzero,
+                "restore_ms": m.0, "read_ms": m.1, "load_ms": m.2, "table_bytes": tables,
+                "page_store_bytes": s[0].page_store_bytes_read, "replays": s}));
+        }
+    }
+    let mut ratios = serde_json::Map::new();
+    println!();
+    for (v, (name, _)) in variants.iter().enumerate() {
+        let (e, l) = (medians[&(0, v)], medians[&(1, v)]);
+        let (restore, read, load) = (l.0 / e.0, l.1 / e.1, l.2 / e.2);
+        println!(
+            "page map {name}: interval {late} / interval 1: restore {restore:.2}x (target <= 1.2x: {}), read tables {read:.2}x, load {load:.2}x",
+            if restore <= 1.2 { "met" } else { "not met" }
+        );
+        ratios.insert(
+            (*name).to_string(),
+            json!({"restore": restore, "read": read, "load": load}),
+        );
+    }
+    let result = json!({"intervals": rec.intervals(), "late": late, "rows": rows,
+        "ratios": ratios, "target": 1.2, "recording": rec.summary.recording});
+    rec.remove()?;
+    if let Some(path) = json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+    }
+    Ok(())
+}
