@@ -96,28 +96,34 @@ pub(crate) fn read(
         for (i, &gfn) in gfns.iter().enumerate() {
             let slot = slots.is_valid(i).then(|| slots.value(i));
             limits.check(path, gfn, slot)?;
-            let entry = match (slot, hashes.is_valid(i)) {
-                (Some(slot), true) => Some((slot, hash_at(hashes, i))),
-                (None, false) => None,
-                (Some(slot), false) => {
-                    return Err(FormatError::corrupt(
-                        path,
-                        format!("gfn {gfn:#x} has slot {slot} but a NULL hash"),
-                    ))
-                }
-                (None, true) => {
-                    return Err(FormatError::corrupt(
-                        path,
-                        format!(
-                            "gfn {gfn:#x} has a hash but a NULL slot (a zero page has neither)"
-                        ),
-                    ))
-                }
-            };
-            f(gfn, entry);
+            f(gfn, entry_at(path, gfn, slot, hashes, i)?);
         }
     }
     Ok(())
+}
+
+/// Row `i`'s page entry from its `slot` and the `hash` column: `Some((slot, hash))` for a
+/// non-zero page, `None` for a zero one. A slot without a hash, or a hash without a slot, is
+/// corrupt: the writer sets both or neither.
+pub(crate) fn entry_at(
+    path: &Path,
+    gfn: u64,
+    slot: Option<u64>,
+    hashes: &FixedSizeBinaryArray,
+    i: usize,
+) -> Result<Option<(u64, u128)>, FormatError> {
+    match (slot, hashes.is_valid(i)) {
+        (Some(slot), true) => Ok(Some((slot, hash_at(hashes, i)))),
+        (None, false) => Ok(None),
+        (Some(slot), false) => Err(FormatError::corrupt(
+            path,
+            format!("gfn {gfn:#x} has slot {slot} but a NULL hash"),
+        )),
+        (None, true) => Err(FormatError::corrupt(
+            path,
+            format!("gfn {gfn:#x} has a hash but a NULL slot (a zero page has neither)"),
+        )),
+    }
 }
 
 #[cfg(test)]

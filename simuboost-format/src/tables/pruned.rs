@@ -23,7 +23,7 @@ use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
 
-use super::columns::{guarded, hash_at, Cols, Current, MAX_TABLE_BYTES};
+use super::columns::{guarded, Cols, Current, MAX_TABLE_BYTES};
 use super::PageLimits;
 use crate::storage::RunStorage;
 use crate::FormatError;
@@ -576,25 +576,8 @@ impl Pending {
                             ),
                         ));
                     }
-                    let (slot, hash) = match (slot, hashes.is_valid(i)) {
-                        (Some(slot), true) => (slot, hash_at(hashes, i)),
-                        (None, false) => (ZERO, 0),
-                        (Some(slot), false) => {
-                            return Err(FormatError::corrupt(
-                                path,
-                                format!("gfn {gfn:#x} has slot {slot} but a NULL hash"),
-                            ))
-                        }
-                        (None, true) => {
-                            return Err(FormatError::corrupt(
-                                path,
-                                format!(
-                                    "gfn {gfn:#x} has a hash but a NULL slot (a zero page has \
-                                     neither)"
-                                ),
-                            ))
-                        }
-                    };
+                    let (slot, hash) = super::checkpoint::entry_at(path, gfn, slot, hashes, i)?
+                        .unwrap_or((ZERO, 0));
                     // The writer sorts by gfn; a consolidated map has each gfn once.
                     if self.kind == Kind::Consolidated && previous.is_some_and(|p| p >= gfn) {
                         return Err(FormatError::corrupt(

@@ -30,8 +30,8 @@ const MAX_THREADS: usize = 8;
 
 /// Installs every non-zero page of `map`, `source`'s checkpoint read whole, into `memory`,
 /// which nothing has touched yet and no other process maps (nobody else's faults need
-/// serving), then leaves userfaultfd. Returns what was loaded and the frames holding their checkpoint contents: all
-/// of them.
+/// serving), then leaves userfaultfd. Returns what was loaded and the frames holding their
+/// checkpoint contents: all of them.
 pub fn load_dense(
     memory: &simuboost_vmm::vstate::memory::GuestMemory,
     source: &PageSource,
