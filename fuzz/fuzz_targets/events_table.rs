@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(e.data_gpa.is_some(), e.data.is_some());
             if let (Some(gpa), Some(data)) = (e.data_gpa, &e.data) {
                 assert!(
-                    gpa + data.len() as u64 <= MEM_BYTES,
+                    gpa + data.len() <= MEM_BYTES,
                     "buffer outside guest memory"
                 );
             }

@@ -15,6 +15,8 @@ pub const PAGEMAPS_DIR: &str = "pagemaps";
 pub const STATE_DIR: &str = "state";
 /// Guest-initiated exits of each interval.
 pub const EVENTS_DIR: &str = "events";
+/// Pages of event data (disk reads) held by reference in pages.bin, per interval.
+pub const EVENTPAGES_DIR: &str = "eventpages";
 /// Per-interval statistics.
 pub const INTERVALS_DIR: &str = "intervals";
 /// Optional debug full-memory dumps.
@@ -28,11 +30,12 @@ pub const ACCESS_DIR: &str = "access";
 
 /// Every subdirectory a run has; created up front so readers and DuckDB globs find them even
 /// when empty.
-pub const SUBDIRS: [&str; 7] = [
+pub const SUBDIRS: [&str; 8] = [
     CHECKPOINTS_DIR,
     PAGEMAPS_DIR,
     STATE_DIR,
     EVENTS_DIR,
+    EVENTPAGES_DIR,
     INTERVALS_DIR,
     DUMPS_DIR,
     ACCESS_DIR,
@@ -82,6 +85,11 @@ pub fn state_table(run: &Path, checkpoint: u64) -> PathBuf {
 /// `<run>/events/interval-NNNNNN.parquet`
 pub fn events_table(run: &Path, interval: u64) -> PathBuf {
     run.join(EVENTS_DIR).join(interval_name(interval))
+}
+
+/// `<run>/eventpages/interval-NNNNNN.parquet`
+pub fn eventpages_table(run: &Path, interval: u64) -> PathBuf {
+    run.join(EVENTPAGES_DIR).join(interval_name(interval))
 }
 
 /// `<run>/intervals/interval-NNNNNN.parquet`

@@ -67,6 +67,7 @@ pub use partial::{PartialPageMap, PartialStats};
 pub use reader::Run;
 pub use records::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
+    EventData,
     GeneralRegs, IntervalRecord, VcpuState,
 };
 #[cfg(feature = "s3")]
@@ -81,7 +82,9 @@ pub use writer::{write_guest_image, CheckpointInput, RunWriter, DEFAULT_CONSOLID
 /// changes by bumping this number, never silently.
 ///
 /// Version 2: consolidated page maps carry each page's hash, and readers verify page contents.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3: event data of whole pages (disk reads) is held by reference in pages.bin
+/// (`events.data_pages`, the `eventpages/` table, two more `intervals/` columns).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Guest page size; pages.bin slots are this large.
 pub const PAGE_SIZE: usize = 4096;

@@ -274,6 +274,53 @@ impl PageStore {
         self.verify_page(slot, hash, gfn, out)
     }
 
+    /// Reads the data of the event at `exit` held by reference (the entries of an
+    /// [`crate::EventData::Pages`]) into `out`: page k from its slot, checked against its hash,
+    /// or zeros for a `None` entry. The slots are read in one coalesced batch, as a restore
+    /// reads them. A mismatch is [`FormatError::Corrupt`] naming pages.bin, the slot and the
+    /// event's page.
+    ///
+    /// # Panics
+    /// If `out.len() != pages.len() * PAGE_SIZE`.
+    pub fn read_event_pages(
+        &self,
+        exit: u64,
+        pages: &[Option<(u64, u128)>],
+        out: &mut [u8],
+    ) -> Result<(), FormatError> {
+        assert_eq!(out.len(), pages.len() * PAGE_SIZE, "read_event_pages");
+        let stored: Vec<(usize, u64, u128)> = pages
+            .iter()
+            .enumerate()
+            .filter_map(|(k, e)| e.map(|(slot, hash)| (k, slot, hash)))
+            .collect();
+        let slots: Vec<u64> = stored.iter().map(|&(_, slot, _)| slot).collect();
+        if stored.len() == pages.len() {
+            // No zero page, the common case: straight into `out`.
+            self.read_pages(&slots, out)?;
+        } else {
+            let mut read = vec![0u8; slots.len() * PAGE_SIZE];
+            self.read_pages(&slots, &mut read)?;
+            out.fill(0);
+            for (page, &(k, _, _)) in read.chunks_exact(PAGE_SIZE).zip(&stored) {
+                out[k * PAGE_SIZE..(k + 1) * PAGE_SIZE].copy_from_slice(page);
+            }
+        }
+        for &(k, slot, hash) in &stored {
+            let found = page_hash(&out[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
+            if found != hash {
+                return Err(FormatError::corrupt(
+                    &self.path,
+                    format!(
+                        "slot {slot} (page {k} of the data of exit {exit}) has hash \
+                         {found:032x}, the event pages table says {hash:032x}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that `page`, read from `slot` for `gfn` (e.g. through an mmap of
     /// [`PageStore::file`]), hashes to `hash`, the hash the page tables give it.
     #[inline]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::manifest::Manifest;
 use crate::pages::{PageMap, PageStore};
 use crate::partial::PartialPageMap;
-use crate::records::{Access, CheckpointState, Event, IntervalRecord};
+use crate::records::{Access, CheckpointState, Event, EventData, IntervalRecord};
 use crate::storage::{open_storage, LocalStorage, RunStorage, StorageStats};
 use crate::tables::{self, PageLimits, PageRow};
 use crate::{layout, FormatError, PAGE_SIZE};
@@ -178,15 +178,83 @@ impl Run {
         )
     }
 
-    /// The guest-initiated exits of `interval`, ascending.
+    /// The guest-initiated exits of `interval`, ascending. Data held by reference (disk reads)
+    /// comes back as [`EventData::Pages`], checked against the manifest's slots but not read:
+    /// see [`PageStore::read_event_pages`].
     pub fn events(&self, interval: u64) -> Result<Vec<Event>, FormatError> {
         self.check_interval(interval)?;
-        tables::events::read(
+        let events_path = layout::events_table(&self.dir, interval);
+        let (mut events, by_reference) = tables::events::read(
             self.storage.as_ref(),
-            &layout::events_table(&self.dir, interval),
+            &events_path,
             interval,
             self.manifest.meta.mem_bytes,
-        )
+        )?;
+        if by_reference.is_empty() {
+            return Ok(events);
+        }
+        let announced = by_reference
+            .iter()
+            .fold(0u64, |sum, &(_, pages)| sum.saturating_add(pages));
+        let path = layout::eventpages_table(&self.dir, interval);
+        if self.storage.size(&path)?.is_none() {
+            return Err(FormatError::corrupt(
+                &path,
+                format!(
+                    "missing, but {} announces {announced} pages of event data held by \
+                     reference",
+                    events_path.display()
+                ),
+            ));
+        }
+        let rows = tables::eventpages::read(
+            self.storage.as_ref(),
+            &path,
+            interval,
+            self.manifest.page_slots,
+            announced,
+        )?;
+        // Rows come in (exit, page) order, each event's pages 0.. in a block.
+        let mut rows = rows.into_iter().peekable();
+        for (index, pages) in by_reference {
+            let exit = events[index].exit;
+            let mut entries = Vec::with_capacity(pages.min(1 << 16) as usize);
+            for page in 0..pages {
+                match rows.next() {
+                    Some(row) if row.exit == exit && row.page == page => entries.push(row.entry),
+                    Some(row) => {
+                        return Err(FormatError::corrupt(
+                            &path,
+                            format!(
+                                "expected page {page} of exit {exit}, found page {} of exit {} \
+                                 (rows are ordered by exit and page, one per announced page)",
+                                row.page, row.exit
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(FormatError::corrupt(
+                            &path,
+                            format!(
+                                "ends before page {page} of exit {exit} ({} announces {pages})",
+                                events_path.display()
+                            ),
+                        ))
+                    }
+                }
+            }
+            events[index].data = Some(EventData::Pages(entries));
+        }
+        if let Some(row) = rows.next() {
+            return Err(FormatError::corrupt(
+                &path,
+                format!(
+                    "page {} of exit {} belongs to no event that holds its data by reference",
+                    row.page, row.exit
+                ),
+            ));
+        }
+        Ok(events)
     }
 
     /// The access log (working set) of `interval`, in first-touch order; `None` when the run

@@ -136,8 +136,46 @@ pub struct Event {
     pub ret: u64,
     /// Guest physical address of `data`, when the VMM wrote a buffer.
     pub data_gpa: Option<u64>,
-    /// The bytes the VMM wrote into guest memory at `data_gpa`, besides status/ret.
-    pub data: Option<Vec<u8>>,
+    /// What the VMM wrote into guest memory at `data_gpa`, besides status/ret.
+    pub data: Option<EventData>,
+}
+
+/// The data of an [`Event`]: the bytes themselves, or whole pages held in pages.bin.
+///
+/// A recorder hands the writer [`EventData::Bytes`]; the writer keeps data of whole pages (a
+/// disk read) in pages.bin by reference, deduplicated against every page of the run, so a reader
+/// gets [`EventData::Pages`] for those and reads them when it needs them
+/// ([`crate::PageStore::read_event_pages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventData {
+    /// The bytes, inline in the events table.
+    Bytes(Vec<u8>),
+    /// [`crate::PAGE_SIZE`] bytes per entry, in order: `(slot, hash)` of pages.bin, `None` for
+    /// a page of zeros.
+    Pages(Vec<Option<(u64, u128)>>),
+}
+
+impl EventData {
+    /// Length of the data in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            EventData::Bytes(bytes) => bytes.len() as u64,
+            EventData::Pages(pages) => pages.len() as u64 * crate::PAGE_SIZE as u64,
+        }
+    }
+
+    /// True if the data is empty (which is distinct from no data).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, when they are inline.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            EventData::Bytes(bytes) => Some(bytes),
+            EventData::Pages(_) => None,
+        }
+    }
 }
 
 /// Statistics of one interval, one row of `intervals/`.
@@ -177,6 +215,10 @@ pub struct IntervalRecord {
     /// Events the tracer lost during the interval (0 without a tracer). Non-zero implies
     /// `complete == false`.
     pub trace_drops: u64,
+    /// Filled in by the writer: pages of the interval's event data held by reference.
+    pub event_pages: u64,
+    /// Filled in by the writer: of `event_pages`, those appended to pages.bin (new contents).
+    pub event_stored_pages: u64,
 }
 
 /// Whether a frame of an access log was written during its interval.
@@ -269,6 +311,10 @@ pub struct CheckpointStats {
     /// Bytes added to the run directory: pages.bin growth plus the checkpoint's files, except
     /// the intervals file that records this number and the manifest.
     pub bytes_written: u64,
+    /// Pages of the interval's event data the writer held by reference (not counted above).
+    pub event_pages: u64,
+    /// Of `event_pages`, those whose contents were new to the run and were appended.
+    pub event_stored_pages: u64,
 }
 
 #[cfg(test)]

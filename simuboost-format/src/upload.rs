@@ -162,9 +162,14 @@ impl Uploader {
             if c > 0 {
                 files.push(layout::events_table(Path::new(""), c - 1));
                 files.push(layout::interval_table(Path::new(""), c - 1));
-                let access = layout::access_table(Path::new(""), c - 1);
-                if self.local.join(&access).exists() {
-                    files.push(access);
+                // Optional tables: whether the file exists is the answer (as for readers).
+                for optional in [
+                    layout::access_table(Path::new(""), c - 1),
+                    layout::eventpages_table(Path::new(""), c - 1),
+                ] {
+                    if self.local.join(&optional).exists() {
+                        files.push(optional);
+                    }
                 }
             }
             for file in files {

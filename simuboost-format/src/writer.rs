@@ -14,7 +14,7 @@
 //! On an error the writer's in-memory state (dedup index, page map, slot count) is rolled back,
 //! so the same checkpoint can be retried (e.g. after freeing disk space).
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -23,8 +23,9 @@ use crate::fsutil::{sync_dir, write_atomic};
 use crate::manifest::{Manifest, RunMeta};
 use crate::pages::{is_zero_page, page_hash, PageMap};
 use crate::records::{
-    Access, CheckpointPages, CheckpointState, CheckpointStats, Event, IntervalRecord,
+    Access, CheckpointPages, CheckpointState, CheckpointStats, Event, EventData, IntervalRecord,
 };
+use crate::tables::eventpages::EventPage;
 use crate::tables::{self, PageRow};
 use crate::{layout, FormatError, FORMAT_VERSION, PAGE_SIZE};
 
@@ -107,6 +108,31 @@ impl<'a> CheckpointInput<'a> {
             access: None,
             dump: None,
         }
+    }
+}
+
+/// Where a checkpoint's new pages go in pages.bin.
+struct Append {
+    /// The slot the next new page gets.
+    next_slot: u64,
+    /// The slot the append buffer starts at (everything before it is written).
+    flushed_slot: u64,
+}
+
+/// Whether event data is held by reference in pages.bin: whole pages (a disk read), where
+/// the page store's dedup pays (the guest reads back what it wrote or what a checkpoint holds)
+/// and a replay reads them at their exit instead of with the event log. Anything else (clock
+/// values, a few random bytes) stays inline.
+fn held_by_reference(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.len() % PAGE_SIZE == 0
+}
+
+/// `event` without its data.
+fn event_header(event: &Event) -> Event {
+    Event {
+        data: None,
+        data_gpa: event.data_gpa,
+        ..*event
     }
 }
 
@@ -364,6 +390,16 @@ impl RunWriter {
                 n - 1
             ));
         }
+        if let Some(e) = events
+            .iter()
+            .find(|e| matches!(e.data, Some(EventData::Pages(_))))
+        {
+            return bad(format!(
+                "the event at exit {} hands over page references; the writer takes event data \
+                 as bytes and decides itself what to hold by reference",
+                e.exit
+            ));
+        }
         if let Some(w) = events.windows(2).find(|w| w[0].exit >= w[1].exit) {
             return bad(format!(
                 "event exits must be ascending: {} then {}",
@@ -390,10 +426,13 @@ impl RunWriter {
         let dir = self.dir.clone();
         let mut stats = CheckpointStats::default();
 
-        // 1. Dedup and append page contents.
+        // 1. Dedup and append page contents: the checkpoint's pages, then the pages of event
+        //    data held by reference (disk reads, which often hold what a checkpoint holds too).
         let base_slots = self.manifest.page_slots;
-        let mut next_slot = base_slots;
-        let mut flushed_slot = base_slots;
+        let mut append = Append {
+            next_slot: base_slots,
+            flushed_slot: base_slots,
+        };
         let mut rows = Vec::with_capacity(pages.gfns.len());
         self.append.clear();
         for (&gfn, page) in pages
@@ -401,43 +440,50 @@ impl RunWriter {
             .iter()
             .zip(pages.contents.chunks_exact(PAGE_SIZE))
         {
-            if is_zero_page(page) {
-                stats.zero_pages += 1;
-                // Checkpoint 0 lists only non-zero pages: everything else is zero by definition.
-                if n > 0 {
-                    rows.push(PageRow {
-                        gfn,
-                        slot: None,
-                        hash: None,
-                    });
-                }
-                continue;
+            let (entry, new) = self.store_page(page, &mut append, undo)?;
+            match (entry, new) {
+                (None, _) => stats.zero_pages += 1,
+                (Some(_), true) => stats.stored_pages += 1,
+                (Some(_), false) => stats.dedup_pages += 1,
             }
-            let hash = page_hash(page);
-            let slot = match self.dedup.entry(hash) {
-                Entry::Occupied(e) => {
-                    stats.dedup_pages += 1;
-                    *e.get()
-                }
-                Entry::Vacant(v) => {
-                    v.insert(next_slot);
-                    undo.new_hashes.push(hash);
-                    stats.stored_pages += 1;
-                    if self.append.len() + PAGE_SIZE > APPEND_BUFFER {
-                        flushed_slot = self.flush_append(flushed_slot)?;
-                    }
-                    self.append.extend_from_slice(page);
-                    next_slot += 1;
-                    next_slot - 1
+            // Checkpoint 0 lists only non-zero pages: everything else is zero by definition.
+            if entry.is_some() || n > 0 {
+                rows.push(PageRow {
+                    gfn,
+                    slot: entry.map(|(slot, _)| slot),
+                    hash: entry.map(|(_, hash)| hash),
+                });
+            }
+        }
+        let mut stored_events = Vec::with_capacity(events.len());
+        let mut event_pages = Vec::new();
+        for event in events {
+            let whole_pages = match &event.data {
+                Some(EventData::Bytes(bytes)) if held_by_reference(bytes) => bytes,
+                _ => {
+                    stored_events.push(event.clone());
+                    continue;
                 }
             };
-            rows.push(PageRow {
-                gfn,
-                slot: Some(slot),
-                hash: Some(hash),
+            let mut entries = Vec::with_capacity(whole_pages.len() / PAGE_SIZE);
+            for (k, page) in whole_pages.chunks_exact(PAGE_SIZE).enumerate() {
+                let (entry, new) = self.store_page(page, &mut append, undo)?;
+                stats.event_pages += 1;
+                stats.event_stored_pages += u64::from(new);
+                entries.push(entry);
+                event_pages.push(EventPage {
+                    exit: event.exit,
+                    page: k as u64,
+                    entry,
+                });
+            }
+            stored_events.push(Event {
+                data: Some(EventData::Pages(entries)),
+                ..event_header(event)
             });
         }
-        self.flush_append(flushed_slot)?;
+        self.flush_append(append.flushed_slot)?;
+        let next_slot = append.next_slot;
         if next_slot != base_slots {
             // fdatasync also persists the file size, which is what a grown file needs.
             self.pages
@@ -484,8 +530,13 @@ impl RunWriter {
         if let Some(mut rec) = interval {
             let i = n - 1;
             let path = layout::events_table(&dir, i);
-            let size = tables::events::write(&path, events)?;
+            let size = tables::events::write(&path, &stored_events)?;
             stats.bytes_written += put(undo, path, layout::EVENTS_DIR, size);
+            if !event_pages.is_empty() {
+                let path = layout::eventpages_table(&dir, i);
+                let size = tables::eventpages::write(&path, i, &event_pages)?;
+                stats.bytes_written += put(undo, path, layout::EVENTPAGES_DIR, size);
+            }
 
             if let Some(access) = access {
                 let path = layout::access_table(&dir, i);
@@ -498,6 +549,8 @@ impl RunWriter {
             rec.zero_pages = stats.zero_pages;
             rec.dedup_pages = stats.dedup_pages;
             rec.bytes_written = stats.bytes_written;
+            rec.event_pages = stats.event_pages;
+            rec.event_stored_pages = stats.event_stored_pages;
             let path = layout::interval_table(&dir, i);
             let size = tables::intervals::write(&path, &rec)?;
             put(undo, path, layout::INTERVALS_DIR, size);
@@ -515,6 +568,32 @@ impl RunWriter {
         self.manifest = next;
         self.last_exit = Some(state.exit);
         Ok(stats)
+    }
+
+    /// Finds `page` in pages.bin or appends it: `(Some((slot, hash)), new)`, or `(None, _)` for
+    /// a zero page (never stored).
+    fn store_page(
+        &mut self,
+        page: &[u8],
+        append: &mut Append,
+        undo: &mut Undo,
+    ) -> Result<(Option<(u64, u128)>, bool), FormatError> {
+        if is_zero_page(page) {
+            return Ok((None, false));
+        }
+        let hash = page_hash(page);
+        if let Some(&slot) = self.dedup.get(&hash) {
+            return Ok((Some((slot, hash)), false));
+        }
+        if self.append.len() + PAGE_SIZE > APPEND_BUFFER {
+            append.flushed_slot = self.flush_append(append.flushed_slot)?;
+        }
+        let slot = append.next_slot;
+        self.dedup.insert(hash, slot);
+        undo.new_hashes.push(hash);
+        self.append.extend_from_slice(page);
+        append.next_slot += 1;
+        Ok((Some((slot, hash)), true))
     }
 
     /// Writes the append buffer at slot `at` and empties it; returns the slot after it.

@@ -72,7 +72,7 @@ fn sigkill_leaves_complete_checkpoints_loadable() {
             );
             assert_eq!(run.state(n).unwrap(), state_of(n));
             if n > 0 {
-                assert_eq!(run.events(n - 1).unwrap(), events_of(n - 1));
+                assert_eq!(read_events(&run, n - 1), events_of(n - 1));
                 assert_eq!(run.interval(n - 1).unwrap().interval, n - 1);
             }
         }

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::Value;
-use simuboost_format::{AccessKind, AccessSource, Run, RunWriter};
+use simuboost_format::{AccessKind, AccessSource, Run, RunWriter, PAGE_SIZE};
 
 const MEM_PAGES: u64 = 64;
 const CHECKPOINTS: u64 = 9;
@@ -46,7 +46,8 @@ out["access_dict"] = q("SELECT DISTINCT path_in_schema, encodings FROM parquet_m
 out["pagemaps"] = q("SELECT checkpoint, count(*) FROM '<run>/pagemaps/*.parquet' GROUP BY 1 ORDER BY 1")
 out["pagemap_hashes"] = q("SELECT checkpoint, gfn, slot, hex(hash) FROM '<run>/pagemaps/*.parquet' ORDER BY checkpoint, gfn")
 out["hashes"] = q("SELECT gfn, hex(hash) FROM '<run>/checkpoints/ckpt-000001.parquet' WHERE hash IS NOT NULL ORDER BY gfn")
-out["data"] = q("SELECT exit, data_gpa, data IS NULL, octet_length(data), arg2 FROM '<run>/events/*.parquet' ORDER BY exit")
+out["data"] = q("SELECT exit, data_gpa, data IS NULL, octet_length(data), arg2, data_pages FROM '<run>/events/*.parquet' ORDER BY exit")
+out["eventpages"] = q("SELECT exit, count(*), count(slot), min(page), max(page) FROM '<run>/eventpages/*.parquet' GROUP BY exit ORDER BY exit")
 
 table = pq.read_table(f"{run}/state/ckpt-000003.parquet")
 row = table.to_pylist()[0]
@@ -318,13 +319,37 @@ fn duckdb_and_pyarrow_read_the_run() {
     let all_events: Vec<_> = (0..CHECKPOINTS - 1).flat_map(events_of).collect();
     let data = out["data"].as_array().unwrap();
     assert_eq!(data.len(), all_events.len());
+    let mut by_reference = Vec::new();
     for (r, e) in data.iter().zip(&all_events) {
         assert_eq!(u(&r[0]), e.exit);
         assert_eq!(r[1].as_u64(), e.data_gpa);
-        assert_eq!(r[2].as_bool(), Some(e.data.is_none()));
-        assert_eq!(r[3].as_u64(), e.data.as_ref().map(|d| d.len() as u64));
+        // Whole pages are held by reference: `data` NULL, `data_pages` their count.
+        let bytes = e.data.as_ref().and_then(|d| d.bytes()).unwrap_or_default();
+        let held = !bytes.is_empty() && bytes.len() % PAGE_SIZE == 0;
+        assert_eq!(r[2].as_bool(), Some(e.data.is_none() || held));
+        let inline = e.data.as_ref().filter(|_| !held).map(|d| d.len());
+        assert_eq!(r[3].as_u64(), inline);
         assert_eq!(u(&r[4]), e.args[2]);
+        assert_eq!(r[5].as_u64(), held.then(|| (bytes.len() / PAGE_SIZE) as u64));
+        if held {
+            let zero_first = bytes[..PAGE_SIZE].iter().all(|&b| b == 0);
+            by_reference.push(vec![
+                e.exit,
+                2,
+                if zero_first { 1 } else { 2 },
+                0,
+                1,
+            ]);
+        }
     }
+    assert!(!by_reference.is_empty());
+    let eventpages: Vec<Vec<u64>> = out["eventpages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(u).collect())
+        .collect();
+    assert_eq!(eventpages, by_reference);
 
     // State through pyarrow.
     let state = &out["state"];
@@ -386,7 +411,13 @@ fn duckdb_and_pyarrow_read_the_run() {
         if q.contains("bytes_saved") {
             let pages: u64 = want_total_rows(&run);
             assert_eq!(u(&rows[0][0]), pages);
-            assert_eq!(u(&rows[0][2]), run.manifest().page_slots);
+            // Slots of checkpoint pages only: pages.bin also holds event data (eventpages/).
+            let slots: std::collections::HashSet<u64> = (0..run.checkpoints())
+                .flat_map(|n| run.checkpoint_pages(n).unwrap())
+                .filter_map(|r| r.slot)
+                .collect();
+            assert_eq!(u(&rows[0][2]), slots.len() as u64);
+            assert!(slots.len() as u64 <= run.manifest().page_slots);
         }
     }
     assert_eq!(

@@ -187,7 +187,10 @@ fn stored_event(event: DeviceEvent, interval: u64) -> Event {
         status: event.status,
         ret: event.ret,
         data_gpa: event.data_gpa,
-        data: event.data,
+        data: event.data.map(|data| match data {
+            crate::devices::EventData::Bytes(bytes) => simuboost_format::EventData::Bytes(bytes),
+            crate::devices::EventData::Pages(pages) => simuboost_format::EventData::Pages(pages),
+        }),
     }
 }
 
@@ -200,7 +203,10 @@ fn device_event(saved: Event) -> DeviceEvent {
         status: saved.status,
         ret: saved.ret,
         data_gpa: saved.data_gpa,
-        data: saved.data,
+        data: saved.data.map(|data| match data {
+            simuboost_format::EventData::Bytes(bytes) => crate::devices::EventData::Bytes(bytes),
+            simuboost_format::EventData::Pages(pages) => crate::devices::EventData::Pages(pages),
+        }),
     }
 }
 
@@ -300,7 +306,7 @@ mod tests {
             status: 0,
             ret: 4096,
             data_gpa: Some(0x8000),
-            data: Some(vec![7; 16]),
+            data: Some(crate::devices::EventData::Bytes(vec![7; 16])),
         };
         let saved = save_events(3, vec![event.clone()]);
         assert_eq!(saved[0].interval, 3);

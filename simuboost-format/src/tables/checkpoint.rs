@@ -96,7 +96,7 @@ pub(crate) fn read(
         for (i, &gfn) in gfns.iter().enumerate() {
             let slot = slots.is_valid(i).then(|| slots.value(i));
             limits.check(path, gfn, slot)?;
-            f(gfn, entry_at(path, gfn, slot, hashes, i)?);
+            f(gfn, entry_at(path, format_args!("gfn {gfn:#x}"), slot, hashes, i)?);
         }
     }
     Ok(())
@@ -104,10 +104,10 @@ pub(crate) fn read(
 
 /// Row `i`'s page entry from its `slot` and the `hash` column: `Some((slot, hash))` for a
 /// non-zero page, `None` for a zero one. A slot without a hash, or a hash without a slot, is
-/// corrupt: the writer sets both or neither.
+/// corrupt: the writer sets both or neither. `row` names the row in the error (`gfn 0x2a`).
 pub(crate) fn entry_at(
     path: &Path,
-    gfn: u64,
+    row: std::fmt::Arguments<'_>,
     slot: Option<u64>,
     hashes: &FixedSizeBinaryArray,
     i: usize,
@@ -117,11 +117,11 @@ pub(crate) fn entry_at(
         (None, false) => Ok(None),
         (Some(slot), false) => Err(FormatError::corrupt(
             path,
-            format!("gfn {gfn:#x} has slot {slot} but a NULL hash"),
+            format!("{row} has slot {slot} but a NULL hash"),
         )),
         (None, true) => Err(FormatError::corrupt(
             path,
-            format!("gfn {gfn:#x} has a hash but a NULL slot (a zero page has neither)"),
+            format!("{row} has a hash but a NULL slot (a zero page has neither)"),
         )),
     }
 }

@@ -9,7 +9,7 @@ use super::columns::{
     ColumnType::{Binary, U32, U64},
     Settings, Table,
 };
-use crate::records::Event;
+use crate::records::{Event, EventData};
 use crate::storage::RunStorage;
 use crate::{layout, FormatError};
 
@@ -42,12 +42,28 @@ pub(crate) const TABLE: Table = Table {
             "data",
             Binary,
             "Bytes the VMM wrote into guest memory besides status/ret (clock value, random \
-             bytes, block-read data, ...). NULL = nothing written; an empty value is distinct \
-             from NULL.",
+             bytes, ...). NULL = nothing written, or the data is held by reference \
+             (`data_pages`); an empty value is distinct from NULL.",
+        ),
+        Column::nullable(
+            "data_pages",
+            U64,
+            "Set when the data is whole pages (block-read data) held by reference in pages.bin: \
+             how many, listed in `eventpages/` under this exit. `data` is then NULL.",
         ),
     ],
     settings: Settings::Small,
 };
+
+/// An event's data as this table stores it: inline bytes, or a count of pages held by
+/// reference.
+fn stored_data(event: &Event) -> (Option<&[u8]>, Option<u64>) {
+    match &event.data {
+        None => (None, None),
+        Some(EventData::Bytes(bytes)) => (Some(bytes), None),
+        Some(EventData::Pages(pages)) => (None, Some(pages.len() as u64)),
+    }
+}
 
 fn batch(path: &Path, events: &[Event]) -> Result<RecordBatch, FormatError> {
     BatchBuilder::new(&TABLE, events.len())
@@ -60,10 +76,13 @@ fn batch(path: &Path, events: &[Event]) -> Result<RecordBatch, FormatError> {
         .u32s("status", events.iter().map(|e| e.status))
         .u64s("ret", events.iter().map(|e| e.ret))
         .opt_u64s("data_gpa", events.iter().map(|e| e.data_gpa))
-        .opt_binaries("data", events.iter().map(|e| e.data.as_deref()))
+        .opt_binaries("data", events.iter().map(|e| stored_data(e).0))
+        .opt_u64s("data_pages", events.iter().map(|e| stored_data(e).1))
         .finish(path)
 }
 
+/// Writes `events`; the data of an event is inline ([`EventData::Bytes`]) or a page count
+/// ([`EventData::Pages`], whose entries go to the `eventpages` table).
 pub(crate) fn write(path: &Path, events: &[Event]) -> Result<u64, FormatError> {
     let mut batches = Vec::new();
     let mut start = 0;
@@ -71,7 +90,7 @@ pub(crate) fn write(path: &Path, events: &[Event]) -> Result<u64, FormatError> {
         let mut end = start;
         let mut bytes = 0;
         while end < events.len() && end - start < BATCH_ROWS {
-            let len = events[end].data.as_ref().map_or(0, Vec::len);
+            let len = stored_data(&events[end]).0.map_or(0, <[u8]>::len);
             if end > start && bytes + len > BATCH_BYTES {
                 break;
             }
@@ -90,14 +109,17 @@ pub(crate) fn write(path: &Path, events: &[Event]) -> Result<u64, FormatError> {
 }
 
 /// Reads the events of `interval` from `path`, checking that exits ascend and that every
-/// buffer lies inside guest memory (`mem_bytes`).
+/// buffer lies inside guest memory (`mem_bytes`). Data held by reference comes back as an
+/// empty [`EventData::Pages`], with the event's index and announced page count in the second
+/// list: the caller fills the entries in from the `eventpages` table.
 pub(crate) fn read(
     storage: &dyn RunStorage,
     path: &Path,
     interval: u64,
     mem_bytes: u64,
-) -> Result<Vec<Event>, FormatError> {
+) -> Result<(Vec<Event>, Vec<(usize, u64)>), FormatError> {
     let mut events = Vec::new();
+    let mut by_reference = Vec::new();
     // Not bounded here: an interval has as many exits as it has (the replayer checks the
     // interval's boundaries against the checkpoints' states).
     for batch in read_batches(storage, path, None, u64::MAX)? {
@@ -112,6 +134,7 @@ pub(crate) fn read(
         let ret = cols.u64s("ret")?;
         let data_gpa = cols.opt_u64s("data_gpa")?;
         let data = cols.opt_binaries("data")?;
+        let data_pages = cols.opt_u64s("data_pages")?;
         for i in 0..batch.num_rows() {
             if let Some(prev) = events.last().map(|e: &Event| e.exit) {
                 if exit[i] <= prev {
@@ -125,26 +148,39 @@ pub(crate) fn read(
                     ));
                 }
             }
-            if data_gpa.is_valid(i) != data.is_valid(i) {
-                return Err(FormatError::corrupt(
-                    path,
-                    format!(
-                        "row {}: data_gpa and data must be both NULL or both set",
-                        events.len()
-                    ),
+            let row = events.len();
+            let corrupt = |what: String| FormatError::corrupt(path, format!("row {row}: {what}"));
+            let stored = match (data.is_valid(i), data_pages.is_valid(i)) {
+                (false, false) => None,
+                (true, false) => Some(Stored::Bytes(data.value(i))),
+                (false, true) => Some(Stored::Pages(data_pages.value(i))),
+                (true, true) => {
+                    return Err(corrupt(
+                        "data and data_pages are both set (data is inline or by reference)"
+                            .into(),
+                    ))
+                }
+            };
+            if data_gpa.is_valid(i) != stored.is_some() {
+                return Err(corrupt(
+                    "data_gpa must be set exactly when data or data_pages is".into(),
                 ));
             }
-            if data.is_valid(i) {
-                let (gpa, len) = (data_gpa.value(i), data.value(i).len() as u64);
-                if gpa.checked_add(len).is_none_or(|end| end > mem_bytes) {
-                    return Err(FormatError::corrupt(
-                        path,
-                        format!(
-                            "row {}: its {len}-byte buffer at {gpa:#x} lies outside guest \
-                             memory ({mem_bytes} bytes)",
-                            events.len()
-                        ),
-                    ));
+            if let Some(stored) = &stored {
+                let gpa = data_gpa.value(i);
+                let len = match stored {
+                    Stored::Bytes(bytes) => Some(bytes.len() as u64),
+                    Stored::Pages(pages) => pages.checked_mul(crate::PAGE_SIZE as u64),
+                };
+                if len
+                    .and_then(|len| gpa.checked_add(len))
+                    .is_none_or(|end| end > mem_bytes)
+                {
+                    return Err(corrupt(format!(
+                        "its {}-byte buffer at {gpa:#x} lies outside guest memory ({mem_bytes} \
+                         bytes)",
+                        len.map_or_else(|| "overflowing".to_string(), |l| l.to_string())
+                    )));
                 }
             }
             events.push(Event {
@@ -155,9 +191,21 @@ pub(crate) fn read(
                 status: status[i],
                 ret: ret[i],
                 data_gpa: data_gpa.is_valid(i).then(|| data_gpa.value(i)),
-                data: data.is_valid(i).then(|| data.value(i).to_vec()),
+                data: stored.map(|stored| match stored {
+                    Stored::Bytes(bytes) => EventData::Bytes(bytes.to_vec()),
+                    Stored::Pages(pages) => {
+                        by_reference.push((row, pages));
+                        EventData::Pages(Vec::new())
+                    }
+                }),
             });
         }
     }
-    Ok(events)
+    Ok((events, by_reference))
+}
+
+/// An event's data as read from a row.
+enum Stored<'a> {
+    Bytes(&'a [u8]),
+    Pages(u64),
 }

@@ -53,8 +53,8 @@ pub(crate) const TABLE: Table = Table {
             "bytes_written",
             U64,
             "Bytes checkpoint i+1 added to the run: pages.bin growth plus the sizes of its \
-             `checkpoints/`, `pagemaps/`, `state/`, `events/`, `access/` and `dumps/` files (not \
-             this file itself nor the manifest).",
+             `checkpoints/`, `pagemaps/`, `state/`, `events/`, `eventpages/`, `access/` and \
+             `dumps/` files (not this file itself nor the manifest).",
         ),
         Column::new(
             "complete",
@@ -78,6 +78,18 @@ pub(crate) const TABLE: Table = Table {
             "Events the tracer lost during the interval; 0 without a tracer. Non-zero implies \
              `complete = false`.",
         ),
+        Column::new(
+            "event_pages",
+            U64,
+            "Pages of the interval's event data (disk reads) held by reference: rows of \
+             `eventpages/interval-i.parquet`.",
+        ),
+        Column::new(
+            "event_stored_pages",
+            U64,
+            "Of `event_pages`, the non-zero ones whose contents were new to the run (appended to \
+             pages.bin); the rest were zero or already stored.",
+        ),
     ],
     settings: Settings::Small,
 };
@@ -100,6 +112,8 @@ pub(crate) fn write(path: &Path, rec: &IntervalRecord) -> Result<u64, FormatErro
         .u64s("backpressure_ns", [rec.backpressure_ns])
         .u64s("traced_frames", [rec.traced_frames])
         .u64s("trace_drops", [rec.trace_drops])
+        .u64s("event_pages", [rec.event_pages])
+        .u64s("event_stored_pages", [rec.event_stored_pages])
         .finish(path)?;
     write_table(path, &TABLE, &[batch])
 }
@@ -130,6 +144,8 @@ pub(crate) fn read(
         backpressure_ns: u64_of("backpressure_ns")?,
         traced_frames: u64_of("traced_frames")?,
         trace_drops: u64_of("trace_drops")?,
+        event_pages: u64_of("event_pages")?,
+        event_stored_pages: u64_of("event_stored_pages")?,
     };
     if rec.start_exit > rec.end_exit {
         return Err(FormatError::corrupt(
@@ -137,6 +153,15 @@ pub(crate) fn read(
             format!(
                 "start_exit {} is after end_exit {}",
                 rec.start_exit, rec.end_exit
+            ),
+        ));
+    }
+    if rec.event_stored_pages > rec.event_pages {
+        return Err(FormatError::corrupt(
+            path,
+            format!(
+                "event_stored_pages {} exceeds event_pages {}",
+                rec.event_stored_pages, rec.event_pages
             ),
         ));
     }

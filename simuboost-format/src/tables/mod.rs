@@ -16,6 +16,7 @@ use crate::FormatError;
 pub(crate) mod access;
 pub(crate) mod checkpoint;
 mod columns;
+pub(crate) mod eventpages;
 pub(crate) mod events;
 pub(crate) mod intervals;
 pub(crate) mod pagemap;
@@ -28,11 +29,12 @@ use columns::Table;
 
 /// Every table, in the order docs/FORMAT.md describes them.
 #[cfg(test)]
-const TABLES: [&Table; 6] = [
+const TABLES: [&Table; 7] = [
     &checkpoint::TABLE,
     &pagemap::TABLE,
     &state::TABLE,
     &events::TABLE,
+    &eventpages::TABLE,
     &intervals::TABLE,
     &access::TABLE,
 ];
@@ -170,13 +172,14 @@ mod tests {
         );
         assert_eq!(
             names(&events::TABLE),
-            "interval,exit,op,arg0,arg1,arg2,status,ret,data_gpa,data"
+            "interval,exit,op,arg0,arg1,arg2,status,ret,data_gpa,data,data_pages"
         );
+        assert_eq!(names(&eventpages::TABLE), "interval,exit,page,slot,hash");
         assert_eq!(
             names(&intervals::TABLE),
             "interval,start_exit,end_exit,start_ns,end_ns,downtime_ns,dirty_pages,\
              vmm_written_pages,stored_pages,zero_pages,dedup_pages,bytes_written,complete,\
-             backpressure_ns,traced_frames,trace_drops"
+             backpressure_ns,traced_frames,trace_drops,event_pages,event_stored_pages"
         );
         assert_eq!(
             names(&access::TABLE),
@@ -192,7 +195,8 @@ mod tests {
                 .join(",")
         };
         assert_eq!(nullable(&checkpoint::TABLE), "slot,hash");
-        assert_eq!(nullable(&events::TABLE), "data_gpa,data");
+        assert_eq!(nullable(&events::TABLE), "data_gpa,data,data_pages");
+        assert_eq!(nullable(&eventpages::TABLE), "slot,hash");
         for t in [
             &pagemap::TABLE,
             &state::TABLE,

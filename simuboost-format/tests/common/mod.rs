@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use simuboost_format::{
     Access, AccessKind, AccessSource, CheckpointInput, CheckpointPages, CheckpointState,
-    CheckpointStats, Event, GeneralRegs, IntervalRecord, RunMeta, RunWriter, VcpuState, PAGE_SIZE,
+    CheckpointStats, Event, EventData, GeneralRegs, IntervalRecord, RunMeta, RunWriter, VcpuState, PAGE_SIZE,
 };
 
 /// splitmix64: small, deterministic, good enough for test data.
@@ -83,7 +83,9 @@ pub fn exit_of(n: u64) -> u64 {
     n * (n + 3)
 }
 
-/// The exits of interval `i` (between exit_of(i) and exit_of(i+1)), with every kind of data.
+/// The exits of interval `i` (between exit_of(i) and exit_of(i+1)), with every kind of data:
+/// none, empty, a few bytes (inline), and two whole pages (a disk read, held by reference), the
+/// first zero for even exits and the second repeating every other exit (deduplicated).
 pub fn events_of(i: u64) -> Vec<Event> {
     (exit_of(i) + 1..=exit_of(i + 1))
         .enumerate()
@@ -94,13 +96,46 @@ pub fn events_of(i: u64) -> Vec<Event> {
             args: [exit, k as u64, u64::MAX - exit],
             status: k as u32 % 2,
             ret: exit * 7,
-            // Inside the first two pages: readers refuse a buffer outside guest memory.
-            data_gpa: (k % 3 != 0).then_some((exit * 64) % 4096),
-            data: match k % 3 {
+            // Inside the first four pages: readers refuse a buffer outside guest memory.
+            data_gpa: (k % 4 != 0).then_some((exit * 64) % 4096),
+            data: match k % 4 {
                 0 => None,
-                1 => Some(vec![]),
-                _ => Some((0..(exit % 200) as usize).map(|b| b as u8).collect()),
+                1 => Some(EventData::Bytes(vec![])),
+                2 => Some(EventData::Bytes(
+                    (0..(exit % 200) as usize).map(|b| b as u8).collect(),
+                )),
+                _ => Some(EventData::Bytes(disk_read_of(exit))),
             },
+        })
+        .collect()
+}
+
+/// Two pages of block-read data for the event at `exit` (see [`events_of`]).
+pub fn disk_read_of(exit: u64) -> Vec<u8> {
+    let mut data = vec![0u8; 2 * PAGE_SIZE];
+    if exit % 2 == 1 {
+        data[..PAGE_SIZE].copy_from_slice(&page_of(exit));
+    }
+    data[PAGE_SIZE..].copy_from_slice(&page_of(1_000_000 + exit / 2));
+    data
+}
+
+/// The events of `interval` as `run` gives them, with data held by reference read back into
+/// bytes (checked against its hashes): what [`events_of`] handed over.
+pub fn read_events(run: &simuboost_format::Run, interval: u64) -> Vec<Event> {
+    let store = run.page_store().expect("page store");
+    run.events(interval)
+        .expect("events")
+        .into_iter()
+        .map(|mut e| {
+            if let Some(EventData::Pages(pages)) = &e.data {
+                let mut bytes = vec![0u8; pages.len() * PAGE_SIZE];
+                store
+                    .read_event_pages(e.exit, pages, &mut bytes)
+                    .expect("event pages");
+                e.data = Some(EventData::Bytes(bytes));
+            }
+            e
         })
         .collect()
 }

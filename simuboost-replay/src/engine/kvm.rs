@@ -69,12 +69,15 @@ impl ReplayEngine for KvmEngine {
             self.memory.clone(),
             &inputs.machine.vcpu,
             inputs.machine.exits,
-            Box::new(ReplayDevice::new(
-                inputs.events.clone(),
-                inputs.record.end_exit,
-                mem_bytes,
-                inputs.machine.device.clone(),
-            )),
+            Box::new(
+                ReplayDevice::new(
+                    inputs.events.clone(),
+                    inputs.record.end_exit,
+                    mem_bytes,
+                    inputs.machine.device.clone(),
+                )
+                .with_stored_pages(inputs.source.clone()),
+            ),
             self.control.clone(),
         )?);
         Ok(())

@@ -240,7 +240,8 @@ impl ReplayEngine for SimEngine {
             inputs.record.end_exit,
             inputs.mem_bytes,
             inputs.machine.device.clone(),
-        );
+        )
+        .with_stored_pages(inputs.source.clone());
         let mut start = Start {
             version: PROTOCOL_VERSION,
             mem_bytes: inputs.mem_bytes,

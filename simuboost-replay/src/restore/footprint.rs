@@ -16,6 +16,14 @@ pub fn resident_bytes(memory: &GuestMemory) -> std::io::Result<u64> {
                 if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
                 {
                     inside = lo >= start && hi <= end;
+                    // A mapping that straddles guest RAM's bounds holds other memory too: its
+                    // resident size cannot be attributed, so say so rather than miscount.
+                    if !inside && lo < end && hi > start {
+                        return Err(std::io::Error::other(format!(
+                            "guest memory {start:#x}..{end:#x} shares the mapping {lo:#x}..{hi:#x} \
+                             with other memory"
+                        )));
+                    }
                     continue;
                 }
             }

@@ -1,6 +1,7 @@
 //! Where restored pages come from: a checkpoint's page map and the run's page store.
 
 use simuboost_format::{FormatError, PageMap, PageStore, PartialPageMap};
+use simuboost_vmm::devices::replay::StoredPages;
 
 /// The page map of the checkpoint being restored: whole (full and lazy restores, which need
 /// every page's entry), or read in part (sparse restores: the row groups of the working set,
@@ -59,5 +60,17 @@ impl PageSource {
         out: &mut [u8],
     ) -> Result<(), FormatError> {
         self.store.read_page_verified(slot, hash, gfn, out)
+    }
+}
+
+/// The data of events a run holds by reference (disk reads) comes from the same pages.bin.
+impl StoredPages for PageSource {
+    fn read(
+        &self,
+        exit: u64,
+        pages: &[Option<(u64, u128)>],
+        out: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.store.read_event_pages(exit, pages, out)?)
     }
 }

@@ -67,6 +67,15 @@ pub enum DeviceError {
     /// The console sink failed.
     #[error("writing the guest console failed: {0}")]
     Console(#[source] std::io::Error),
+    /// The data a replayed event holds by reference could not be read.
+    #[error("exit {exit}: reading the recorded data of this request failed: {source}")]
+    StoredData {
+        /// Guest-initiated exit number of the event.
+        exit: u64,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A replayed guest made a request other than the recorded one.
     #[error("exit {exit}: {what}")]
     Divergence {
@@ -93,8 +102,35 @@ pub struct DeviceEvent {
     pub ret: u64,
     /// Where the device wrote `data` into guest memory (besides the request's result fields).
     pub data_gpa: Option<u64>,
-    /// The bytes written there.
-    pub data: Option<Vec<u8>>,
+    /// What was written there.
+    pub data: Option<EventData>,
+}
+
+/// The data of a [`DeviceEvent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventData {
+    /// The bytes (what the live device logs, and small data read back from a run).
+    Bytes(Vec<u8>),
+    /// Whole pages a run holds by reference (disk reads): an opaque `(slot, hash)` per
+    /// [`simuboost_abi::PAGE_SIZE`] bytes, `None` for zeros. A
+    /// [`replay::ReplayDevice`] reads them through its [`replay::StoredPages`] when the guest
+    /// reaches the event, so a replay never holds an interval's disk reads all at once.
+    Pages(Vec<Option<(u64, u128)>>),
+}
+
+impl EventData {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            EventData::Bytes(bytes) => bytes.len() as u64,
+            EventData::Pages(pages) => pages.len() as u64 * simuboost_abi::PAGE_SIZE,
+        }
+    }
+
+    /// True if the data is empty (which differs from no data).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The device's own state at a checkpoint (the guest-visible part is in guest memory).

@@ -20,7 +20,7 @@ use simuboost_abi::{status, BootConfig, Op, Request};
 use super::disk::{Disk, BLOCK_SIZE};
 use super::{
     read_request, write_result, Device, DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot,
-    DeviceStats,
+    DeviceStats, EventData,
 };
 use crate::vstate::dirty::DirtyBitmap;
 use crate::vstate::memory::GuestMemory;
@@ -90,7 +90,7 @@ impl ParavirtDevice {
     fn log_event(&mut self, exit: u64, request: &Request, status: u32, ret: u64) {
         if let Some(events) = &mut self.events {
             let (data_gpa, data) = match self.pending_data.take() {
-                Some((gpa, data)) => (Some(gpa), Some(data)),
+                Some((gpa, data)) => (Some(gpa), Some(EventData::Bytes(data))),
                 None => (None, None),
             };
             events.push(DeviceEvent {

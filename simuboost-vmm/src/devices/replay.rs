@@ -7,8 +7,13 @@
 //! writes back what the recording gave the guest: the data (random bytes, disk blocks, the boot
 //! configuration) and the status/result fields. Outputs (console, disk writes) are not
 //! performed: a replay has no side effects outside the VM.
+//!
+//! Data a run holds by reference (disk reads, [`EventData::Pages`]) is read when its exit is
+//! reached, through [`StoredPages`], not before the replay starts: restoring an interval does
+//! not wait for (or hold in memory) all the data the guest will read during it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress};
 
@@ -16,10 +21,22 @@ use simuboost_abi::{Op, Request};
 
 use super::{
     read_request, write_result, Device, DeviceAction, DeviceError, DeviceEvent, DeviceSnapshot,
-    DeviceStats,
+    DeviceStats, EventData,
 };
 use crate::vstate::dirty::DirtyBitmap;
 use crate::vstate::memory::GuestMemory;
+
+/// Reads event data a run holds by reference.
+pub trait StoredPages: Send + Sync {
+    /// Reads the pages of the event at `exit` (`(slot, hash)` each, `None` for zeros) into
+    /// `out`, `PAGE_SIZE` bytes per entry, checking each page against its hash.
+    fn read(
+        &self,
+        exit: u64,
+        pages: &[Option<(u64, u128)>],
+        out: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
 
 /// Feeds one interval's recorded events back to the guest.
 pub struct ReplayDevice {
@@ -31,6 +48,10 @@ pub struct ReplayDevice {
     stats: DeviceStats,
     /// Device state at the start, advanced by the requests replayed.
     state: DeviceSnapshot,
+    /// Where data held by reference is read from.
+    stored: Option<Arc<dyn StoredPages>>,
+    /// Buffer for data read through `stored`, reused between events.
+    buffer: Vec<u8>,
 }
 
 fn op_name(op: u32) -> String {
@@ -68,7 +89,16 @@ impl ReplayDevice {
             written: DirtyBitmap::new(mem_pages),
             stats: DeviceStats::default(),
             state: start,
+            stored: None,
+            buffer: Vec::new(),
         }
+    }
+
+    /// Reads the events' data held by reference through `stored`. Without it, such an event
+    /// is an error when reached.
+    pub fn with_stored_pages(mut self, stored: Arc<dyn StoredPages>) -> ReplayDevice {
+        self.stored = Some(stored);
+        self
     }
 
     /// Events not replayed yet.
@@ -147,14 +177,31 @@ impl Device for ReplayDevice {
         match Op::from_raw(event.op) {
             Some(Op::Yield) => self.stats.yields += 1,
             Some(Op::BlockRead) if event.status == simuboost_abi::status::OK => {
-                let bytes = event.data.as_ref().map_or(0, |d| d.len() as u64);
+                let bytes = event.data.as_ref().map_or(0, EventData::len);
                 self.stats.disk_read_bytes += bytes;
                 self.state.disk_read_bytes += bytes;
             }
             _ => {}
         }
-        if let (Some(data_gpa), Some(data)) = (event.data_gpa, event.data.as_deref()) {
-            self.deliver(memory, exit, data_gpa, data)?;
+        match (event.data_gpa, &event.data) {
+            (Some(data_gpa), Some(EventData::Bytes(data))) => {
+                self.deliver(memory, exit, data_gpa, data)?
+            }
+            (Some(data_gpa), Some(EventData::Pages(pages))) => {
+                let stored = self.stored.clone().ok_or_else(|| DeviceError::StoredData {
+                    exit,
+                    source: "the replay has no page store to read it from".into(),
+                })?;
+                let mut buffer = std::mem::take(&mut self.buffer);
+                buffer.resize(pages.len() * simuboost_abi::PAGE_SIZE as usize, 0);
+                let read = stored
+                    .read(exit, pages, &mut buffer)
+                    .map_err(|source| DeviceError::StoredData { exit, source });
+                let delivered = read.and_then(|()| self.deliver(memory, exit, data_gpa, &buffer));
+                self.buffer = buffer;
+                delivered?;
+            }
+            _ => {}
         }
         write_result(memory, gpa, event.status, event.ret)?;
         self.written.set_range(
@@ -224,7 +271,7 @@ mod tests {
             status: status::OK,
             ret,
             data_gpa: data.as_ref().map(|d| d.0),
-            data: data.map(|d| d.1),
+            data: data.map(|d| EventData::Bytes(d.1)),
         }
     }
 
