@@ -17,10 +17,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(e.interval, interval);
             assert_eq!(e.data_gpa.is_some(), e.data.is_some());
             if let (Some(gpa), Some(data)) = (e.data_gpa, &e.data) {
-                assert!(
-                    gpa + data.len() <= MEM_BYTES,
-                    "buffer outside guest memory"
-                );
+                assert!(gpa + data.len() <= MEM_BYTES, "buffer outside guest memory");
             }
         }
     }

@@ -67,8 +67,7 @@ pub use partial::{PartialPageMap, PartialStats};
 pub use reader::Run;
 pub use records::{
     Access, AccessKind, AccessSource, CheckpointPages, CheckpointState, CheckpointStats, Event,
-    EventData,
-    GeneralRegs, IntervalRecord, VcpuState,
+    EventData, GeneralRegs, IntervalRecord, VcpuState,
 };
 #[cfg(feature = "s3")]
 pub use storage::ObjectStorage;

@@ -223,6 +223,12 @@ impl PageStore {
         Ok(())
     }
 
+    /// Counts `bytes` of pages.bin read in `requests` by a reader of its mapping
+    /// ([`PageStore::local_file`]), so that [`PageStore::stats`] covers them too.
+    pub fn count_mapped_read(&self, requests: u64, bytes: u64) {
+        self.counters.add(requests, bytes);
+    }
+
     /// pages.bin's open file when the run is a local directory (`None` in an object store), for
     /// a reader that maps it. Only slots [`PageStore::check_slots`] accepts may be read from
     /// such a mapping, and they must still be checked against their hashes.

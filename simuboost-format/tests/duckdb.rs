@@ -330,16 +330,13 @@ fn duckdb_and_pyarrow_read_the_run() {
         let inline = e.data.as_ref().filter(|_| !held).map(|d| d.len());
         assert_eq!(r[3].as_u64(), inline);
         assert_eq!(u(&r[4]), e.args[2]);
-        assert_eq!(r[5].as_u64(), held.then(|| (bytes.len() / PAGE_SIZE) as u64));
+        assert_eq!(
+            r[5].as_u64(),
+            held.then_some((bytes.len() / PAGE_SIZE) as u64)
+        );
         if held {
             let zero_first = bytes[..PAGE_SIZE].iter().all(|&b| b == 0);
-            by_reference.push(vec![
-                e.exit,
-                2,
-                if zero_first { 1 } else { 2 },
-                0,
-                1,
-            ]);
+            by_reference.push(vec![e.exit, 2, if zero_first { 1 } else { 2 }, 0, 1]);
         }
     }
     assert!(!by_reference.is_empty());

@@ -107,7 +107,10 @@ fn disk_reads_are_held_by_reference(run: &Path) {
     let pages: u64 = intervals.iter().map(|r| r.event_pages).sum();
     let stored: u64 = intervals.iter().map(|r| r.event_stored_pages).sum();
     assert!(pages > 0, "no disk read held by reference: {intervals:?}");
-    assert!(stored < pages, "no event page deduplicated ({stored} of {pages} stored)");
+    assert!(
+        stored < pages,
+        "no event page deduplicated ({stored} of {pages} stored)"
+    );
     let mut block_reads = 0;
     for i in 0..run.interval_count() {
         for e in run.events(i).expect("events") {
@@ -136,7 +139,8 @@ fn stream_replays_in_all_modes() {
 
 #[test]
 fn compress_replays_in_all_modes() {
-    if let Some(tmp) = all_modes_verify("compress", &["--duration", "1500ms", "--interval", "300ms"])
+    if let Some(tmp) =
+        all_modes_verify("compress", &["--duration", "1500ms", "--interval", "300ms"])
     {
         disk_reads_are_held_by_reference(&tmp.path().join("run"));
     }

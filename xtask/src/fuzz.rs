@@ -20,6 +20,7 @@ pub const TARGETS: &[&str] = &[
     "page_map",
     "state_table",
     "events_table",
+    "eventpages_table",
     "intervals_table",
     "access_table",
     "page_store",
@@ -217,6 +218,7 @@ put("manifest", "real", read("manifest.json"))
 tables = [("checkpoint_table", "checkpoints", manifest["checkpoints"]),
           ("state_table", "state", manifest["checkpoints"]),
           ("events_table", "events", manifest["checkpoints"] - 1),
+          ("eventpages_table", "eventpages", manifest["checkpoints"] - 1),
           ("intervals_table", "intervals", manifest["checkpoints"] - 1),
           ("access_table", "access", manifest["checkpoints"] - 1)]
 for target, sub, count in tables:

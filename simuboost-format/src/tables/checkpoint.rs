@@ -96,7 +96,10 @@ pub(crate) fn read(
         for (i, &gfn) in gfns.iter().enumerate() {
             let slot = slots.is_valid(i).then(|| slots.value(i));
             limits.check(path, gfn, slot)?;
-            f(gfn, entry_at(path, format_args!("gfn {gfn:#x}"), slot, hashes, i)?);
+            f(
+                gfn,
+                entry_at(path, format_args!("gfn {gfn:#x}"), slot, hashes, i)?,
+            );
         }
     }
     Ok(())

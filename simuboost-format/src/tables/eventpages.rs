@@ -10,8 +10,7 @@ use arrow_array::{Array, FixedSizeBinaryArray};
 
 use super::checkpoint::entry_at;
 use super::columns::{
-    read_batches, write_table, BatchBuilder, Cols, Column, ColumnType, Settings, Table,
-    HASH_BYTES,
+    read_batches, write_table, BatchBuilder, Cols, Column, ColumnType, Settings, Table, HASH_BYTES,
 };
 use crate::storage::RunStorage;
 use crate::{layout, FormatError};
@@ -155,7 +154,8 @@ mod tests {
             gfns: &[1],
             contents: &memory,
         };
-        w.write_checkpoint(CheckpointInput::new(&s0, pages)).unwrap();
+        w.write_checkpoint(CheckpointInput::new(&s0, pages))
+            .unwrap();
         let mut data = vec![0u8; 3 * PAGE_SIZE];
         data[..PAGE_SIZE].fill(9);
         data[2 * PAGE_SIZE..].fill(9);

@@ -117,7 +117,7 @@ pub(crate) fn read(
     path: &Path,
     interval: u64,
     mem_bytes: u64,
-) -> Result<(Vec<Event>, Vec<(usize, u64)>), FormatError> {
+) -> Result<(Vec<Event>, Vec<ByReference>), FormatError> {
     let mut events = Vec::new();
     let mut by_reference = Vec::new();
     // Not bounded here: an interval has as many exits as it has (the replayer checks the
@@ -156,8 +156,7 @@ pub(crate) fn read(
                 (false, true) => Some(Stored::Pages(data_pages.value(i))),
                 (true, true) => {
                     return Err(corrupt(
-                        "data and data_pages are both set (data is inline or by reference)"
-                            .into(),
+                        "data and data_pages are both set (data is inline or by reference)".into(),
                     ))
                 }
             };
@@ -203,6 +202,9 @@ pub(crate) fn read(
     }
     Ok((events, by_reference))
 }
+
+/// An event whose data is held by reference: its index in the events read, and its page count.
+pub(crate) type ByReference = (usize, u64);
 
 /// An event's data as read from a row.
 enum Stored<'a> {

@@ -576,8 +576,14 @@ impl Pending {
                             ),
                         ));
                     }
-                    let (slot, hash) = super::checkpoint::entry_at(path, format_args!("gfn {gfn:#x}"), slot, hashes, i)?
-                        .unwrap_or((ZERO, 0));
+                    let (slot, hash) = super::checkpoint::entry_at(
+                        path,
+                        format_args!("gfn {gfn:#x}"),
+                        slot,
+                        hashes,
+                        i,
+                    )?
+                    .unwrap_or((ZERO, 0));
                     // The writer sorts by gfn; a consolidated map has each gfn once.
                     if self.kind == Kind::Consolidated && previous.is_some_and(|p| p >= gfn) {
                         return Err(FormatError::corrupt(

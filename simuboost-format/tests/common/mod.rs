@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use simuboost_format::{
     Access, AccessKind, AccessSource, CheckpointInput, CheckpointPages, CheckpointState,
-    CheckpointStats, Event, EventData, GeneralRegs, IntervalRecord, RunMeta, RunWriter, VcpuState, PAGE_SIZE,
+    CheckpointStats, Event, EventData, GeneralRegs, IntervalRecord, RunMeta, RunWriter, VcpuState,
+    PAGE_SIZE,
 };
 
 /// splitmix64: small, deterministic, good enough for test data.

@@ -67,8 +67,8 @@ fn install_from_mapping(
     file: &std::fs::File,
 ) -> Result<u64, RestoreError> {
     let runs: Vec<(u64, u64, u64)> = map.runs().collect();
-    let mut end_slot = 0;
-    for &(gfn, slot, pages) in &runs {
+    let mut hashes = Vec::with_capacity(map.len());
+    for &(gfn, _, pages) in &runs {
         if gfn + pages > uffd.frames {
             return Err(RestoreError::Install {
                 gfn,
@@ -76,10 +76,46 @@ fn install_from_mapping(
                 detail: format!("the page map's run of {pages} frames ends past guest memory"),
             });
         }
-        // Committed by the manifest and inside the file, or an error naming pages.bin.
-        source.store.check_slots(slot, pages)?;
-        end_slot = end_slot.max(slot + pages);
+        hashes.extend_from_slice(map.run_hashes(gfn, pages));
     }
+    // The whole map is read once, in order: the kernel may read ahead as far as it likes.
+    copy_runs_from_file(uffd, source, file, &runs, &hashes, Readahead::Sequential)
+}
+
+/// How the kernel should read pages.bin ahead of a load from its mapping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Readahead {
+    /// As far as it likes: the load reads most of the file in order (a dense load).
+    Sequential,
+    /// Exactly the runs the load copies, each asked for up front, and nothing around them: a
+    /// sparse load reads a small part of the file, and readahead around it only fills memory.
+    Exact,
+}
+
+/// Installs `runs` (`(first gfn, first slot, pages)`, consecutive in both) by `UFFDIO_COPY`
+/// straight from a read-only mapping of pages.bin (`file`), shared out over every core, and
+/// checks each page in guest memory against its hash (`hashes`: the runs' hashes, in run
+/// order). The runs' frames must lie inside guest memory and not be installed yet. Returns the
+/// number of pages installed.
+pub(super) fn copy_runs_from_file(
+    uffd: &UffdMemory,
+    source: &PageSource,
+    file: &std::fs::File,
+    runs: &[(u64, u64, u64)],
+    hashes: &[u128],
+    readahead: Readahead,
+) -> Result<u64, RestoreError> {
+    let mut end_slot = 0;
+    let mut starts = Vec::with_capacity(runs.len());
+    let mut pages = 0u64;
+    for &(_, slot, count) in runs {
+        // Committed by the manifest and inside the file, or an error naming pages.bin.
+        source.store.check_slots(slot, count)?;
+        end_slot = end_slot.max(slot + count);
+        starts.push(pages as usize);
+        pages += count;
+    }
+    assert_eq!(hashes.len() as u64, pages, "one hash per page of the runs");
     if end_slot == 0 {
         return Ok(0);
     }
@@ -97,27 +133,46 @@ fn install_from_mapping(
                 source,
             })?
     };
-    // The whole map is read once, in order: the kernel may read ahead as far as it likes.
-    let _ = mapping.advise(memmap2::Advice::Sequential);
+    // Advice only changes how the file is read, never what: a refusal only costs speed.
+    match readahead {
+        Readahead::Sequential => {
+            let _ = mapping.advise(memmap2::Advice::Sequential);
+        }
+        Readahead::Exact => {
+            let _ = mapping.advise(memmap2::Advice::Random);
+            for &(_, slot, count) in runs {
+                let _ = mapping.advise_range(
+                    memmap2::Advice::WillNeed,
+                    (slot * PAGE) as usize,
+                    (count * PAGE) as usize,
+                );
+            }
+        }
+    }
     let source_base = mapping.as_ptr() as usize;
 
-    let pages: u64 = runs.iter().map(|&(_, _, n)| n).sum();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS);
-    let groups = split_by_pages(&runs, pages.div_ceil(threads as u64).max(1));
-    let install_group = |group: &[(u64, u64, u64)]| -> Result<(), RestoreError> {
-        for &(gfn, slot, count) in group {
+    let indexed: Vec<(usize, (u64, u64, u64))> =
+        starts.into_iter().zip(runs.iter().copied()).collect();
+    let groups = split_by_pages(&indexed, pages.div_ceil(threads as u64).max(1));
+    let install_group = |group: &[(usize, (u64, u64, u64))]| -> Result<(), RestoreError> {
+        for &(start, (gfn, slot, count)) in group {
             let bytes = (count * PAGE) as usize;
             let from = (source_base + (slot * PAGE) as usize) as *const u8;
             install_copy(&uffd.uffd, from, bytes, uffd.host(gfn), gfn, false)?;
-            // SAFETY: the run's frames lie inside guest RAM (checked above) and were just
+            // SAFETY: the run's frames lie inside guest RAM (the caller's promise) and were just
             // installed, so they are resident and mapped; no VM runs yet and each thread reads
             // only its own runs, so nothing writes them while they are read.
             let installed =
                 unsafe { std::slice::from_raw_parts(uffd.host(gfn).cast::<u8>(), bytes) };
-            let hashes = map.run_hashes(gfn, count);
-            for (k, (page, &hash)) in installed.chunks_exact(PAGE_SIZE).zip(hashes).enumerate() {
+            let run_hashes = &hashes[start..start + count as usize];
+            for (k, (page, &hash)) in installed
+                .chunks_exact(PAGE_SIZE)
+                .zip(run_hashes)
+                .enumerate()
+            {
                 let k = k as u64;
                 source.store.verify_page(slot + k, hash, gfn + k, page)?;
             }
@@ -142,14 +197,20 @@ fn install_from_mapping(
         }
         result
     })?;
+    source
+        .store
+        .count_mapped_read(runs.len() as u64, pages * PAGE);
     Ok(pages)
 }
 
-/// Consecutive groups of `runs` (`(gfn, slot, pages)`) of about `share` pages each.
-fn split_by_pages(runs: &[(u64, u64, u64)], share: u64) -> Vec<&[(u64, u64, u64)]> {
+/// A run of frames that one copy installs: `(first gfn, first slot, pages)`.
+type Run = (u64, u64, u64);
+
+/// Consecutive groups of `runs` (`(_, run)`) of about `share` pages each.
+fn split_by_pages<T>(runs: &[(T, Run)], share: u64) -> Vec<&[(T, Run)]> {
     let mut groups = Vec::new();
     let (mut start, mut in_group) = (0, 0);
-    for (i, &(_, _, pages)) in runs.iter().enumerate() {
+    for (i, (_, (_, _, pages))) in runs.iter().enumerate() {
         in_group += pages;
         if in_group >= share {
             groups.push(&runs[start..=i]);
@@ -168,10 +229,15 @@ mod tests {
 
     #[test]
     fn groups_cover_every_run_once_in_order() {
-        let runs = [(0, 0, 5), (10, 7, 1), (20, 9, 3), (30, 40, 1)];
+        let runs = [
+            (0, (0, 0, 5)),
+            (1, (10, 7, 1)),
+            (2, (20, 9, 3)),
+            (3, (30, 40, 1)),
+        ];
         let groups = split_by_pages(&runs, 5);
         assert_eq!(groups.concat(), runs.to_vec());
         assert_eq!(groups.len(), 2);
-        assert!(split_by_pages(&[], 5).is_empty());
+        assert!(split_by_pages::<u8>(&[], 5).is_empty());
     }
 }

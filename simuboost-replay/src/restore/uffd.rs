@@ -7,6 +7,7 @@ use userfaultfd::{IoctlFlags, Uffd, UffdBuilder};
 use simuboost_format::PAGE_SIZE;
 use simuboost_vmm::vstate::memory::{host_region, huge_page_buffer, GuestMemory};
 
+use super::dense::{copy_runs_from_file, Readahead};
 use super::{
     describe_uffd_error, runs, uffd_error, InstalledFrames, LoadStats, PageSource, RestoreError,
     CHUNK_PAGES, PAGE,
@@ -107,10 +108,34 @@ impl UffdMemory {
         // store reads with few requests (the recorder appends a checkpoint's new pages in gfn
         // order, so runs of consecutive frames mostly stay runs of consecutive slots).
         data.sort_unstable_by_key(|&(gfn, slot, _)| (slot, gfn));
-        STAGING.with(|staging| {
-            let mut staging = staging.borrow_mut();
-            self.install_pages(source, &data, &mut staging)
-        })?;
+        match source.store.local_file()? {
+            // A local run: one copy per run straight from a mapping of pages.bin, on every
+            // core (as a dense load does), instead of a read into a staging buffer and a copy
+            // from there on one core.
+            Some(file) => {
+                let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+                for &(gfn, slot, _) in &data {
+                    match runs.last_mut() {
+                        Some((g, s, n)) if *g + *n == gfn && *s + *n == slot => *n += 1,
+                        _ => runs.push((gfn, slot, 1)),
+                    }
+                }
+                let hashes: Vec<u128> = data.iter().map(|&(_, _, hash)| hash).collect();
+                // A load of most of the file (a full restore in the simulator) reads it in
+                // order; anything sparser reads exactly its runs.
+                let span = data.last().map_or(0, |&(_, slot, _)| slot + 1);
+                let readahead = if 2 * data.len() as u64 >= span {
+                    Readahead::Sequential
+                } else {
+                    Readahead::Exact
+                };
+                copy_runs_from_file(self, source, &file, &runs, &hashes, readahead)?;
+            }
+            None => STAGING.with(|staging| {
+                let mut staging = staging.borrow_mut();
+                self.install_pages(source, &data, &mut staging)
+            })?,
+        }
         for (first, count) in runs(&zeros) {
             self.zero(zeros[first], count as u64, false)?;
         }
