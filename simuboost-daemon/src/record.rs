@@ -281,6 +281,8 @@ impl Recorder {
                     self.summary.stored_pages += w.stats.stored_pages;
                     self.summary.zero_pages += w.stats.zero_pages;
                     self.summary.dedup_pages += w.stats.dedup_pages;
+                    self.summary.event_pages += w.stats.event_pages;
+                    self.summary.event_stored_pages += w.stats.event_stored_pages;
                 }
                 Ok(Err(e)) => return Err(RecordError::Format(e)),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),

@@ -101,4 +101,11 @@ pub struct RecordSummary {
     pub incomplete_intervals: u64,
     /// Mean frames in an interval's access log (0 without tracer).
     pub mean_working_set: f64,
+    /// Pages of disk-read data held by reference in pages.bin (not counted in
+    /// `captured_pages`).
+    #[serde(default)]
+    pub event_pages: u64,
+    /// Of those, pages whose contents were new to the run (the rest zero or deduplicated).
+    #[serde(default)]
+    pub event_stored_pages: u64,
 }

@@ -226,8 +226,8 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
 
     // 4. Storage per interval and what zero elision and dedup saved.
     println!("\n## Storage per interval (1 s intervals, 512 MiB guest, 8 s)\n");
-    println!("| workload | intervals | captured pages | zero | deduplicated | stored | MiB written/interval | saved by zero+dedup |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | intervals | captured pages | zero | deduplicated | stored | disk-read pages (new) | MiB written/interval | saved by zero+dedup |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for workload in ["kvstore", "build", "compress", "sort", "stream", "idle"] {
         let s = daemon_run(
@@ -246,12 +246,14 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
         let r = recording(&s)?;
         let saved = (r.zero_pages + r.dedup_pages) as f64 / r.captured_pages.max(1) as f64;
         println!(
-            "| {workload} | {} | {} | {} | {} | {} | {:.1} | {:.1}% |",
+            "| {workload} | {} | {} | {} | {} | {} | {} ({}) | {:.1} | {:.1}% |",
             r.intervals,
             r.captured_pages,
             r.zero_pages,
             r.dedup_pages,
             r.stored_pages,
+            r.event_pages,
+            r.event_stored_pages,
             r.bytes_written as f64 / r.intervals.max(1) as f64 / (1 << 20) as f64,
             saved * 100.0
         );
