@@ -28,6 +28,9 @@ use super::{InstalledFrames, LoadStats, PageSource, RestoreError, UffdMemory, PA
 /// cores only contend.
 const MAX_THREADS: usize = 8;
 
+/// Pages copied from the mapping of pages.bin at once (2 MiB), then dropped from it.
+const PIECE_PAGES: u64 = 512;
+
 /// Installs every non-zero page of `map`, `source`'s checkpoint read whole, into `memory`,
 /// which nothing has touched yet and no other process maps (nobody else's faults need
 /// serving), then leaves userfaultfd. Returns what was loaded and the frames holding their
@@ -157,11 +160,34 @@ pub(super) fn copy_runs_from_file(
     let indexed: Vec<(usize, (u64, u64, u64))> =
         starts.into_iter().zip(runs.iter().copied()).collect();
     let groups = split_by_pages(&indexed, pages.div_ceil(threads as u64).max(1));
+    let mapping = &mapping;
     let install_group = |group: &[(usize, (u64, u64, u64))]| -> Result<(), RestoreError> {
         for &(start, (gfn, slot, count)) in group {
             let bytes = (count * PAGE) as usize;
-            let from = (source_base + (slot * PAGE) as usize) as *const u8;
-            install_copy(&uffd.uffd, from, bytes, uffd.host(gfn), gfn, false)?;
+            // A piece at a time, each dropped from the mapping once copied: the page cache
+            // keeps the file's pages, but this process's resident memory (what a budget of
+            // concurrent replays counts) holds at most one piece per thread besides the guest's.
+            for piece in (0..count).step_by(PIECE_PAGES as usize) {
+                let pages = PIECE_PAGES.min(count - piece);
+                let offset = ((slot + piece) * PAGE) as usize;
+                let from = (source_base + offset) as *const u8;
+                let len = (pages * PAGE) as usize;
+                install_copy(
+                    &uffd.uffd,
+                    from,
+                    len,
+                    uffd.host(gfn + piece),
+                    gfn + piece,
+                    false,
+                )?;
+                // SAFETY: no Rust reference into the mapping exists (only the kernel read this
+                // range, in the copy above), and MADV_DONTNEED on a private read-only file
+                // mapping only unmaps the pages: a later read would fault them in again from
+                // the file. The range lies inside the mapping (its slots were checked).
+                let _ = unsafe {
+                    mapping.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+                };
+            }
             // SAFETY: the run's frames lie inside guest RAM (the caller's promise) and were just
             // installed, so they are resident and mapped; no VM runs yet and each thread reads
             // only its own runs, so nothing writes them while they are read.
