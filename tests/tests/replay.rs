@@ -488,3 +488,70 @@ fn bad_input_is_refused_clearly() {
         &["ckpt-000001.parquet"],
     );
 }
+
+/// A disk read held by reference whose page is not what the recording read (its slot in
+/// `eventpages/` now names another page of pages.bin) is an error at the read's exit, naming
+/// pages.bin, the slot and the exit, in every mode and both engines' shared device; the
+/// original run replays.
+#[test]
+fn damaged_disk_read_is_reported_at_its_exit() {
+    if !kvm_and_root_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run = tmp.path().join("run");
+    record(
+        &run,
+        "compress",
+        &["--duration", "800ms", "--interval", "200ms", "--seed", "4"],
+    );
+    let opened = Run::open(&run).expect("run opens");
+    // An interval past boot with a disk read, and the first page of it that is not zero.
+    let (interval, exit, row, slot) = (1..opened.interval_count())
+        .find_map(|i| {
+            let mut row = 0;
+            for e in opened.events(i).expect("events") {
+                if let Some(simuboost_format::EventData::Pages(pages)) = &e.data {
+                    for entry in pages {
+                        if let Some((slot, _)) = entry {
+                            return Some((i, e.exit, row, *slot));
+                        }
+                        row += 1;
+                    }
+                }
+            }
+            None
+        })
+        .expect("an interval with a non-zero disk-read page");
+    replay(&run, &["--interval", &interval.to_string()]).expect_code(0);
+
+    let damaged = tmp.path().join("damaged");
+    copy_run(&run, &damaged);
+    // Another committed slot: readable, but not the page the hash names.
+    let other = if slot == 0 { 1 } else { slot - 1 };
+    alter_cell(
+        &simuboost_format::layout::eventpages_table(&damaged, interval),
+        row,
+        "slot",
+        other,
+    );
+    for mode in ["sparse", "full", "lazy"] {
+        let out = replay(
+            &damaged,
+            &["--interval", &interval.to_string(), "--mode", mode],
+        );
+        out.expect_code(1);
+        for needle in [
+            "pages.bin".to_string(),
+            format!("slot {other}"),
+            format!("exit {exit}"),
+        ] {
+            assert!(
+                out.stderr.contains(&needle),
+                "{mode}: the error mentions {needle:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("panicked"), "{mode}: {}", out.stderr);
+    }
+}

@@ -108,28 +108,30 @@ impl UffdMemory {
         // store reads with few requests (the recorder appends a checkpoint's new pages in gfn
         // order, so runs of consecutive frames mostly stay runs of consecutive slots).
         data.sort_unstable_by_key(|&(gfn, slot, _)| (slot, gfn));
+        let mut data_runs: Vec<(u64, u64, u64)> = Vec::new();
+        for &(gfn, slot, _) in &data {
+            match data_runs.last_mut() {
+                Some((g, s, n)) if *g + *n == gfn && *s + *n == slot => *n += 1,
+                _ => data_runs.push((gfn, slot, 1)),
+            }
+        }
+        // A local run: one copy per run straight from a mapping of pages.bin, on every core,
+        // as a dense load does, instead of a `pread` into a staging buffer and a second copy
+        // on one core. Measured alternating on 1 GiB guests (load ms, sparse): `sort` 50–55
+        // against 90–118, `kvstore` (80 k scattered pages) 808–913 against 851–951, `build`
+        // 13–17 against 14–18.
         match source.store.local_file()? {
-            // A local run: one copy per run straight from a mapping of pages.bin, on every
-            // core (as a dense load does), instead of a read into a staging buffer and a copy
-            // from there on one core.
             Some(file) => {
-                let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-                for &(gfn, slot, _) in &data {
-                    match runs.last_mut() {
-                        Some((g, s, n)) if *g + *n == gfn && *s + *n == slot => *n += 1,
-                        _ => runs.push((gfn, slot, 1)),
-                    }
-                }
                 let hashes: Vec<u128> = data.iter().map(|&(_, _, hash)| hash).collect();
-                // A load of most of the file (a full restore in the simulator) reads it in
-                // order; anything sparser reads exactly its runs.
+                // A load of most of the file reads it in order; anything sparser reads exactly
+                // its runs.
                 let span = data.last().map_or(0, |&(_, slot, _)| slot + 1);
                 let readahead = if 2 * data.len() as u64 >= span {
                     Readahead::Sequential
                 } else {
                     Readahead::Exact
                 };
-                copy_runs_from_file(self, source, &file, &runs, &hashes, readahead)?;
+                copy_runs_from_file(self, source, &file, &data_runs, &hashes, readahead)?;
             }
             None => STAGING.with(|staging| {
                 let mut staging = staging.borrow_mut();
