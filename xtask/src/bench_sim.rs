@@ -24,7 +24,7 @@ pub(crate) const RUNS: [(&str, &[&str]); 6] = [
     ("kvstore", &["--work", "40", "--interval-exits", "8"]),
     ("build", &["--work", "200", "--interval-exits", "40"]),
     ("compress", &["--work", "60", "--interval-exits", "12"]),
-    ("sort", &["--work", "6", "--interval-exits", "60"]),
+    ("sort", &["--work", "6", "--interval-exits", "5"]),
     ("stream", &["--work", "6", "--interval-exits", "1"]),
     ("pattern", &["--work", "4000", "--interval-exits", "800"]),
 ];
