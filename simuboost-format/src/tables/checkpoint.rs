@@ -2,14 +2,11 @@
 //! interval N-1 (all non-zero pages for N = 0), sorted by gfn. Hand-written column by column:
 //! it is the largest table and on the recorder's critical path.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use arrow_array::{Array, FixedSizeBinaryArray};
+use std::path::Path;
 
 use super::columns::{
     hash_at, read_batches, write_table, BatchBuilder, Cols, Column, ColumnType, Settings, Table,
-    HASH_BYTES,
 };
 use super::PageLimits;
 use crate::storage::RunStorage;
@@ -57,21 +54,11 @@ impl PageRow {
 }
 
 pub(crate) fn write(path: &Path, checkpoint: u64, rows: &[PageRow]) -> Result<u64, FormatError> {
-    let hashes = FixedSizeBinaryArray::try_from_sparse_iter_with_size(
-        rows.iter().map(|r| r.hash.map(u128::to_be_bytes)),
-        HASH_BYTES,
-    );
-    // try_from_sparse_iter_with_size cannot infer a length from an empty iterator.
-    let hashes = if rows.is_empty() {
-        FixedSizeBinaryArray::new_null(HASH_BYTES, 0)
-    } else {
-        hashes.map_err(|e| FormatError::arrow(path, e))?
-    };
     let batch = BatchBuilder::new(&TABLE, rows.len())
         .number("checkpoint", checkpoint)
         .u64s("gfn", rows.iter().map(|r| r.gfn))
         .opt_u64s("slot", rows.iter().map(|r| r.slot))
-        .set("hash", Arc::new(hashes))
+        .opt_hashes("hash", rows.iter().map(|r| r.hash))
         .finish(path)?;
     write_table(path, &TABLE, &[batch])
 }

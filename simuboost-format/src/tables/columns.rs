@@ -265,6 +265,28 @@ impl<'t> BatchBuilder<'t> {
         self
     }
 
+    /// A nullable `Hash` column: each value big-endian (`u128::to_be_bytes`), `None` as NULL.
+    pub(crate) fn opt_hashes(
+        &mut self,
+        name: &'static str,
+        hashes: impl Iterator<Item = Option<u128>>,
+    ) -> &mut Self {
+        let mut values = Vec::with_capacity(self.rows * HASH_BYTES as usize);
+        let mut valid = Vec::with_capacity(self.rows);
+        for hash in hashes {
+            values.extend_from_slice(&hash.unwrap_or(0).to_be_bytes());
+            valid.push(hash.is_some());
+        }
+        // Built from its buffers: the iterator constructors cannot size an empty or all-NULL
+        // column. A length that is not the batch's is caught by `finish`, like any column's.
+        let array = FixedSizeBinaryArray::new(
+            HASH_BYTES,
+            values.into(),
+            Some(arrow_buffer::NullBuffer::from(valid)),
+        );
+        self.set(name, Arc::new(array))
+    }
+
     /// The `checkpoint` or `interval` column: `number` in every row.
     pub(crate) fn number(&mut self, name: &'static str, number: u64) -> &mut Self {
         let rows = self.rows;

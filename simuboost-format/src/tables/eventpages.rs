@@ -3,14 +3,12 @@
 //! interval that has such data; the events table's `data_pages` says how many rows each event
 //! owns.
 
+use arrow_array::Array;
 use std::path::Path;
-use std::sync::Arc;
-
-use arrow_array::{Array, FixedSizeBinaryArray};
 
 use super::checkpoint::entry_at;
 use super::columns::{
-    read_batches, write_table, BatchBuilder, Cols, Column, ColumnType, Settings, Table, HASH_BYTES,
+    read_batches, write_table, BatchBuilder, Cols, Column, ColumnType, Settings, Table,
 };
 use crate::storage::RunStorage;
 use crate::{layout, FormatError};
@@ -54,21 +52,12 @@ pub(crate) struct EventPage {
 }
 
 pub(crate) fn write(path: &Path, interval: u64, rows: &[EventPage]) -> Result<u64, FormatError> {
-    let hashes = if rows.iter().all(|r| r.entry.is_none()) {
-        FixedSizeBinaryArray::new_null(HASH_BYTES, rows.len())
-    } else {
-        FixedSizeBinaryArray::try_from_sparse_iter_with_size(
-            rows.iter().map(|r| r.entry.map(|(_, h)| h.to_be_bytes())),
-            HASH_BYTES,
-        )
-        .map_err(|e| FormatError::arrow(path, e))?
-    };
     let batch = BatchBuilder::new(&TABLE, rows.len())
         .number("interval", interval)
         .u64s("exit", rows.iter().map(|r| r.exit))
         .u64s("page", rows.iter().map(|r| r.page))
         .opt_u64s("slot", rows.iter().map(|r| r.entry.map(|(s, _)| s)))
-        .set("hash", Arc::new(hashes))
+        .opt_hashes("hash", rows.iter().map(|r| r.entry.map(|(_, h)| h)))
         .finish(path)?;
     write_table(path, &TABLE, &[batch])
 }
