@@ -491,8 +491,7 @@ fn bad_input_is_refused_clearly() {
 
 /// A disk read held by reference whose page is not what the recording read (its slot in
 /// `eventpages/` now names another page of pages.bin) is an error at the read's exit, naming
-/// pages.bin, the slot and the exit, in every mode and both engines' shared device; the
-/// original run replays.
+/// pages.bin, the slot and the exit, in every mode; the original run replays.
 #[test]
 fn damaged_disk_read_is_reported_at_its_exit() {
     if !kvm_and_root_available() {
