@@ -3,6 +3,7 @@
 
 mod cli;
 mod guest_image;
+mod interval;
 mod record;
 mod run;
 mod trace;

@@ -25,6 +25,7 @@ use simuboost_vmm::persist::{save_events, Persist};
 use simuboost_vmm::vstate::dirty::DirtyBitmap;
 use simuboost_vmm::vstate::memory::huge_page_buffer;
 
+use crate::interval::IntervalClock;
 use crate::trace::Tracer;
 pub use simuboost_report::daemon::RecordSummary;
 
@@ -155,8 +156,7 @@ pub struct Recorder {
     run_start: Instant,
     /// The interval now running (its checkpoint is the one taken last).
     interval: u64,
-    interval_start: Instant,
-    interval_start_exit: u64,
+    clock: IntervalClock,
     interval_start_ns: u64,
     jobs: Option<SyncSender<WriterMsg>>,
     written: Receiver<Result<Written, FormatError>>,
@@ -242,13 +242,13 @@ impl Recorder {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
+        let clock = IntervalClock::new(config.interval, config.interval_exits);
         let now = Instant::now();
         Ok(Recorder {
             config,
             run_start: now,
             interval: 0,
-            interval_start: now,
-            interval_start_exit: 0,
+            clock,
             interval_start_ns: 0,
             jobs: Some(jobs_tx),
             written: written_rx,
@@ -336,12 +336,8 @@ impl Recorder {
                 .as_ref()
                 .map(|_| access_log(&traced, &guest, &vmm));
             if self.tracer.is_some() {
-                // Re-arm: clean the guest's accessed/dirty bits (see
-                // Machine::clean_page_table_bits; the page-table frames this changes are part
-                // of this checkpoint) and drop KVM's mappings, so that every frame the next
-                // interval touches faults, and is traced, again.
-                vmm.or(&machine.clean_page_table_bits());
-                machine.invalidate_mappings()?;
+                // The page-table frames the re-arm cleans are part of this checkpoint.
+                vmm.or(&machine.rearm_access_tracing()?);
             }
             let (guest_pages, vmm_pages) = (guest.count(), vmm.count());
             let mut frames = guest;
@@ -401,7 +397,7 @@ impl Recorder {
         );
         let interval = (!initial).then(|| IntervalRecord {
             interval: self.interval,
-            start_exit: self.interval_start_exit,
+            start_exit: self.clock.start_exit(),
             end_exit: snapshot.exits,
             start_ns: self.interval_start_ns,
             end_ns: now_ns,
@@ -443,8 +439,7 @@ impl Recorder {
             dirty_bytes,
             traced_len,
         });
-        self.interval_start = Instant::now();
-        self.interval_start_exit = snapshot.exits;
+        self.clock.restart(snapshot.exits);
         self.interval_start_ns = now_ns;
         Ok(())
     }
@@ -545,11 +540,7 @@ impl ExitObserver for Recorder {
     }
 
     fn after_exit(&mut self, machine: &mut Machine) -> Result<(), ObserverError> {
-        let boundary = match self.config.interval_exits {
-            Some(exits) => machine.guest_exits() - self.interval_start_exit >= exits,
-            None => self.interval_start.elapsed() >= self.config.interval,
-        };
-        if boundary {
+        if self.clock.is_due(machine.guest_exits()) {
             self.checkpoint(machine, false)?;
         }
         Ok(())

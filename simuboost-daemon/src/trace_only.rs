@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 use simuboost_report::daemon::TraceOnlySummary;
 use simuboost_vmm::machine::{ExitObserver, Machine, ObserverError};
 
+use crate::interval::IntervalClock;
 use crate::trace::Tracer;
 
 pub struct TraceOnly {
     tracer: Tracer,
-    interval: Duration,
-    interval_exits: Option<u64>,
-    interval_start: Instant,
-    interval_start_exit: u64,
+    clock: IntervalClock,
     frames: Vec<u64>,
     traced_frames: u64,
     summary: TraceOnlySummary,
@@ -27,10 +25,7 @@ impl TraceOnly {
     pub fn new(tracer: Tracer, interval: Duration, interval_exits: Option<u64>) -> TraceOnly {
         TraceOnly {
             tracer,
-            interval,
-            interval_exits,
-            interval_start: Instant::now(),
-            interval_start_exit: 0,
+            clock: IntervalClock::new(interval, interval_exits),
             frames: Vec::new(),
             traced_frames: 0,
             summary: TraceOnlySummary::default(),
@@ -44,16 +39,14 @@ impl TraceOnly {
         self.frames.clear();
         let drops = self.tracer.drain(&mut self.frames)?;
         // The same re-arm as the recorder's (Recorder::harvest), whose cost is part of tracing.
-        machine.clean_page_table_bits();
-        machine.invalidate_mappings()?;
+        machine.rearm_access_tracing()?;
         if count {
             self.summary.intervals += 1;
             self.traced_frames += self.frames.len() as u64;
             self.summary.incomplete_intervals += u64::from(drops > 0);
             self.paused += began.elapsed();
         }
-        self.interval_start = Instant::now();
-        self.interval_start_exit = machine.guest_exits();
+        self.clock.restart(machine.guest_exits());
         Ok(())
     }
 
@@ -72,11 +65,7 @@ impl ExitObserver for TraceOnly {
     }
 
     fn after_exit(&mut self, machine: &mut Machine) -> Result<(), ObserverError> {
-        let boundary = match self.interval_exits {
-            Some(exits) => machine.guest_exits() - self.interval_start_exit >= exits,
-            None => self.interval_start.elapsed() >= self.interval,
-        };
-        if boundary {
+        if self.clock.is_due(machine.guest_exits()) {
             self.boundary(machine, true)?;
         }
         Ok(())

@@ -404,9 +404,19 @@ impl Machine {
         &self.memory
     }
 
+    /// Re-arms access tracing at an interval boundary, with the guest paused: cleans the
+    /// guest's page-table bits ([`Machine::clean_page_table_bits`]) and drops KVM's mappings
+    /// ([`Machine::invalidate_mappings`]), so that every frame the next interval touches faults,
+    /// and is traced, again. Returns the page-table frames the cleaning wrote (part of the
+    /// interval's writes).
+    pub fn rearm_access_tracing(&mut self) -> Result<DirtyBitmap, MachineError> {
+        let changed = self.clean_page_table_bits();
+        self.invalidate_mappings()?;
+        Ok(changed)
+    }
+
     /// Clears the accessed and dirty bits of every leaf entry of the guest's 4 KiB page tables
-    /// and returns the page-table frames it changed. Call it with [`Machine::invalidate_mappings`]
-    /// at an interval boundary.
+    /// and returns the page-table frames it changed.
     ///
     /// Why: once KVM's mappings are dropped, every access faults and KVM walks the guest page
     /// tables again. A dirty entry would make KVM map the page writable on a *read* fault, and a
@@ -414,7 +424,7 @@ impl Machine {
     /// the mapping of a page the guest has not touched (and then miss the real access). Clean
     /// entries keep the next interval's dirty set and access log exact. The guest never reads
     /// these bits: they are KVM's bookkeeping.
-    pub fn clean_page_table_bits(&mut self) -> DirtyBitmap {
+    fn clean_page_table_bits(&mut self) -> DirtyBitmap {
         let frames = self.boot_config.mem_bytes / simuboost_abi::PAGE_SIZE;
         let mut changed = DirtyBitmap::new(frames);
         let Some(tables) = self.page_tables else {
@@ -440,7 +450,7 @@ impl Machine {
     /// Drops every mapping KVM installed for guest RAM, so that the next access to any frame
     /// faults again (and the tracer sees it): `mprotect` to read-only and back, which makes the
     /// host invalidate KVM's mappings through its MMU notifier. Contents are unchanged.
-    pub fn invalidate_mappings(&mut self) -> Result<(), MachineError> {
+    fn invalidate_mappings(&mut self) -> Result<(), MachineError> {
         let (base, size) = host_region(&self.memory);
         for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
             // SAFETY: changing the protection of the guest RAM mapping, which this machine owns;
