@@ -9,16 +9,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use simuboost_report::daemon::RunSummary;
-
-use crate::bench_record::{scratch_run, tail};
+use crate::bench_record::{record_run_under, scratch_run};
 use crate::bench_report::Spread;
-use crate::binary;
 
 /// Assumed costs on a hardware-virtualized (VMX) host with Page Modification Logging. Nothing
 /// here was measured (this host is PVM, no VMX host is available): they are the usual orders of
@@ -90,36 +86,22 @@ fn perf_value(csv: &str, event: &str) -> Option<f64> {
 }
 
 fn measured_run(dir: &Path, args: &[&str], mode: Mode) -> Result<Sample> {
-    if dir.exists() {
-        fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
-    }
     let perf_out = dir.with_extension("perf.csv");
-    let out = Command::new("perf")
-        .args(["stat", "-x", ",", "-e"])
-        .arg(format!("{FAULT_EVENT},task-clock"))
-        .arg("-o")
-        .arg(&perf_out)
-        .arg("--")
-        .arg(binary("simuboost-daemon", true))
-        .arg("run")
-        .args(args)
-        .args(mode.flags())
-        .args(["--json", "--console-log", "/dev/null"])
-        .arg("--out")
-        .arg(dir)
-        .output()
-        .context("cannot run simuboost-daemon under perf stat (is perf installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "perf stat simuboost-daemon run {} {} failed ({}): {}",
-            args.join(" "),
-            mode.flags().join(" "),
-            out.status,
-            tail(&out.stderr)
-        );
-    }
-    let summary: RunSummary =
-        serde_json::from_slice(&out.stdout).context("the daemon's --json output is not JSON")?;
+    let events = format!("{FAULT_EVENT},task-clock");
+    let perf_out_arg = perf_out.to_string_lossy();
+    let wrapper = [
+        "perf",
+        "stat",
+        "-x",
+        ",",
+        "-e",
+        &events,
+        "-o",
+        &perf_out_arg,
+        "--",
+    ];
+    let args: Vec<&str> = args.iter().chain(mode.flags()).copied().collect();
+    let summary = record_run_under(&wrapper, dir, &args)?;
     let csv = fs::read_to_string(&perf_out)
         .with_context(|| format!("cannot read {}", perf_out.display()))?;
     fs::remove_file(&perf_out)?;

@@ -16,20 +16,39 @@ use crate::{binary, root};
 /// Records `simuboost-daemon run ARGS --json` into `dir` (replacing it) and returns the
 /// daemon's summary; the run directory stays for the caller.
 pub(crate) fn record_run(dir: &Path, args: &[&str]) -> Result<RunSummary> {
+    record_run_under(&[], dir, args)
+}
+
+/// [`record_run`] with the daemon started by `wrapper` (`perf stat ... --`, say; empty: none).
+pub(crate) fn record_run_under(wrapper: &[&str], dir: &Path, args: &[&str]) -> Result<RunSummary> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
-    let out = Command::new(binary("simuboost-daemon", true))
+    let daemon = binary("simuboost-daemon", true);
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_args).arg(&daemon);
+            command
+        }
+        None => Command::new(&daemon),
+    };
+    let under = match wrapper.first() {
+        Some(program) => format!(" under {program} (is it installed?)"),
+        None => String::new(),
+    };
+    let out = command
         .arg("run")
         .args(args)
         .args(["--json", "--console-log", "/dev/null"])
         .arg("--out")
         .arg(dir)
         .output()
-        .context("cannot run simuboost-daemon")?;
+        .with_context(|| format!("cannot run simuboost-daemon{under}"))?;
     if !out.status.success() {
         bail!(
-            "simuboost-daemon run {} failed ({}): {}",
+            "{}simuboost-daemon run {} failed ({}): {}",
+            wrapper.first().map_or(String::new(), |p| format!("{p} ")),
             args.join(" "),
             out.status,
             tail(&out.stderr)
