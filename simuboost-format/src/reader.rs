@@ -276,6 +276,24 @@ impl Run {
         .map(Some)
     }
 
+    /// The frames of the access log of `interval`, in first-touch order, without the rest
+    /// of each row (what a restore needs; checked as [`Run::access`] checks them, except for
+    /// the columns not read); `None` when the run has no log for it.
+    pub fn access_frames(&self, interval: u64) -> Result<Option<Vec<u64>>, FormatError> {
+        self.check_interval(interval)?;
+        let path = layout::access_table(&self.dir, interval);
+        if self.storage.size(&path)?.is_none() {
+            return Ok(None);
+        }
+        tables::access::read_frames(
+            self.storage.as_ref(),
+            &path,
+            interval,
+            self.manifest.mem_pages(),
+        )
+        .map(Some)
+    }
+
     /// The page table of `checkpoint`, in gfn order: the pages written in the interval before
     /// it (every non-zero page for checkpoint 0), with `slot`/`hash` `None` for a page that is
     /// zero at this checkpoint.

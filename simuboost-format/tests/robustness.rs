@@ -214,37 +214,54 @@ fn damaged_access_log_is_an_error_naming_it() {
 
     for cut in [0, 4, good.len() / 2, good.len() - 1] {
         std::fs::write(&path, &good[..cut]).unwrap();
-        let e = run.access(1).unwrap_err();
-        assert!(
-            names(&e, "access/interval-000001.parquet"),
-            "cut {cut}: {e}"
-        );
+        for e in [
+            run.access(1).unwrap_err(),
+            run.access_frames(1).unwrap_err(),
+        ] {
+            assert!(
+                names(&e, "access/interval-000001.parquet"),
+                "cut {cut}: {e}"
+            );
+        }
     }
 
     // Another interval's log under this name.
     std::fs::copy(layout::access_table(&dir, 0), &path).unwrap();
-    let e = run.access(1).unwrap_err();
-    assert!(e.to_string().contains("misplaced"), "{e}");
-    assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+    for e in [
+        run.access(1).unwrap_err(),
+        run.access_frames(1).unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("misplaced"), "{e}");
+        assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+    }
 
     // A valid Parquet file of another table.
     std::fs::copy(layout::interval_table(&dir, 1), &path).unwrap();
-    let e = run.access(1).unwrap_err();
-    assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
-    assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+    for e in [
+        run.access(1).unwrap_err(),
+        run.access_frames(1).unwrap_err(),
+    ] {
+        assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
+        assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+    }
 
     // Guest memory shrunk under the log: its gfns no longer fit.
     std::fs::write(&path, &good).unwrap();
     edit_manifest(&dir, |v| {
         v["meta"]["mem_bytes"] = (2 * PAGE_SIZE as u64).into()
     });
-    let e = Run::open(&dir).unwrap().access(1).unwrap_err();
-    // A log with more rows than the smaller memory has pages is refused from its footer.
-    assert!(
-        e.to_string().contains("beyond guest memory") || e.to_string().contains("at most 2"),
-        "{e}"
-    );
-    assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+    let run = Run::open(&dir).unwrap();
+    for e in [
+        run.access(1).unwrap_err(),
+        run.access_frames(1).unwrap_err(),
+    ] {
+        // A log with more rows than the smaller memory has pages is refused from its footer.
+        assert!(
+            e.to_string().contains("beyond guest memory") || e.to_string().contains("at most 2"),
+            "{e}"
+        );
+        assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+    }
 }
 
 /// Slots beyond what the manifest commits and gfns beyond guest memory are reported, never

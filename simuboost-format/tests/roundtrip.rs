@@ -153,6 +153,13 @@ fn round_trip_against_model() {
         assert_eq!(read_events(&run, i as u64), events_of(i as u64));
         assert_eq!(&run.access(i as u64).unwrap(), access, "access log {i}");
         assert_eq!(
+            run.access_frames(i as u64).unwrap(),
+            access
+                .as_ref()
+                .map(|a| a.iter().map(|a| a.gfn).collect::<Vec<_>>()),
+            "access frames {i}"
+        );
+        assert_eq!(
             layout::access_table(&dir, i as u64).exists(),
             access.is_some()
         );
@@ -455,6 +462,10 @@ fn empty_checkpoints_and_empty_memory() {
     write(&mut w, 0, &empty, None).unwrap();
     write_with(&mut w, 1, &empty, Some(&[]), None).unwrap();
     assert_eq!(Run::open(&dir).unwrap().access(0).unwrap(), Some(vec![]));
+    assert_eq!(
+        Run::open(&dir).unwrap().access_frames(0).unwrap(),
+        Some(vec![])
+    );
 }
 
 /// The recorder drives the writer from a background thread; replay may share readers.

@@ -102,6 +102,9 @@ pub enum ReplayError {
     /// An engine was used out of order (a bug).
     #[error("internal error: the replay engine was used before it was prepared")]
     NotPrepared,
+    /// A thread reading the run's tables could not be started.
+    #[error("cannot start a thread to read the run's tables: {0}")]
+    ReaderThread(#[source] std::io::Error),
     /// The watchdog thread could not be started.
     #[error("cannot start the replay's watchdog thread: {0}")]
     Watchdog(#[source] std::io::Error),
@@ -177,30 +180,30 @@ pub struct IntervalInputs {
 }
 
 impl IntervalInputs {
+    /// Reads the interval's tables. They are independent files, each a small Parquet read
+    /// whose cost is mostly fixed (footer, decoder set-up), so three groups are read at once:
+    /// the events; the access log with the part of the page map it needs (or the whole map);
+    /// and, on this thread, the interval's row and the checkpoints' states.
     fn read(
         run: &Run,
         interval: u64,
         options: &ReplayOptions,
     ) -> Result<IntervalInputs, ReplayError> {
         let mem_bytes = run.manifest().meta.mem_bytes;
-        let record = run.interval(interval)?;
-        let state = run.state(interval)?;
-        check_chain(run, &record, state.exit)?;
-        let machine =
-            MachineSnapshot::restore((), &state).map_err(|source| ReplayError::BadState {
-                path: simuboost_format::layout::state_table(run.dir(), interval),
-                source,
-            })?;
-        let events = restore_events(run.events(interval)?);
-        // The simulator measures the tracer against what it sees, so it reads the access log
-        // in every mode.
-        let wants_log = options.mode == Mode::Sparse || options.engine == Engine::Sim;
-        let access_log: Option<Vec<u64>> = if wants_log {
-            run.access(interval)?
-                .map(|access| access.iter().map(|a| a.gfn).collect())
-        } else {
-            None
-        };
+        let (head, events, log_and_map) = std::thread::scope(|scope| {
+            let events = std::thread::Builder::new()
+                .name("read-events".into())
+                .spawn_scoped(scope, || run.events(interval).map(restore_events));
+            let log_and_map = std::thread::Builder::new()
+                .name("read-page-map".into())
+                .spawn_scoped(scope, || read_log_and_map(run, interval, options));
+            let head = read_head(run, interval);
+            (head, joined(events), joined(log_and_map))
+        });
+        // Errors in a fixed order, whichever thread finished first.
+        let (record, machine) = head?;
+        let events = events??;
+        let (access_log, map) = log_and_map??;
         let working_set = match options.mode {
             Mode::Sparse => {
                 let log = access_log
@@ -213,24 +216,14 @@ impl IntervalInputs {
                          it missed are loaded on demand"
                     );
                 }
+                // The log's part of the map was read beside the states; the frames those
+                // point at (usually in row groups already read) are added now.
+                if let PageLookup::Partial(map) = &map {
+                    map.load(&system_frames(&machine.vcpu, mem_bytes))?;
+                }
                 Some(sparse_set(log, &machine.vcpu, mem_bytes))
             }
             Mode::Full | Mode::Lazy => None,
-        };
-        // A sparse restore of a local run reads only the part of the page map its working set
-        // needs (the rest on demand, for misses and verification): reading all of it grows
-        // with the written part of guest memory. Full and lazy restores need every entry. A run
-        // in object storage reads each table whole, with one request: a partial read costs a
-        // request for the footer and more for the row groups, and the S3 tests took twice as
-        // long with it (557 s against 271 s).
-        let remote = crate::runs::is_remote_path(run.storage().root());
-        let map = match &working_set {
-            Some(gfns) if !options.whole_page_map && !remote => {
-                let map = run.partial_page_map(interval)?;
-                map.load(gfns)?;
-                PageLookup::Partial(map)
-            }
-            _ => PageLookup::Whole(run.page_map(interval)?),
         };
         let source = Arc::new(PageSource::new(map, run.page_store()?));
         Ok(IntervalInputs {
@@ -248,6 +241,59 @@ impl IntervalInputs {
     fn recorded(&self) -> Duration {
         Duration::from_nanos(self.record.end_ns.saturating_sub(self.record.start_ns))
     }
+}
+
+/// The interval's row and the machine at its start, checked to chain with both checkpoints.
+fn read_head(run: &Run, interval: u64) -> Result<(IntervalRecord, MachineSnapshot), ReplayError> {
+    let record = run.interval(interval)?;
+    let state = run.state(interval)?;
+    check_chain(run, &record, state.exit)?;
+    let machine = MachineSnapshot::restore((), &state).map_err(|source| ReplayError::BadState {
+        path: simuboost_format::layout::state_table(run.dir(), interval),
+        source,
+    })?;
+    Ok((record, machine))
+}
+
+/// The access log's frames (when the replay wants them) and the page map: for a sparse
+/// restore of a local run, only the part the log needs (the rest on demand, for misses and
+/// verification), since reading all of it grows with the written part of guest memory. Full
+/// and lazy restores need every entry. A run in object storage reads each table whole, with
+/// one request: a partial read costs a request for the footer and more for the row groups,
+/// and the S3 tests took twice as long with it (557 s against 271 s).
+fn read_log_and_map(
+    run: &Run,
+    interval: u64,
+    options: &ReplayOptions,
+) -> Result<(Option<Vec<u64>>, PageLookup), ReplayError> {
+    // The simulator measures the tracer against what it sees, so it reads the access log in
+    // every mode.
+    let wants_log = options.mode == Mode::Sparse || options.engine == Engine::Sim;
+    let access_log = if wants_log {
+        run.access_frames(interval)?
+    } else {
+        None
+    };
+    let remote = crate::runs::is_remote_path(run.storage().root());
+    let map = match &access_log {
+        Some(log) if options.mode == Mode::Sparse && !options.whole_page_map && !remote => {
+            let map = run.partial_page_map(interval)?;
+            map.load(log)?;
+            PageLookup::Partial(map)
+        }
+        _ => PageLookup::Whole(run.page_map(interval)?),
+    };
+    Ok((access_log, map))
+}
+
+/// The result of a reader thread; a panic there goes on here, as it would have unthreaded.
+fn joined<T>(
+    spawned: std::io::Result<std::thread::ScopedJoinHandle<'_, T>>,
+) -> Result<T, ReplayError> {
+    let handle = spawned.map_err(ReplayError::ReaderThread)?;
+    Ok(handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
 }
 
 /// Checks that interval `record` chains with the checkpoints around it: it starts at the exit

@@ -94,6 +94,40 @@ pub(crate) fn read(
     Ok(access)
 }
 
+/// Reads only the frames of an access log, in first-touch order: what a restore needs. The
+/// `interval` and `gfn` columns are checked as [`read`] checks them (in guest memory, each
+/// once); `kind`, `source` and `first_touch` are not decoded, which makes this several times
+/// cheaper than [`read`] for a large working set.
+pub(crate) fn read_frames(
+    storage: &dyn RunStorage,
+    path: &Path,
+    interval: u64,
+    mem_pages: u64,
+) -> Result<Vec<u64>, FormatError> {
+    let mut frames = Vec::new();
+    let mut seen = GfnSet::new(mem_pages);
+    for batch in read_batches(storage, path, Some(&["interval", "gfn"]), mem_pages)? {
+        let cols = Cols::new(&batch, path);
+        cols.check_number("interval", interval)?;
+        for &gfn in cols.u64s("gfn")? {
+            if gfn >= mem_pages {
+                return Err(FormatError::corrupt(
+                    path,
+                    format!("gfn {gfn:#x} is beyond guest memory ({mem_pages} pages)"),
+                ));
+            }
+            if !seen.insert(gfn) {
+                return Err(FormatError::corrupt(
+                    path,
+                    format!("gfn {gfn:#x} appears twice"),
+                ));
+            }
+            frames.push(gfn);
+        }
+    }
+    Ok(frames)
+}
+
 /// The rules of every access log: row i has `first_touch` i, every gfn is inside guest memory
 /// (`mem_pages`) and appears once. Returns the set of its gfns.
 pub(crate) fn check(access: &[Access], mem_pages: u64) -> Result<GfnSet, String> {
@@ -181,22 +215,31 @@ mod tests {
             read(&crate::storage::LocalStorage::new(tmp.path()), &path, 2, 8).unwrap(),
             good
         );
+        let storage = crate::storage::LocalStorage::new(tmp.path());
+        assert_eq!(read_frames(&storage, &path, 2, 8).unwrap(), [7, 1]);
         for (rows, mem_pages, msg) in [
             (vec![a(7, 0), a(7, 1)], 8, "appears twice"),
             (vec![a(1, 1), a(7, 0)], 8, "first-touch order"),
             (vec![a(7, 0)], 7, "beyond guest memory"),
         ] {
             write(&path, 2, &rows).unwrap();
-            let e = read(
-                &crate::storage::LocalStorage::new(tmp.path()),
-                &path,
-                2,
-                mem_pages,
-            )
-            .unwrap_err();
+            let e = read(&storage, &path, 2, mem_pages).unwrap_err();
             assert!(e.to_string().contains(msg), "{msg}: {e}");
             assert_eq!(e.path(), Some(path.as_path()));
+            // The frames-only read checks what it reads: not `first_touch`.
+            match read_frames(&storage, &path, 2, mem_pages) {
+                Ok(frames) => {
+                    assert_eq!(msg, "first-touch order");
+                    assert_eq!(frames, [1, 7]);
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains(msg), "{msg}: {e}");
+                    assert_eq!(e.path(), Some(path.as_path()));
+                }
+            }
         }
+        let e = read_frames(&storage, &path, 3, 8).unwrap_err();
+        assert!(e.to_string().contains("misplaced"), "{e}");
         // An unknown kind.
         let columns: Vec<ArrayRef> = vec![
             Arc::new(UInt64Array::from(vec![2])),
