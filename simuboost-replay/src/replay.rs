@@ -434,7 +434,16 @@ fn replay_with<E: ReplayEngine>(
 ) -> Result<ReplayReport, ReplayError> {
     let began = Instant::now();
     let fetched_before = run.storage_stats();
-    let inputs = IntervalInputs::read(run, interval, &options)?;
+    // The VM is created while the run is read: neither needs the other.
+    let (inputs, started) = std::thread::scope(|scope| {
+        let inputs = std::thread::Builder::new()
+            .name("read-run".into())
+            .spawn_scoped(scope, || IntervalInputs::read(run, interval, &options));
+        let started = engine.start();
+        (joined(inputs), started)
+    });
+    let inputs = inputs??;
+    started?;
     let read_time = began.elapsed();
 
     let failed = Arc::new(AtomicBool::new(false));

@@ -371,32 +371,7 @@ impl Machine {
         device: Box<dyn Device>,
         control: RunControl,
     ) -> Result<Machine, MachineError> {
-        let (_, mem_bytes) = host_region(&memory);
-        let vm = Vm::new(&memory, false)?;
-        let vcpu = vm.create_vcpu(0)?;
-        vcpu.restore_state(state)?;
-        Ok(Machine {
-            vcpu,
-            vm,
-            memory,
-            device,
-            control,
-            boot_config: BootConfig {
-                magic: BOOT_CONFIG_MAGIC,
-                workload: 0,
-                reserved: 0,
-                mem_bytes,
-                free_start: 0,
-                work_units: 0,
-                disk_blocks: 0,
-                disk_data_bytes: 0,
-                seed: 0,
-            },
-            guest_exits: exits,
-            dirty_tracker: None,
-            guest_dirty: DirtyBitmap::new(mem_bytes / simuboost_abi::PAGE_SIZE),
-            page_tables: None,
-        })
+        BlankMachine::new(memory)?.restore(state, exits, device, control)
     }
 
     /// Guest RAM.
@@ -712,6 +687,59 @@ impl Machine {
             exits: self.guest_exits,
             registers,
         }))
+    }
+}
+
+/// A VM with guest RAM registered and its vCPU created, not yet given a state: the part of a
+/// restore that needs nothing from the checkpoint, so a replayer builds it while it reads the
+/// checkpoint (creating a VM and a vCPU costs ~1.8 ms on PVM).
+pub struct BlankMachine {
+    vm: Vm,
+    vcpu: Vcpu,
+    memory: GuestMemory,
+}
+
+impl BlankMachine {
+    /// Creates the VM over `memory` (no dirty logging) and its vCPU.
+    pub fn new(memory: GuestMemory) -> Result<BlankMachine, MachineError> {
+        let vm = Vm::new(&memory, false)?;
+        let vcpu = vm.create_vcpu(0)?;
+        Ok(BlankMachine { vm, vcpu, memory })
+    }
+
+    /// The machine resuming from a checkpoint: see [`Machine::restore`].
+    pub fn restore(
+        self,
+        state: &VcpuSnapshot,
+        exits: u64,
+        device: Box<dyn Device>,
+        control: RunControl,
+    ) -> Result<Machine, MachineError> {
+        let BlankMachine { vm, vcpu, memory } = self;
+        let (_, mem_bytes) = host_region(&memory);
+        vcpu.restore_state(state)?;
+        Ok(Machine {
+            vcpu,
+            vm,
+            memory,
+            device,
+            control,
+            boot_config: BootConfig {
+                magic: BOOT_CONFIG_MAGIC,
+                workload: 0,
+                reserved: 0,
+                mem_bytes,
+                free_start: 0,
+                work_units: 0,
+                disk_blocks: 0,
+                disk_data_bytes: 0,
+                seed: 0,
+            },
+            guest_exits: exits,
+            dirty_tracker: None,
+            guest_dirty: DirtyBitmap::new(mem_bytes / simuboost_abi::PAGE_SIZE),
+            page_tables: None,
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use simuboost_format::VcpuState;
 use simuboost_vmm::devices::replay::ReplayDevice;
 use simuboost_vmm::devices::DeviceError;
 use simuboost_vmm::machine::{
-    Machine, MachineError, MachineSnapshot, NoObserver, RunControl, RunReport,
+    BlankMachine, Machine, MachineError, MachineSnapshot, NoObserver, RunControl, RunReport,
 };
 use simuboost_vmm::vstate::memory::{create_guest_memory_backed, GuestMemory};
 
@@ -21,6 +21,8 @@ use crate::verify::{self, Divergence};
 pub struct KvmEngine {
     /// Guest RAM (the machine holds another handle on the same mapping).
     memory: GuestMemory,
+    /// The VM, made by `start` while the interval's inputs are read.
+    blank: Option<BlankMachine>,
     machine: Option<Machine>,
     control: RunControl,
     /// The machine's state after the run, saved once for both verification steps.
@@ -34,6 +36,7 @@ impl KvmEngine {
         let memory = create_guest_memory_backed(mem_bytes, false).map_err(MachineError::from)?;
         Ok(KvmEngine {
             memory,
+            blank: None,
             machine: None,
             control: RunControl::default(),
             final_state: None,
@@ -63,23 +66,33 @@ impl ReplayEngine for KvmEngine {
         Ok(Vec::new())
     }
 
+    fn start(&mut self) -> Result<(), ReplayError> {
+        self.blank = Some(BlankMachine::new(self.memory.clone())?);
+        Ok(())
+    }
+
     fn prepare(&mut self, inputs: &IntervalInputs) -> Result<(), ReplayError> {
         let mem_bytes = inputs.mem_bytes;
-        self.machine = Some(Machine::restore(
-            self.memory.clone(),
-            &inputs.machine.vcpu,
-            inputs.machine.exits,
-            Box::new(
-                ReplayDevice::new(
-                    inputs.events.clone(),
-                    inputs.record.end_exit,
-                    mem_bytes,
-                    inputs.machine.device.clone(),
-                )
-                .with_stored_pages(inputs.source.clone()),
-            ),
-            self.control.clone(),
-        )?);
+        let blank = match self.blank.take() {
+            Some(blank) => blank,
+            None => BlankMachine::new(self.memory.clone())?,
+        };
+        self.machine = Some(
+            blank.restore(
+                &inputs.machine.vcpu,
+                inputs.machine.exits,
+                Box::new(
+                    ReplayDevice::new(
+                        inputs.events.clone(),
+                        inputs.record.end_exit,
+                        mem_bytes,
+                        inputs.machine.device.clone(),
+                    )
+                    .with_stored_pages(inputs.source.clone()),
+                ),
+                self.control.clone(),
+            )?,
+        );
         Ok(())
     }
 

@@ -43,6 +43,13 @@ pub trait ReplayEngine {
     /// miss handler serves too. Called once, after the up-front load, before serving starts.
     fn peers(&mut self) -> Result<Vec<PeerUffd>, ReplayError>;
 
+    /// Does what needs none of the interval's inputs (creating a VM), while the replayer reads
+    /// them on other threads. Called once, before [`ReplayEngine::prepare`]; an engine with
+    /// nothing to do ahead does nothing.
+    fn start(&mut self) -> Result<(), ReplayError> {
+        Ok(())
+    }
+
     /// Builds the machine from the interval's start state (after the miss handler runs).
     fn prepare(&mut self, inputs: &IntervalInputs) -> Result<(), ReplayError>;
 
