@@ -224,9 +224,11 @@ impl PageStore {
     }
 
     /// Counts `bytes` of pages.bin read in `requests` by a reader of its mapping
-    /// ([`PageStore::local_file`]), so that [`PageStore::stats`] covers them too.
+    /// ([`PageStore::local_file`]), so that [`PageStore::stats`] and the run's storage
+    /// statistics (of which the page store's are a part) cover them too.
     pub fn count_mapped_read(&self, requests: u64, bytes: u64) {
         self.counters.add(requests, bytes);
+        self.storage.count_mapped_read(requests, bytes);
     }
 
     /// pages.bin's open file when the run is a local directory (`None` in an object store), for

@@ -109,6 +109,12 @@ pub trait RunStorage: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Counts `bytes` in `requests` that a reader read through a mapping of a
+    /// [`RunStorage::local_file`], so that [`RunStorage::stats`] covers every read of the run.
+    fn count_mapped_read(&self, requests: u64, bytes: u64) {
+        let _ = (requests, bytes);
+    }
+
     /// How many unneeded pages between two needed ones are worth reading to save a request:
     /// a few for a local file (a syscall), many more for an object store (a round trip).
     fn coalesce_gap_pages(&self) -> u64;
@@ -238,6 +244,10 @@ impl RunStorage for LocalStorage {
 
     fn local_file(&self, path: &Path) -> Result<Option<Arc<File>>, FormatError> {
         self.file(path).map(Some)
+    }
+
+    fn count_mapped_read(&self, requests: u64, bytes: u64) {
+        self.counters.add(requests, bytes);
     }
 
     fn read_ranges(

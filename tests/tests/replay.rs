@@ -47,6 +47,16 @@ fn replay_all_verified(run: &Path, mode: &str) -> BTreeMap<u64, ReplayReport> {
         assert_eq!(r.mode.name(), mode);
         assert!(r.pages_checked > 0, "{mode} interval {i}: {r:?}");
         assert!(r.footprint_bytes > 0, "{mode} interval {i}: {r:?}");
+        // What was loaded was read from pages.bin, and pages.bin's reads (through its
+        // mapping or not) are part of everything read from the run, beside the tables.
+        assert!(
+            r.page_store_bytes_read >= r.bytes_loaded,
+            "{mode} interval {i}: {r:?}"
+        );
+        assert!(
+            r.bytes_fetched > r.page_store_bytes_read,
+            "{mode} interval {i}: {r:?}"
+        );
     }
     by_interval
 }
