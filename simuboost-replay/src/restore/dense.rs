@@ -162,11 +162,15 @@ pub(super) fn copy_runs_from_file(
     let groups = split_by_pages(&indexed, pages.div_ceil(threads as u64).max(1));
     let mapping = &mapping;
     let install_group = |group: &[(usize, (u64, u64, u64))]| -> Result<(), RestoreError> {
+        // Copied pages are dropped from the mapping about a piece at a time: the page cache
+        // keeps the file's pages, but this process's resident memory (what a budget of
+        // concurrent replays counts) holds at most about one piece per thread besides the
+        // guest's. Not after every run: each drop shoots down the other installers' TLBs, an
+        // interrupt to every core, which on a VM costs an exit (~15 µs per run measured for
+        // the scattered single-page runs of a sparse load).
+        let mut copied = Dropper::new(mapping);
         for &(start, (gfn, slot, count)) in group {
             let bytes = (count * PAGE) as usize;
-            // A piece at a time, each dropped from the mapping once copied: the page cache
-            // keeps the file's pages, but this process's resident memory (what a budget of
-            // concurrent replays counts) holds at most one piece per thread besides the guest's.
             for piece in (0..count).step_by(PIECE_PAGES as usize) {
                 let pages = PIECE_PAGES.min(count - piece);
                 let offset = ((slot + piece) * PAGE) as usize;
@@ -180,13 +184,7 @@ pub(super) fn copy_runs_from_file(
                     gfn + piece,
                     false,
                 )?;
-                // SAFETY: no Rust reference into the mapping exists (only the kernel read this
-                // range, in the copy above), and MADV_DONTNEED on a private read-only file
-                // mapping only unmaps the pages: a later read would fault them in again from
-                // the file. The range lies inside the mapping (its slots were checked).
-                let _ = unsafe {
-                    mapping.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
-                };
+                copied.copied(offset, len);
             }
             // SAFETY: the run's frames lie inside guest RAM (the caller's promise) and were just
             // installed, so they are resident and mapped; no VM runs yet and each thread reads
@@ -203,6 +201,7 @@ pub(super) fn copy_runs_from_file(
                 source.store.verify_page(slot + k, hash, gfn + k, page)?;
             }
         }
+        copied.drop_pending();
         Ok(())
     };
     std::thread::scope(|scope| {
@@ -227,6 +226,56 @@ pub(super) fn copy_runs_from_file(
         .store
         .count_mapped_read(runs.len() as u64, pages * PAGE);
     Ok(pages)
+}
+
+/// Drops ranges of a mapping of pages.bin that a thread has copied from, a piece's worth
+/// (about [`PIECE_PAGES`]) at a time, with one `MADV_DONTNEED` over the span they cover.
+struct Dropper<'a> {
+    mapping: &'a Mmap,
+    /// The span of the ranges copied since the last drop, bytes into the mapping.
+    span: Option<(usize, usize)>,
+    bytes: usize,
+}
+
+impl<'a> Dropper<'a> {
+    fn new(mapping: &'a Mmap) -> Dropper<'a> {
+        Dropper {
+            mapping,
+            span: None,
+            bytes: 0,
+        }
+    }
+
+    /// Notes that `len` bytes at `offset` (inside the mapping) have been copied.
+    fn copied(&mut self, offset: usize, len: usize) {
+        let end = offset + len;
+        self.span = Some(match self.span {
+            Some((start, last)) => (start.min(offset), last.max(end)),
+            None => (offset, end),
+        });
+        self.bytes += len;
+        if self.bytes >= (PIECE_PAGES * PAGE) as usize {
+            self.drop_pending();
+        }
+    }
+
+    /// Drops what was copied since the last drop.
+    fn drop_pending(&mut self) {
+        if let Some((start, end)) = self.span.take() {
+            // SAFETY: no Rust reference into the mapping exists (only the kernel read it, in
+            // UFFDIO_COPY), and MADV_DONTNEED on a private read-only file mapping only unmaps
+            // pages: a later read would fault them in again from the file. The span lies inside
+            // the mapping (its slots were checked).
+            let _ = unsafe {
+                self.mapping.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+        self.bytes = 0;
+    }
 }
 
 /// A run of frames that one copy installs: `(first gfn, first slot, pages)`.
