@@ -69,7 +69,11 @@ fn install_from_mapping(
     map: &PageMap,
     file: &std::fs::File,
 ) -> Result<u64, RestoreError> {
-    let runs: Vec<(u64, u64, u64)> = map.runs().collect();
+    // In file order: the map's runs in gfn order jump around pages.bin (each checkpoint
+    // appended the pages it wrote), which makes a load from a cold page cache random reads;
+    // sorted by slot, each installer reads its share of the file front to back.
+    let mut runs: Vec<(u64, u64, u64)> = map.runs().collect();
+    runs.sort_unstable_by_key(|&(_, slot, _)| slot);
     let mut hashes = Vec::with_capacity(map.len());
     for &(gfn, _, pages) in &runs {
         if gfn + pages > uffd.frames {
@@ -81,7 +85,7 @@ fn install_from_mapping(
         }
         hashes.extend_from_slice(map.run_hashes(gfn, pages));
     }
-    // The whole map is read once, in order: the kernel may read ahead as far as it likes.
+    // Most of the file is read once, in order: the kernel may read ahead as far as it likes.
     copy_runs_from_file(uffd, source, file, &runs, &hashes, Readahead::Sequential)
 }
 
