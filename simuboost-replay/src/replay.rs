@@ -274,6 +274,9 @@ fn read_log_and_map(
     } else {
         None
     };
+    if options.mode == Mode::Sparse && access_log.is_none() {
+        return Err(ReplayError::NoWorkingSet(interval));
+    }
     let remote = crate::runs::is_remote_path(run.storage().root());
     let map = match &access_log {
         Some(log) if options.mode == Mode::Sparse && !options.whole_page_map && !remote => {
