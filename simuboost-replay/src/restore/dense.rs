@@ -28,6 +28,10 @@ use super::{InstalledFrames, LoadStats, PageSource, RestoreError, UffdMemory, PA
 /// cores only contend.
 const MAX_THREADS: usize = 8;
 
+/// Unneeded pages of pages.bin a sparse load asks the kernel to read rather than split a
+/// read-ahead request in two (32 pages: 128 KiB).
+const WILLNEED_GAP_PAGES: u64 = 32;
+
 /// Pages copied from the mapping of pages.bin at once (2 MiB), then dropped from it.
 const PIECE_PAGES: u64 = 512;
 
@@ -147,12 +151,31 @@ pub(super) fn copy_runs_from_file(
         }
         Readahead::Exact => {
             let _ = mapping.advise(memmap2::Advice::Random);
-            for &(_, slot, count) in runs {
+            // One request per stretch of the file whose runs lie at most WILLNEED_GAP_PAGES
+            // apart (the runs are in slot order): a scattered working set is mostly runs of one
+            // page, and a syscall each cost more than reading the few pages between them.
+            let mut stretch: Option<(u64, u64)> = None;
+            let advise = |(first, end): (u64, u64)| {
                 let _ = mapping.advise_range(
                     memmap2::Advice::WillNeed,
-                    (slot * PAGE) as usize,
-                    (count * PAGE) as usize,
+                    (first * PAGE) as usize,
+                    ((end - first) * PAGE) as usize,
                 );
+            };
+            for &(_, slot, count) in runs {
+                stretch = match stretch {
+                    Some((first, end)) if slot <= end + WILLNEED_GAP_PAGES => {
+                        Some((first, end.max(slot + count)))
+                    }
+                    Some(done) => {
+                        advise(done);
+                        Some((slot, slot + count))
+                    }
+                    None => Some((slot, slot + count)),
+                };
+            }
+            if let Some(done) = stretch {
+                advise(done);
             }
         }
     }
