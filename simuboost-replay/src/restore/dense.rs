@@ -98,8 +98,9 @@ fn install_from_mapping(
 pub(super) enum Readahead {
     /// As far as it likes: the load reads most of the file in order (a dense load).
     Sequential,
-    /// Exactly the runs the load copies, each asked for up front, and nothing around them: a
-    /// sparse load reads a small part of the file, and readahead around it only fills memory.
+    /// The runs the load copies, asked for up front (runs a few pages apart in one request),
+    /// and nothing else: a sparse load reads a small part of the file, and readahead around
+    /// it only fills memory.
     Exact,
 }
 
@@ -193,8 +194,8 @@ pub(super) fn copy_runs_from_file(
         // keeps the file's pages, but this process's resident memory (what a budget of
         // concurrent replays counts) holds at most about one piece per thread besides the
         // guest's. Not after every run: each drop shoots down the other installers' TLBs, an
-        // interrupt to every core, which on a VM costs an exit (~15 µs per run measured for
-        // the scattered single-page runs of a sparse load).
+        // interrupt to every core, which on a VM costs an exit (dropping per run, a sparse
+        // load of `pattern`'s 763 scattered pages took 13.2 ms; in batches ~10 ms).
         let mut copied = Dropper::new(mapping);
         for &(start, (gfn, slot, count)) in group {
             let bytes = (count * PAGE) as usize;
