@@ -260,6 +260,23 @@ impl Run {
     /// The access log (working set) of `interval`, in first-touch order; `None` when the run
     /// has none for it (recorded without a tracer, `meta.tracer == "none"`).
     pub fn access(&self, interval: u64) -> Result<Option<Vec<Access>>, FormatError> {
+        self.read_access(interval, tables::access::read)
+    }
+
+    /// The frames of the access log of `interval`, in first-touch order, without the rest
+    /// of each row (what a restore needs; checked as [`Run::access`] checks them, except for
+    /// the columns not read); `None` when the run has no log for it.
+    pub fn access_frames(&self, interval: u64) -> Result<Option<Vec<u64>>, FormatError> {
+        self.read_access(interval, tables::access::read_frames)
+    }
+
+    /// The access log of `interval` read by `read` (storage, path, interval, guest pages), or
+    /// `None` when the run has none for it.
+    fn read_access<T>(
+        &self,
+        interval: u64,
+        read: impl FnOnce(&dyn RunStorage, &Path, u64, u64) -> Result<T, FormatError>,
+    ) -> Result<Option<T>, FormatError> {
         self.check_interval(interval)?;
         let path = layout::access_table(&self.dir, interval);
         // Unlike the other tables, an access log is optional, so whether the file exists is the
@@ -267,25 +284,7 @@ impl Run {
         if self.storage.size(&path)?.is_none() {
             return Ok(None);
         }
-        tables::access::read(
-            self.storage.as_ref(),
-            &path,
-            interval,
-            self.manifest.mem_pages(),
-        )
-        .map(Some)
-    }
-
-    /// The frames of the access log of `interval`, in first-touch order, without the rest
-    /// of each row (what a restore needs; checked as [`Run::access`] checks them, except for
-    /// the columns not read); `None` when the run has no log for it.
-    pub fn access_frames(&self, interval: u64) -> Result<Option<Vec<u64>>, FormatError> {
-        self.check_interval(interval)?;
-        let path = layout::access_table(&self.dir, interval);
-        if self.storage.size(&path)?.is_none() {
-            return Ok(None);
-        }
-        tables::access::read_frames(
+        read(
             self.storage.as_ref(),
             &path,
             interval,

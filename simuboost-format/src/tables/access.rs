@@ -110,18 +110,8 @@ pub(crate) fn read_frames(
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         for &gfn in cols.u64s("gfn")? {
-            if gfn >= mem_pages {
-                return Err(FormatError::corrupt(
-                    path,
-                    format!("gfn {gfn:#x} is beyond guest memory ({mem_pages} pages)"),
-                ));
-            }
-            if !seen.insert(gfn) {
-                return Err(FormatError::corrupt(
-                    path,
-                    format!("gfn {gfn:#x} appears twice"),
-                ));
-            }
+            check_frame(&mut seen, gfn, mem_pages)
+                .map_err(|what| FormatError::corrupt(path, what))?;
             frames.push(gfn);
         }
     }
@@ -140,17 +130,23 @@ pub(crate) fn check(access: &[Access], mem_pages: u64) -> Result<GfnSet, String>
                 a.gfn, a.first_touch
             ));
         }
-        if a.gfn >= mem_pages {
-            return Err(format!(
-                "gfn {:#x} is beyond guest memory ({mem_pages} pages)",
-                a.gfn
-            ));
-        }
-        if !seen.insert(a.gfn) {
-            return Err(format!("gfn {:#x} appears twice", a.gfn));
-        }
+        check_frame(&mut seen, a.gfn, mem_pages)?;
     }
     Ok(seen)
+}
+
+/// The rules of one frame of an access log: inside guest memory, and not in `seen` yet (it is
+/// added).
+fn check_frame(seen: &mut GfnSet, gfn: u64, mem_pages: u64) -> Result<(), String> {
+    if gfn >= mem_pages {
+        return Err(format!(
+            "gfn {gfn:#x} is beyond guest memory ({mem_pages} pages)"
+        ));
+    }
+    if !seen.insert(gfn) {
+        return Err(format!("gfn {gfn:#x} appears twice"));
+    }
+    Ok(())
 }
 
 /// The writer's extra rule, which needs the checkpoint's pages: the `write` rows are exactly
