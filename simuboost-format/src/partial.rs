@@ -136,6 +136,25 @@ impl PartialPageMap {
         Ok(None)
     }
 
+    /// The entries of `gfns` (`(slot, hash)`, `None` for a zero page or one beyond guest
+    /// memory), reading the row groups that hold them if they are not loaded yet: the bulk
+    /// form of [`PartialPageMap::entry`], a merge per table instead of a search per frame in
+    /// every table (60 k frames over 16 tables: ~60 ms as look-ups one by one).
+    pub fn entries(&self, gfns: &[u64]) -> Result<Vec<Option<(u64, u128)>>, FormatError> {
+        let ascending = gfns.windows(2).all(|w| w[0] < w[1]);
+        if !ascending {
+            return gfns.iter().map(|&gfn| self.entry(gfn)).collect();
+        }
+        let inside = gfns.partition_point(|&g| g < self.limits.mem_pages);
+        let mut tables = self.lock()?;
+        self.load_locked(&mut tables, &gfns[..inside])?;
+        let mut found: Vec<Option<Option<(u64, u128)>>> = vec![None; gfns.len()];
+        for table in tables.iter() {
+            table.overlay(&gfns[..inside], &mut found[..inside])?;
+        }
+        Ok(found.into_iter().map(Option::flatten).collect())
+    }
+
     /// How much has been read.
     pub fn stats(&self) -> PartialStats {
         let Ok(tables) = self.lock() else {

@@ -54,3 +54,69 @@ fn partial_page_map_equals_the_whole_one_and_reads_less() {
         assert_eq!(stats.loaded, stats.row_groups, "checkpoint {n}");
     }
 }
+
+/// `entries` (a sorted list looked up in one pass per table) answers as `entry` does one frame
+/// at a time: on a fresh map, on one loaded in part by earlier asks, and for an unsorted list
+/// or frames past guest memory.
+#[test]
+fn bulk_entries_equal_single_lookups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut w = RunWriter::create(&dir, meta(MEM_PAGES))
+        .unwrap()
+        .with_consolidate_every(CONSOLIDATE);
+    let mut rng = Rng(11);
+    let mut model = Model::new(MEM_PAGES);
+    for n in 0..CHECKPOINTS {
+        let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 3000);
+        apply(&mut model, &g);
+        write(&mut w, n, &g, None).unwrap();
+    }
+    drop(w);
+    let run = Run::open(&dir).unwrap();
+    for n in 0..CHECKPOINTS {
+        let whole = run.page_map(n).unwrap();
+        // Every third frame, a run of neighbours, and two frames past guest memory.
+        let mut asked: Vec<u64> = (0..MEM_PAGES).step_by(3).collect();
+        asked.extend(2100..2200);
+        asked.extend([MEM_PAGES, MEM_PAGES + 5]);
+        asked.sort_unstable();
+        asked.dedup();
+        let expected: Vec<_> = asked.iter().map(|&g| whole.entry(g)).collect();
+
+        let fresh = run.partial_page_map(n).unwrap();
+        assert_eq!(
+            fresh.entries(&asked).unwrap(),
+            expected,
+            "checkpoint {n}, fresh"
+        );
+
+        // Some frames asked before, one at a time and as a load, so spans are in every
+        // state: untouched, asked in part, read whole.
+        let part = run.partial_page_map(n).unwrap();
+        part.load(&[5, 6, 4000]).unwrap();
+        part.entry(3001).unwrap();
+        assert_eq!(
+            part.entries(&asked).unwrap(),
+            expected,
+            "checkpoint {n}, in part"
+        );
+        assert_eq!(
+            part.entries(&asked).unwrap(),
+            expected,
+            "checkpoint {n}, again"
+        );
+
+        let mut shuffled = asked.clone();
+        shuffled.reverse();
+        let mut expected_rev = expected.clone();
+        expected_rev.reverse();
+        let other = run.partial_page_map(n).unwrap();
+        assert_eq!(
+            other.entries(&shuffled).unwrap(),
+            expected_rev,
+            "checkpoint {n}, unsorted"
+        );
+        assert_eq!(other.entries(&[]).unwrap(), vec![]);
+    }
+}

@@ -373,22 +373,73 @@ impl PrunedTable {
     }
 
     /// The spans that can hold any of `gfns` (ascending) not looked up yet, each with those
-    /// gfns.
+    /// gfns. A span's gfns are found with two binary searches and compared with what it has
+    /// looked up in one pass, so a working set of tens of thousands of frames costs a pass over
+    /// the spans it touches, not a search per frame in every table.
     pub(crate) fn missing(&self, gfns: &[u64]) -> Vec<(usize, Vec<u64>)> {
         let mut out: Vec<(usize, Vec<u64>)> = Vec::new();
-        for &gfn in gfns {
-            if let Some(i) = self.span_of(gfn) {
-                let span = &self.spans[i];
-                if span.complete || span.asked.binary_search(&gfn).is_ok() {
-                    continue;
-                }
-                match out.last_mut() {
-                    Some((span, list)) if *span == i => list.push(gfn),
-                    _ => out.push((i, vec![gfn])),
+        let mut k = 0;
+        while k < gfns.len() {
+            let i = self.spans.partition_point(|s| s.last < gfns[k]);
+            let Some(span) = self.spans.get(i) else {
+                break;
+            };
+            if gfns[k] < span.first {
+                k += gfns[k..].partition_point(|&g| g < span.first);
+                continue;
+            }
+            let end = k + gfns[k..].partition_point(|&g| g <= span.last);
+            if !span.complete {
+                let list = not_in(&gfns[k..end], &span.asked);
+                if !list.is_empty() {
+                    out.push((i, list));
                 }
             }
+            k = end;
         }
         out
+    }
+
+    /// Overlays this table's rows for `gfns` (strictly ascending, every one looked up) onto
+    /// `out` (one entry per gfn): where the table has a row, it replaces what older tables
+    /// said, `Some(None)` being a row that says the page is zero. One pass per span touched,
+    /// as [`PrunedTable::missing`].
+    pub(crate) fn overlay(
+        &self,
+        gfns: &[u64],
+        out: &mut [Option<Option<(u64, u128)>>],
+    ) -> Result<(), FormatError> {
+        let mut k = 0;
+        while k < gfns.len() {
+            let i = self.spans.partition_point(|s| s.last < gfns[k]);
+            let Some(span) = self.spans.get(i) else {
+                break;
+            };
+            if gfns[k] < span.first {
+                k += gfns[k..].partition_point(|&g| g < span.first);
+                continue;
+            }
+            let end = k + gfns[k..].partition_point(|&g| g <= span.last);
+            if !span.complete && !not_in(&gfns[k..end], &span.asked).is_empty() {
+                return Err(FormatError::invalid(format!(
+                    "internal error: frames of {:#x}..={:#x} not looked up in {}",
+                    span.first,
+                    span.last,
+                    self.path.display()
+                )));
+            }
+            let mut r = 0;
+            for (gfn, slot) in gfns[k..end].iter().zip(&mut out[k..end]) {
+                while r < span.rows.len() && span.rows[r].gfn < *gfn {
+                    r += 1;
+                }
+                if let Some(row) = span.rows.get(r).filter(|row| row.gfn == *gfn) {
+                    *slot = Some((row.slot != ZERO).then_some((row.slot, row.hash)));
+                }
+            }
+            k = end;
+        }
+        Ok(())
     }
 
     /// Reads the column chunks of `spans` (coalesced, gaps of up to `gap` bytes joined; one
@@ -485,6 +536,12 @@ impl PrunedTable {
                 span.rows = rows;
                 continue;
             }
+            if span.asked.is_empty() {
+                // Both come sorted (missing, decode): nothing to merge.
+                span.asked = asked;
+                span.rows = rows;
+                continue;
+            }
             span.asked.extend(asked);
             span.asked.sort_unstable();
             span.asked.dedup();
@@ -512,6 +569,28 @@ impl PrunedTable {
             .ok()
             .map(|i| (rows[i].slot != ZERO).then_some((rows[i].slot, rows[i].hash))))
     }
+}
+
+/// The gfns of `wanted` (ascending) that are not in `have` (ascending).
+fn not_in(wanted: &[u64], have: &[u64]) -> Vec<u64> {
+    if wanted.len() < 8 {
+        return wanted
+            .iter()
+            .copied()
+            .filter(|g| have.binary_search(g).is_err())
+            .collect();
+    }
+    let mut out = Vec::new();
+    let mut h = 0;
+    for &g in wanted {
+        while have.get(h).is_some_and(|&x| x < g) {
+            h += 1;
+        }
+        if have.get(h) != Some(&g) {
+            out.push(g);
+        }
+    }
+    out
 }
 
 /// Rows of the spans of one table, decoded.
@@ -551,6 +630,10 @@ impl Pending {
             .build()
             .map_err(|e| FormatError::parquet(path, e))?;
             let mut rows: Vec<Row> = Vec::new();
+            // Rows come in gfn order (the writer's): `asked` is walked beside them, and
+            // searched again only if a row goes back.
+            let mut cursor = 0usize;
+            let mut last_gfn = 0u64;
             for batch in reader {
                 let batch = batch.map_err(|e| FormatError::arrow(path, e))?;
                 let cols = Cols::new(&batch, path);
@@ -592,8 +675,15 @@ impl Pending {
                         ));
                     }
                     previous = Some(gfn);
+                    if gfn < last_gfn {
+                        cursor = asked.partition_point(|&a| a < gfn);
+                    }
+                    last_gfn = gfn;
+                    while asked.get(cursor).is_some_and(|&a| a < gfn) {
+                        cursor += 1;
+                    }
                     // An empty list: the whole span.
-                    if asked.is_empty() || asked.binary_search(&gfn).is_ok() {
+                    if asked.is_empty() || asked.get(cursor) == Some(&gfn) {
                         rows.push(Row { gfn, slot, hash });
                     }
                 }

@@ -42,6 +42,14 @@ impl PageSource {
         }
     }
 
+    /// The entries of `gfns`, as [`PageSource::entry`] gives them one by one.
+    pub fn entries(&self, gfns: &[u64]) -> Result<Vec<Option<(u64, u128)>>, FormatError> {
+        match &self.map {
+            PageLookup::Whole(map) => Ok(gfns.iter().map(|&gfn| map.entry(gfn)).collect()),
+            PageLookup::Partial(map) => map.entries(gfns),
+        }
+    }
+
     /// The whole map, if it was read whole.
     pub fn whole(&self) -> Option<&PageMap> {
         match &self.map {

@@ -95,13 +95,17 @@ impl UffdMemory {
         let mut stats = LoadStats::default();
         let mut data: Vec<(u64, u64, u128)> = Vec::with_capacity(gfns.len());
         let mut zeros: Vec<u64> = Vec::new();
-        for &gfn in gfns.iter().filter(|&&g| g < self.frames) {
-            if self.installed.contains(gfn) {
-                continue;
-            }
-            match source.entry(gfn)? {
-                Some((slot, hash)) => data.push((gfn, slot, hash)),
-                None => zeros.push(gfn),
+        // Looked up together: a partial page map answers a sorted list with one pass per
+        // table instead of a search per frame in each.
+        let wanted: Vec<u64> = gfns
+            .iter()
+            .copied()
+            .filter(|&g| g < self.frames && !self.installed.contains(g))
+            .collect();
+        for (gfn, entry) in wanted.iter().zip(source.entries(&wanted)?) {
+            match entry {
+                Some((slot, hash)) => data.push((*gfn, slot, hash)),
+                None => zeros.push(*gfn),
             }
         }
         // In slot order: each chunk then covers a compact part of pages.bin, which the page
