@@ -10,19 +10,28 @@ fuzz_target!(|data: &[u8]| {
     let (interval, data) = simuboost_fuzz::numbered(data, CHECKPOINTS - 1);
     simuboost_fuzz::put(&layout::access_table(run.dir(), interval), data);
     let whole = run.access(interval);
-    let frames = run.access_frames(interval);
-    // The frames-only read (a restore's) accepts whatever the whole read accepts, with the
-    // same frames; it checks fewer columns, so it may accept more.
+    let set = run.working_set(interval);
+    // A restore's read (frames and start pages) accepts whatever the whole read accepts, with
+    // the same frames; it checks fewer columns, so it may accept more.
     if let Ok(Some(access)) = &whole {
         let gfns: Vec<u64> = access.iter().map(|a| a.gfn).collect();
         assert_eq!(
-            frames.as_ref().ok(),
-            Some(&Some(gfns)),
-            "frames-only read differs"
+            set.as_ref().ok().map(|s| s.as_ref().map(|s| &s.frames)),
+            Some(Some(&gfns)),
+            "the working-set read differs"
         );
     }
-    if let Ok(Some(frames)) = &frames {
-        let mut distinct = frames.clone();
+    if let Ok(Some(set)) = &set {
+        let frames = &set.frames;
+        if let Some(pages) = &set.start_pages {
+            assert_eq!(pages.len(), frames.len(), "a start page per frame");
+            let slots = run.manifest().page_slots;
+            assert!(
+                pages.iter().flatten().all(|&(slot, _)| slot < slots),
+                "a start slot past the committed slots"
+            );
+        }
+        let mut distinct = frames.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), frames.len(), "a frame twice");

@@ -1,7 +1,7 @@
 //! The page map as of a checkpoint, read only where it is asked: [`PartialPageMap`].
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::storage::RunStorage;
 use crate::tables::pruned::{decode_pending, decode_tails, open_tail, Kind, PrunedTable};
@@ -13,17 +13,20 @@ const NAMES: &[&str] = &["checkpoint", "gfn", "slot", "hash"];
 
 /// The page map as of checkpoint N (the same answers as [`crate::Run::page_map`]), of which
 /// only the parts that are asked for are read: the consolidated map and the page tables after
-/// it are opened by their footers, [`PartialPageMap::load`] reads the row groups that can hold
-/// a set of frames (one read per file), and [`PartialPageMap::entry`] reads, on demand, the
-/// groups of a frame not loaded yet. So a sparse restore reads the part of the map its working
+/// it are opened by their footers when first asked anything, [`PartialPageMap::load`] reads the
+/// row groups that can hold a set of frames (one read per file), and
+/// [`PartialPageMap::entry`] reads, on demand, the groups of a frame not loaded yet. So a sparse restore reads the part of the map its working
 /// set needs, however large the written part of guest memory has grown, and a miss still finds
 /// every frame's slot and hash.
 #[derive(Debug)]
 pub struct PartialPageMap {
     storage: Arc<dyn RunStorage>,
     limits: PageLimits,
-    /// The consolidated map, then the page tables after it in checkpoint order.
-    tables: Mutex<Vec<PrunedTable>>,
+    /// The files (path, checkpoint, whether it is the consolidated map).
+    files: Vec<(PathBuf, u64, bool)>,
+    /// Their tables, in the same order, once opened: a restore that finds its working set in
+    /// the access log may never ask the map anything.
+    tables: Mutex<Option<Vec<PrunedTable>>>,
 }
 
 /// How much of a [`PartialPageMap`] has been read.
@@ -38,14 +41,40 @@ pub struct PartialStats {
 }
 
 impl PartialPageMap {
-    /// Opens `files` (path, checkpoint, whether it is the consolidated map), reading their
-    /// footers.
+    /// The map made of `files` (path, checkpoint, whether it is the consolidated map), read
+    /// nothing of yet.
     pub(crate) fn open(
         storage: Arc<dyn RunStorage>,
         files: Vec<(PathBuf, u64, bool)>,
         limits: PageLimits,
-    ) -> Result<PartialPageMap, FormatError> {
-        let tails = files
+    ) -> PartialPageMap {
+        PartialPageMap {
+            storage,
+            limits,
+            files,
+            tables: Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the tables, opening them (reading their footers) first if need be.
+    fn with_tables<R>(
+        &self,
+        f: impl FnOnce(&mut Vec<PrunedTable>) -> Result<R, FormatError>,
+    ) -> Result<R, FormatError> {
+        let mut guard = self
+            .tables
+            .lock()
+            .map_err(|_| FormatError::invalid("a page map reader thread panicked"))?;
+        let tables = match &mut *guard {
+            Some(tables) => tables,
+            none => none.insert(self.read_footers()?),
+        };
+        f(tables)
+    }
+
+    fn read_footers(&self) -> Result<Vec<PrunedTable>, FormatError> {
+        let tails = self
+            .files
             .iter()
             .map(|(path, checkpoint, consolidated)| {
                 let kind = if *consolidated {
@@ -53,21 +82,10 @@ impl PartialPageMap {
                 } else {
                     Kind::Overlay
                 };
-                open_tail(storage.as_ref(), path, *checkpoint, kind)
+                open_tail(self.storage.as_ref(), path, *checkpoint, kind)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let tables = decode_tails(tails, NAMES, limits)?;
-        Ok(PartialPageMap {
-            storage,
-            limits,
-            tables: Mutex::new(tables),
-        })
-    }
-
-    fn lock(&self) -> Result<MutexGuard<'_, Vec<PrunedTable>>, FormatError> {
-        self.tables
-            .lock()
-            .map_err(|_| FormatError::invalid("a page map reader thread panicked"))
+        decode_tails(tails, NAMES, self.limits)
     }
 
     /// Number of guest pages the map covers.
@@ -85,8 +103,10 @@ impl PartialPageMap {
             .collect();
         sorted.sort_unstable();
         sorted.dedup();
-        let mut tables = self.lock()?;
-        self.load_locked(&mut tables, &sorted)
+        if sorted.is_empty() {
+            return Ok(());
+        }
+        self.with_tables(|tables| self.load_locked(tables, &sorted))
     }
 
     fn load_locked(&self, tables: &mut [PrunedTable], gfns: &[u64]) -> Result<(), FormatError> {
@@ -111,7 +131,14 @@ impl PartialPageMap {
         if gfn >= self.limits.mem_pages {
             return Ok(None);
         }
-        let mut tables = self.lock()?;
+        self.with_tables(|tables| self.entry_locked(tables, gfn))
+    }
+
+    fn entry_locked(
+        &self,
+        tables: &mut [PrunedTable],
+        gfn: u64,
+    ) -> Result<Option<(u64, u128)>, FormatError> {
         // On demand, a frame's row groups are read whole: misses and verification ask for
         // frames near each other, answered then without decoding the groups again.
         let gap = self.storage.coalesce_gap_pages() * PAGE_SIZE as u64;
@@ -146,25 +173,29 @@ impl PartialPageMap {
             return gfns.iter().map(|&gfn| self.entry(gfn)).collect();
         }
         let inside = gfns.partition_point(|&g| g < self.limits.mem_pages);
-        let mut tables = self.lock()?;
-        self.load_locked(&mut tables, &gfns[..inside])?;
         let mut found: Vec<Option<Option<(u64, u128)>>> = vec![None; gfns.len()];
-        for table in tables.iter() {
-            table.overlay(&gfns[..inside], &mut found[..inside])?;
+        if inside > 0 {
+            self.with_tables(|tables| {
+                self.load_locked(tables, &gfns[..inside])?;
+                for table in tables.iter() {
+                    table.overlay(&gfns[..inside], &mut found[..inside])?;
+                }
+                Ok(())
+            })?;
         }
         Ok(found.into_iter().map(Option::flatten).collect())
     }
 
-    /// How much has been read.
+    /// How much has been read (no row groups while the files are not opened yet).
     pub fn stats(&self) -> PartialStats {
-        let Ok(tables) = self.lock() else {
-            return PartialStats::default();
-        };
         let mut stats = PartialStats {
-            files: tables.len(),
+            files: self.files.len(),
             ..PartialStats::default()
         };
-        for t in tables.iter() {
+        let Ok(guard) = self.tables.lock() else {
+            return stats;
+        };
+        for t in guard.iter().flatten() {
             let (all, loaded) = t.spans();
             stats.row_groups += all;
             stats.loaded += loaded;

@@ -13,7 +13,7 @@ use crate::pages::{PageMap, PageStore};
 use crate::partial::PartialPageMap;
 use crate::records::{Access, CheckpointState, Event, EventData, IntervalRecord};
 use crate::storage::{open_storage, LocalStorage, RunStorage, StorageStats};
-use crate::tables::{self, PageLimits, PageRow};
+use crate::tables::{self, PageLimits, PageRow, WorkingSet};
 use crate::{layout, FormatError, PAGE_SIZE};
 
 /// The largest guest image a reader accepts.
@@ -263,19 +263,20 @@ impl Run {
         self.read_access(interval, tables::access::read)
     }
 
-    /// The frames of the access log of `interval`, in first-touch order, without the rest
-    /// of each row (what a restore needs; checked as [`Run::access`] checks them, except for
-    /// the columns not read); `None` when the run has no log for it.
-    pub fn access_frames(&self, interval: u64) -> Result<Option<Vec<u64>>, FormatError> {
-        self.read_access(interval, tables::access::read_frames)
+    /// What a restore needs of the access log of `interval`: its frames in first-touch order
+    /// and where their contents were at the interval's start (checked as [`Run::access`]
+    /// checks a log, except for the columns not read, and as a page table's slots and hashes);
+    /// `None` when the run has no log for it.
+    pub fn working_set(&self, interval: u64) -> Result<Option<WorkingSet>, FormatError> {
+        self.read_access(interval, tables::access::read_working_set)
     }
 
-    /// The access log of `interval` read by `read` (storage, path, interval, guest pages), or
+    /// The access log of `interval` read by `read` (storage, path, interval, limits), or
     /// `None` when the run has none for it.
     fn read_access<T>(
         &self,
         interval: u64,
-        read: impl FnOnce(&dyn RunStorage, &Path, u64, u64) -> Result<T, FormatError>,
+        read: impl FnOnce(&dyn RunStorage, &Path, u64, PageLimits) -> Result<T, FormatError>,
     ) -> Result<Option<T>, FormatError> {
         self.check_interval(interval)?;
         let path = layout::access_table(&self.dir, interval);
@@ -284,13 +285,7 @@ impl Run {
         if self.storage.size(&path)?.is_none() {
             return Ok(None);
         }
-        read(
-            self.storage.as_ref(),
-            &path,
-            interval,
-            self.manifest.mem_pages(),
-        )
-        .map(Some)
+        read(self.storage.as_ref(), &path, interval, self.limits()).map(Some)
     }
 
     /// The page table of `checkpoint`, in gfn order: the pages written in the interval before
@@ -353,9 +348,9 @@ impl Run {
     }
 
     /// The page map as of `checkpoint`, like [`Run::page_map`], but read only where it is
-    /// asked ([`PartialPageMap`]): opening it reads the footers of the consolidated map and the
-    /// page tables after it; [`PartialPageMap::load`] then reads the row groups of the frames a
-    /// restore loads, and [`PartialPageMap::entry`] any other frame's on demand.
+    /// asked ([`PartialPageMap`]): the first question reads the footers of the consolidated map
+    /// and the page tables after it; [`PartialPageMap::load`] reads the row groups of the frames
+    /// a restore loads, and [`PartialPageMap::entry`] any other frame's on demand.
     pub fn partial_page_map(&self, checkpoint: u64) -> Result<PartialPageMap, FormatError> {
         self.check_checkpoint(checkpoint)?;
         let base = self.consolidation_base(checkpoint);
@@ -363,7 +358,11 @@ impl Run {
         files.extend(
             (base + 1..=checkpoint).map(|c| (layout::checkpoint_table(&self.dir, c), c, false)),
         );
-        PartialPageMap::open(self.storage.clone(), files, self.limits())
+        Ok(PartialPageMap::open(
+            self.storage.clone(),
+            files,
+            self.limits(),
+        ))
     }
 
     /// Opens pages.bin. Only the slots the manifest counts as committed are readable.

@@ -492,6 +492,11 @@ impl RunWriter {
         }
         stats.bytes_written = (next_slot - base_slots) * PAGE;
 
+        // The access log says where the interval's frames were at its start (checkpoint n-1,
+        // the map before this checkpoint's pages go in): a sparse restore then needs no page map.
+        let start_pages: Option<Vec<Option<(u64, u128)>>> =
+            access.map(|log| log.iter().map(|a| self.map.entry(a.gfn)).collect());
+
         // 2. Page map (needed in memory for the next consolidation point).
         for row in &rows {
             let entry = row.slot.zip(row.hash);
@@ -538,9 +543,9 @@ impl RunWriter {
                 stats.bytes_written += put(undo, path, layout::EVENTPAGES_DIR, size);
             }
 
-            if let Some(access) = access {
+            if let (Some(access), Some(start)) = (access, &start_pages) {
                 let path = layout::access_table(&dir, i);
-                let size = tables::access::write(&path, i, access)?;
+                let size = tables::access::write(&path, i, access, start)?;
                 stats.bytes_written += put(undo, path, layout::ACCESS_DIR, size);
             }
 

@@ -242,7 +242,9 @@ fn duckdb_and_pyarrow_read_the_run() {
             ["gfn", "UBIGINT"],
             ["interval", "UBIGINT"],
             ["kind", "VARCHAR"],
-            ["source", "VARCHAR"]
+            ["source", "VARCHAR"],
+            ["start_hash", "BLOB"],
+            ["start_slot", "UBIGINT"]
         ])
     );
     // kind and source are dictionary-encoded in the file.

@@ -214,10 +214,7 @@ fn damaged_access_log_is_an_error_naming_it() {
 
     for cut in [0, 4, good.len() / 2, good.len() - 1] {
         std::fs::write(&path, &good[..cut]).unwrap();
-        for e in [
-            run.access(1).unwrap_err(),
-            run.access_frames(1).unwrap_err(),
-        ] {
+        for e in [run.access(1).unwrap_err(), run.working_set(1).unwrap_err()] {
             assert!(
                 names(&e, "access/interval-000001.parquet"),
                 "cut {cut}: {e}"
@@ -227,20 +224,14 @@ fn damaged_access_log_is_an_error_naming_it() {
 
     // Another interval's log under this name.
     std::fs::copy(layout::access_table(&dir, 0), &path).unwrap();
-    for e in [
-        run.access(1).unwrap_err(),
-        run.access_frames(1).unwrap_err(),
-    ] {
+    for e in [run.access(1).unwrap_err(), run.working_set(1).unwrap_err()] {
         assert!(e.to_string().contains("misplaced"), "{e}");
         assert!(names(&e, "access/interval-000001.parquet"), "{e}");
     }
 
     // A valid Parquet file of another table.
     std::fs::copy(layout::interval_table(&dir, 1), &path).unwrap();
-    for e in [
-        run.access(1).unwrap_err(),
-        run.access_frames(1).unwrap_err(),
-    ] {
+    for e in [run.access(1).unwrap_err(), run.working_set(1).unwrap_err()] {
         assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
         assert!(names(&e, "access/interval-000001.parquet"), "{e}");
     }
@@ -251,15 +242,36 @@ fn damaged_access_log_is_an_error_naming_it() {
         v["meta"]["mem_bytes"] = (2 * PAGE_SIZE as u64).into()
     });
     let run = Run::open(&dir).unwrap();
-    for e in [
-        run.access(1).unwrap_err(),
-        run.access_frames(1).unwrap_err(),
-    ] {
+    for e in [run.access(1).unwrap_err(), run.working_set(1).unwrap_err()] {
         // A log with more rows than the smaller memory has pages is refused from its footer.
         assert!(
             e.to_string().contains("beyond guest memory") || e.to_string().contains("at most 2"),
             "{e}"
         );
+        assert!(names(&e, "access/interval-000001.parquet"), "{e}");
+    }
+}
+
+/// An access log's start pages are checked as a page table's: a slot the manifest does not
+/// commit is reported, naming the log.
+#[test]
+fn access_log_start_slots_past_the_committed_ones_are_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = make_run(tmp.path(), 3);
+    let run = Run::open(&dir).unwrap();
+    let set = run.working_set(1).unwrap().unwrap();
+    let highest = set
+        .start_pages
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(|&(slot, _)| slot)
+        .max()
+        .expect("the log has a non-zero start page");
+    edit_manifest(&dir, |v| v["page_slots"] = highest.into());
+    let run = Run::open(&dir).unwrap();
+    for e in [run.working_set(1).unwrap_err(), run.access(1).unwrap_err()] {
+        assert!(e.to_string().contains(&format!("slot {highest}")), "{e}");
         assert!(names(&e, "access/interval-000001.parquet"), "{e}");
     }
 }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use simuboost_format::{
     layout, page_hash, Access, AccessKind, AccessSource, CheckpointInput, CheckpointPages,
-    FormatError, Run, RunWriter, PAGE_SIZE,
+    FormatError, Run, RunWriter, WorkingSet, PAGE_SIZE,
 };
 
 const MEM_PAGES: u64 = 96;
@@ -152,12 +152,16 @@ fn round_trip_against_model() {
         assert_eq!(run.interval(i as u64).unwrap(), want);
         assert_eq!(read_events(&run, i as u64), events_of(i as u64));
         assert_eq!(&run.access(i as u64).unwrap(), access, "access log {i}");
+        // A restore's read: the frames, each with its page map entry at the interval's
+        // start (checkpoint i).
+        let map = run.page_map(i as u64).unwrap();
         assert_eq!(
-            run.access_frames(i as u64).unwrap(),
-            access
-                .as_ref()
-                .map(|a| a.iter().map(|a| a.gfn).collect::<Vec<_>>()),
-            "access frames {i}"
+            run.working_set(i as u64).unwrap(),
+            access.as_ref().map(|a| WorkingSet {
+                frames: a.iter().map(|a| a.gfn).collect(),
+                start_pages: Some(a.iter().map(|a| map.entry(a.gfn)).collect()),
+            }),
+            "working set {i}"
         );
         assert_eq!(
             layout::access_table(&dir, i as u64).exists(),
@@ -463,8 +467,11 @@ fn empty_checkpoints_and_empty_memory() {
     write_with(&mut w, 1, &empty, Some(&[]), None).unwrap();
     assert_eq!(Run::open(&dir).unwrap().access(0).unwrap(), Some(vec![]));
     assert_eq!(
-        Run::open(&dir).unwrap().access_frames(0).unwrap(),
-        Some(vec![])
+        Run::open(&dir).unwrap().working_set(0).unwrap(),
+        Some(WorkingSet {
+            frames: vec![],
+            start_pages: Some(vec![]),
+        })
     );
 }
 

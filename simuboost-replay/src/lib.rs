@@ -19,4 +19,6 @@ pub mod restore;
 pub mod runs;
 pub mod verify;
 
-pub use replay::{replay_interval, Engine, Mode, ReplayError, ReplayOptions, ReplayReport};
+pub use replay::{
+    replay_interval, Engine, Mode, PageLookupMode, ReplayError, ReplayOptions, ReplayReport,
+};

@@ -20,7 +20,9 @@ use simuboost_replay::replay::check_interval;
 use simuboost_replay::runs::{
     is_inside_run, is_remote_path, newest_run, open_run, DEFAULT_RUNS_DIR,
 };
-use simuboost_replay::{replay_interval, Engine, Mode, ReplayOptions, ReplayReport};
+use simuboost_replay::{
+    replay_interval, Engine, Mode, PageLookupMode, ReplayOptions, ReplayReport,
+};
 
 use simuboost_report::replay::exit::{
     DIVERGED as EXIT_DIVERGED, ERROR as EXIT_ERROR, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK,
@@ -92,10 +94,11 @@ struct Args {
     /// 20 times its recorded length), e.g. `30s`.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
-    /// Read the whole page map up front in sparse mode too, as before partial page maps: the
-    /// baseline of `cargo xtask bench restore-position`.
-    #[arg(long, hide = true)]
-    whole_page_map: bool,
+    /// How a sparse restore finds where its pages are: `log` (the access log's start pages,
+    /// else the page map in part), `partial` (the page map in part) or `whole` (the whole page
+    /// map, read up front): the variants `cargo xtask bench restore-position` compares.
+    #[arg(long, value_enum, default_value_t = PageLookupMode::Log, hide = true)]
+    page_lookup: PageLookupMode,
     /// With --engine sim: analyses to run on each interval, written as Parquet files to
     /// --out: any of `blocks`, `pages`, `trace`, `cache`, comma-separated, or `all`
     /// (docs/ANALYSES.md).
@@ -284,7 +287,7 @@ fn replay_one(args: &Args, run: &Run, interval: u64) -> anyhow::Result<u8> {
             engine: args.engine,
             timeout: args.timeout,
             analyses: analyses.clone(),
-            whole_page_map: args.whole_page_map,
+            page_lookup: args.page_lookup,
         };
         let report = replay_interval(run, interval, options)
             .with_context(|| format!("replaying interval {interval} ({} mode)", mode.name()))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use simuboost_abi::{pte, PAGE_SIZE};
-use simuboost_format::{FormatError, IntervalRecord, Run};
+use simuboost_format::{FormatError, IntervalRecord, Run, WorkingSet};
 use simuboost_vmm::devices::DeviceEvent;
 use simuboost_vmm::machine::{MachineError, MachineSnapshot};
 use simuboost_vmm::persist::{restore_events, Persist, PersistError};
@@ -37,8 +37,22 @@ pub struct ReplayOptions {
     pub timeout: Option<Duration>,
     /// The analyses to run (`--engine sim` only) and where their results go.
     pub analyses: Option<Arc<Analyses>>,
-    /// Read the whole page map up front even in sparse mode (a benchmark's baseline).
-    pub whole_page_map: bool,
+    /// How a sparse restore finds where its pages are (a benchmark's knob).
+    pub page_lookup: PageLookupMode,
+}
+
+/// How a sparse restore finds its working set's slots and hashes. Each is the baseline of the
+/// one before it in `cargo xtask bench restore-position`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PageLookupMode {
+    /// From the access log's start pages (one small read, however long the run); for a log
+    /// written before it had them, as `partial`.
+    #[default]
+    Log,
+    /// From the row groups of the page map that hold the working set.
+    Partial,
+    /// From the whole page map, read up front.
+    Whole,
 }
 
 /// Errors that prevent a replay (as opposed to a replay that ran and diverged).
@@ -203,7 +217,11 @@ impl IntervalInputs {
         // Errors in a fixed order, whichever thread finished first.
         let (record, machine) = head?;
         let events = events??;
-        let (access_log, map) = log_and_map??;
+        let (working_set, map) = log_and_map??;
+        let (access_log, start_pages) = match working_set {
+            Some(set) => (Some(set.frames), set.start_pages),
+            None => (None, None),
+        };
         let working_set = match options.mode {
             Mode::Sparse => {
                 let log = access_log
@@ -216,16 +234,24 @@ impl IntervalInputs {
                          it missed are loaded on demand"
                     );
                 }
-                // The log's part of the map was read beside the states; the frames those
-                // point at (usually in row groups already read) are added now.
-                if let PageLookup::Partial(map) = &map {
-                    map.load(&system_frames(&machine.vcpu, mem_bytes))?;
-                }
                 Some(sparse_set(log, &machine.vcpu, mem_bytes))
             }
             Mode::Full | Mode::Lazy => None,
         };
-        let source = Arc::new(PageSource::new(map, run.page_store()?));
+        let mut source = PageSource::new(map, run.page_store()?);
+        if let (Some(log), Some(pages)) = (&access_log, start_pages) {
+            source.set_known(log, pages);
+        }
+        // The frames the vCPU state points at that the log does not say where to find are
+        // looked up in the page map now, beside the other reads.
+        if let (Some(_), PageLookup::Partial(map)) = (&working_set, &source.map) {
+            let system: Vec<u64> = system_frames(&machine.vcpu, mem_bytes)
+                .into_iter()
+                .filter(|&gfn| !source.knows(gfn))
+                .collect();
+            map.load(&system)?;
+        }
+        let source = Arc::new(source);
         Ok(IntervalInputs {
             mem_bytes,
             record,
@@ -255,38 +281,48 @@ fn read_head(run: &Run, interval: u64) -> Result<(IntervalRecord, MachineSnapsho
     Ok((record, machine))
 }
 
-/// The access log's frames (when the replay wants them) and the page map: for a sparse
-/// restore of a local run, only the part the log needs (the rest on demand, for misses and
-/// verification), since reading all of it grows with the written part of guest memory. Full
-/// and lazy restores need every entry. A run in object storage reads each table whole, with
-/// one request: a partial read costs a request for the footer and more for the row groups,
-/// and the S3 tests took twice as long with it (557 s against 271 s).
+/// The access log's working set (when the replay wants it) and the page map. A sparse restore
+/// of a local run reads none of the map up front when the log says where its frames are (what
+/// it lacks is read on demand: the frames the vCPU state points at, misses, verification), and
+/// otherwise only the part the log needs, since reading all of it grows with the written part
+/// of guest memory. Full and lazy restores need every entry. A run in object storage reads
+/// each table whole, with one request: a partial read costs a request for the footer and more
+/// for the row groups, and the S3 tests took twice as long with it (557 s against 271 s).
 fn read_log_and_map(
     run: &Run,
     interval: u64,
     options: &ReplayOptions,
-) -> Result<(Option<Vec<u64>>, PageLookup), ReplayError> {
+) -> Result<(Option<WorkingSet>, PageLookup), ReplayError> {
     // The simulator measures the tracer against what it sees, so it reads the access log in
     // every mode.
     let wants_log = options.mode == Mode::Sparse || options.engine == Engine::Sim;
-    let access_log = if wants_log {
-        run.access_frames(interval)?
+    let mut working_set = if wants_log {
+        run.working_set(interval)?
     } else {
         None
     };
-    if options.mode == Mode::Sparse && access_log.is_none() {
+    if options.mode == Mode::Sparse && working_set.is_none() {
         return Err(ReplayError::NoWorkingSet(interval));
     }
+    if options.page_lookup != PageLookupMode::Log {
+        if let Some(set) = working_set.as_mut() {
+            set.start_pages = None;
+        }
+    }
     let remote = crate::runs::is_remote_path(run.storage().root());
-    let map = match &access_log {
-        Some(log) if options.mode == Mode::Sparse && !options.whole_page_map && !remote => {
+    let partial =
+        options.mode == Mode::Sparse && options.page_lookup != PageLookupMode::Whole && !remote;
+    let map = match &working_set {
+        Some(set) if partial => {
             let map = run.partial_page_map(interval)?;
-            map.load(log)?;
+            if set.start_pages.is_none() {
+                map.load(&set.frames)?;
+            }
             PageLookup::Partial(map)
         }
         _ => PageLookup::Whole(run.page_map(interval)?),
     };
-    Ok((access_log, map))
+    Ok((working_set, map))
 }
 
 /// The result of a reader thread; a panic there goes on here, as it would have unthreaded.

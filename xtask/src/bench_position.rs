@@ -1,6 +1,7 @@
 //! `cargo xtask bench restore-position`: restore time of interval 1 vs the last full interval
-//! of a long run (issue #15), with the page map read in part (what a sparse restore does) and,
-//! side by side, read whole (the baseline, `simuboost-replay --whole-page-map`).
+//! of a long run (issue #15), with the working set's pages found three ways, side by side
+//! (`simuboost-replay --page-lookup`): from the access log's start pages (what a sparse restore
+//! does), from the page map read in part, and from the whole page map (the first baseline).
 //!
 //! The late/early ratio of the restore time is reported with its parts: reading the tables
 //! (state, events, access log, page map), and loading the working set (which grows with the
@@ -51,7 +52,11 @@ pub fn run(json_out: Option<&Path>) -> Result<()> {
     // The last interval ends at the guest's exit, a short tail; the one before is full length.
     let late = rec.intervals() - 2;
     let picks = [1, late];
-    let variants: [(&str, &[&str]); 2] = [("partial", &[]), ("whole", &["--whole-page-map"])];
+    let variants: [(&str, &[&str]); 3] = [
+        ("log", &[]),
+        ("partial", &["--page-lookup", "partial"]),
+        ("whole", &["--page-lookup", "whole"]),
+    ];
     let mut samples: Vec<Vec<ReplayReport>> = vec![Vec::new(); picks.len() * variants.len()];
     for _ in 0..REPEATS {
         for (p, interval) in picks.iter().enumerate() {

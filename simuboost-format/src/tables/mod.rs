@@ -23,6 +23,7 @@ pub(crate) mod pagemap;
 pub(crate) mod pruned;
 pub(crate) mod state;
 
+pub use access::WorkingSet;
 pub use checkpoint::PageRow;
 #[cfg(test)]
 use columns::Table;
@@ -183,7 +184,7 @@ mod tests {
         );
         assert_eq!(
             names(&access::TABLE),
-            "interval,gfn,kind,source,first_touch"
+            "interval,gfn,kind,source,first_touch,start_slot,start_hash"
         );
         let nullable = |t: &Table| {
             t.schema()
@@ -197,12 +198,8 @@ mod tests {
         assert_eq!(nullable(&checkpoint::TABLE), "slot,hash");
         assert_eq!(nullable(&events::TABLE), "data_gpa,data,data_pages");
         assert_eq!(nullable(&eventpages::TABLE), "slot,hash");
-        for t in [
-            &pagemap::TABLE,
-            &state::TABLE,
-            &intervals::TABLE,
-            &access::TABLE,
-        ] {
+        assert_eq!(nullable(&access::TABLE), "start_slot,start_hash");
+        for t in [&pagemap::TABLE, &state::TABLE, &intervals::TABLE] {
             assert_eq!(nullable(t), "", "{}", t.dir);
         }
         assert_eq!(
