@@ -214,7 +214,10 @@ def read(path):
     return open(os.path.join(run, path), "rb").read()
 put("manifest", "real", read("manifest.json"))
 # A table target's input: the checkpoint or interval number (one byte), then the file. The two
-# smallest files of each table under 32 KiB, of the checkpoints and intervals the manifest counts.
+# smallest files of each table under 32 KiB, of the checkpoints and intervals the manifest
+# counts. Access logs of this run are larger (kvstore touches most of its memory, and each row
+# has a 16-byte start hash): their first 512 rows are the seeds, rewritten by pyarrow with the
+# same schema.
 tables = [("checkpoint_table", "checkpoints", manifest["checkpoints"]),
           ("state_table", "state", manifest["checkpoints"]),
           ("events_table", "events", manifest["checkpoints"] - 1),
@@ -223,6 +226,16 @@ tables = [("checkpoint_table", "checkpoints", manifest["checkpoints"]),
           ("access_table", "access", manifest["checkpoints"] - 1)]
 for target, sub, count in tables:
     files = [(os.path.getsize(f), f) for f in glob.glob(os.path.join(run, sub, "*.parquet"))]
+    if target == "access_table":
+        for f in sorted(f for _, f in files)[1:3]:
+            n = int(f.rsplit("-", 1)[1].split(".")[0])
+            table = pq.read_table(f)
+            head = table.slice(0, 512)
+            import io
+            buf = io.BytesIO()
+            pq.write_table(head, buf, compression="snappy")
+            put(target, f"real-{n}", bytes([n]) + buf.getvalue())
+        continue
     files = [(size, f) for size, f in files if size <= 32768
              and int(f.rsplit("-", 1)[1].split(".")[0]) < min(count, 7)]
     for size, f in sorted(files)[:2]:
