@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use simuboost_format::{Run, RunWriter};
 
@@ -11,14 +13,12 @@ const MEM_PAGES: u64 = 6000;
 const CHECKPOINTS: u64 = 9;
 const CONSOLIDATE: u64 = 4;
 
-#[test]
-fn partial_page_map_equals_the_whole_one_and_reads_less() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    let mut w = RunWriter::create(&dir, meta(MEM_PAGES))
+/// A run of `CHECKPOINTS` random checkpoints in `dir`, from `seed`.
+fn write_run(dir: &Path, seed: u64) -> Run {
+    let mut w = RunWriter::create(dir, meta(MEM_PAGES))
         .unwrap()
         .with_consolidate_every(CONSOLIDATE);
-    let mut rng = Rng(7);
+    let mut rng = Rng(seed);
     let mut model = Model::new(MEM_PAGES);
     for n in 0..CHECKPOINTS {
         // Some overlays larger than a row group, too.
@@ -27,7 +27,13 @@ fn partial_page_map_equals_the_whole_one_and_reads_less() {
         write(&mut w, n, &g, None).unwrap();
     }
     drop(w);
-    let run = Run::open(&dir).unwrap();
+    Run::open(dir).unwrap()
+}
+
+#[test]
+fn partial_page_map_equals_the_whole_one_and_reads_less() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(&tmp.path().join("run"), 7);
     for n in 0..CHECKPOINTS {
         let whole = run.page_map(n).unwrap();
         // Asked for a few frames at one end: only their row groups are read.
@@ -61,19 +67,7 @@ fn partial_page_map_equals_the_whole_one_and_reads_less() {
 #[test]
 fn bulk_entries_equal_single_lookups() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    let mut w = RunWriter::create(&dir, meta(MEM_PAGES))
-        .unwrap()
-        .with_consolidate_every(CONSOLIDATE);
-    let mut rng = Rng(11);
-    let mut model = Model::new(MEM_PAGES);
-    for n in 0..CHECKPOINTS {
-        let g = gen_checkpoint(&mut rng, n, MEM_PAGES, 3000);
-        apply(&mut model, &g);
-        write(&mut w, n, &g, None).unwrap();
-    }
-    drop(w);
-    let run = Run::open(&dir).unwrap();
+    let run = write_run(&tmp.path().join("run"), 11);
     for n in 0..CHECKPOINTS {
         let whole = run.page_map(n).unwrap();
         // Every third frame, a run of neighbours, and two frames past guest memory.

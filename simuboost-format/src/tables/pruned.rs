@@ -372,55 +372,49 @@ impl PrunedTable {
         (i < self.spans.len() && self.spans[i].first <= gfn).then_some(i)
     }
 
-    /// The spans that can hold any of `gfns` (ascending) not looked up yet, each with those
-    /// gfns. A span's gfns are found with two binary searches and compared with what it has
-    /// looked up in one pass, so a working set of tens of thousands of frames costs a pass over
-    /// the spans it touches, not a search per frame in every table.
-    pub(crate) fn missing(&self, gfns: &[u64]) -> Vec<(usize, Vec<u64>)> {
-        let mut out: Vec<(usize, Vec<u64>)> = Vec::new();
+    /// The spans that can hold any of `gfns` (ascending), each with the range of `gfns` inside
+    /// it: two binary searches per span touched, so a working set of tens of thousands of
+    /// frames costs a pass over the spans it touches, not a search per frame in every table.
+    fn touched<'a>(&'a self, gfns: &'a [u64]) -> impl Iterator<Item = (usize, Range<usize>)> + 'a {
         let mut k = 0;
-        while k < gfns.len() {
-            let i = self.spans.partition_point(|s| s.last < gfns[k]);
-            let Some(span) = self.spans.get(i) else {
-                break;
-            };
-            if gfns[k] < span.first {
-                k += gfns[k..].partition_point(|&g| g < span.first);
-                continue;
-            }
-            let end = k + gfns[k..].partition_point(|&g| g <= span.last);
-            if !span.complete {
-                let list = not_in(&gfns[k..end], &span.asked);
-                if !list.is_empty() {
-                    out.push((i, list));
+        std::iter::from_fn(move || {
+            while k < gfns.len() {
+                let i = self.spans.partition_point(|s| s.last < gfns[k]);
+                let span = self.spans.get(i)?;
+                if gfns[k] < span.first {
+                    k += gfns[k..].partition_point(|&g| g < span.first);
+                    continue;
                 }
+                let end = k + gfns[k..].partition_point(|&g| g <= span.last);
+                let range = k..end;
+                k = end;
+                return Some((i, range));
             }
-            k = end;
-        }
-        out
+            None
+        })
+    }
+
+    /// The spans that can hold any of `gfns` (ascending) not looked up yet, each with those
+    /// gfns (compared with what the span has looked up in one pass).
+    pub(crate) fn missing(&self, gfns: &[u64]) -> Vec<(usize, Vec<u64>)> {
+        self.touched(gfns)
+            .filter(|(i, _)| !self.spans[*i].complete)
+            .map(|(i, range)| (i, not_in(&gfns[range], &self.spans[i].asked)))
+            .filter(|(_, list)| !list.is_empty())
+            .collect()
     }
 
     /// Overlays this table's rows for `gfns` (strictly ascending, every one looked up) onto
     /// `out` (one entry per gfn): where the table has a row, it replaces what older tables
-    /// said, `Some(None)` being a row that says the page is zero. One pass per span touched,
-    /// as [`PrunedTable::missing`].
+    /// said, `Some(None)` being a row that says the page is zero. One pass per span touched.
     pub(crate) fn overlay(
         &self,
         gfns: &[u64],
         out: &mut [Option<Option<(u64, u128)>>],
     ) -> Result<(), FormatError> {
-        let mut k = 0;
-        while k < gfns.len() {
-            let i = self.spans.partition_point(|s| s.last < gfns[k]);
-            let Some(span) = self.spans.get(i) else {
-                break;
-            };
-            if gfns[k] < span.first {
-                k += gfns[k..].partition_point(|&g| g < span.first);
-                continue;
-            }
-            let end = k + gfns[k..].partition_point(|&g| g <= span.last);
-            if !span.complete && !not_in(&gfns[k..end], &span.asked).is_empty() {
+        for (i, range) in self.touched(gfns) {
+            let span = &self.spans[i];
+            if !span.complete && !not_in(&gfns[range.clone()], &span.asked).is_empty() {
                 return Err(FormatError::invalid(format!(
                     "internal error: frames of {:#x}..={:#x} not looked up in {}",
                     span.first,
@@ -429,7 +423,7 @@ impl PrunedTable {
                 )));
             }
             let mut r = 0;
-            for (gfn, slot) in gfns[k..end].iter().zip(&mut out[k..end]) {
+            for (gfn, slot) in gfns[range.clone()].iter().zip(&mut out[range]) {
                 while r < span.rows.len() && span.rows[r].gfn < *gfn {
                     r += 1;
                 }
@@ -437,7 +431,6 @@ impl PrunedTable {
                     *slot = Some((row.slot != ZERO).then_some((row.slot, row.hash)));
                 }
             }
-            k = end;
         }
         Ok(())
     }
