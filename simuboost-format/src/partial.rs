@@ -14,10 +14,10 @@ const NAMES: &[&str] = &["checkpoint", "gfn", "slot", "hash"];
 /// The page map as of checkpoint N (the same answers as [`crate::Run::page_map`]), of which
 /// only the parts that are asked for are read: the consolidated map and the page tables after
 /// it are opened by their footers when first asked anything, [`PartialPageMap::load`] reads the
-/// row groups that can hold a set of frames (one read per file), and
-/// [`PartialPageMap::entry`] reads, on demand, the groups of a frame not loaded yet. So a sparse restore reads the part of the map its working
-/// set needs, however large the written part of guest memory has grown, and a miss still finds
-/// every frame's slot and hash.
+/// row groups that can hold a set of frames (one read per file), and [`PartialPageMap::entry`]
+/// reads, on demand, the groups of a frame not loaded yet. So a sparse restore reads the part
+/// of the map its working set needs, however large the written part of guest memory has grown,
+/// and a miss still finds every frame's slot and hash.
 #[derive(Debug)]
 pub struct PartialPageMap {
     storage: Arc<dyn RunStorage>,
