@@ -200,7 +200,7 @@ pub fn corpus(from: Option<&Path>) -> Result<()> {
 /// files of checkpoint 1 and interval 1 (the ones the targets read), and the inputs of the
 /// page store and decoder targets in their formats (fuzz/fuzz_targets/*.rs).
 const CORPUS_PY: &str = r#"
-import sys, os, struct, json, glob
+import sys, os, io, struct, json, glob
 import pyarrow.parquet as pq
 run, corpus = sys.argv[1], sys.argv[2]
 manifest = json.load(open(os.path.join(run, "manifest.json")))
@@ -225,22 +225,17 @@ tables = [("checkpoint_table", "checkpoints", manifest["checkpoints"]),
           ("intervals_table", "intervals", manifest["checkpoints"] - 1),
           ("access_table", "access", manifest["checkpoints"] - 1)]
 for target, sub, count in tables:
-    files = [(os.path.getsize(f), f) for f in glob.glob(os.path.join(run, sub, "*.parquet"))]
+    number = lambda f: int(f.rsplit("-", 1)[1].split(".")[0])
+    files = [(os.path.getsize(f), f) for f in glob.glob(os.path.join(run, sub, "*.parquet"))
+             if number(f) < min(count, 7)]
     if target == "access_table":
         for f in sorted(f for _, f in files)[1:3]:
-            n = int(f.rsplit("-", 1)[1].split(".")[0])
-            table = pq.read_table(f)
-            head = table.slice(0, 512)
-            import io
             buf = io.BytesIO()
-            pq.write_table(head, buf, compression="snappy")
-            put(target, f"real-{n}", bytes([n]) + buf.getvalue())
+            pq.write_table(pq.read_table(f).slice(0, 512), buf, compression="snappy")
+            put(target, f"real-{number(f)}", bytes([number(f)]) + buf.getvalue())
         continue
-    files = [(size, f) for size, f in files if size <= 32768
-             and int(f.rsplit("-", 1)[1].split(".")[0]) < min(count, 7)]
-    for size, f in sorted(files)[:2]:
-        n = int(f.rsplit("-", 1)[1].split(".")[0])
-        put(target, f"real-{n}", bytes([n]) + open(f, "rb").read())
+    for size, f in sorted((size, f) for size, f in files if size <= 32768)[:2]:
+        put(target, f"real-{number(f)}", bytes([number(f)]) + open(f, "rb").read())
 put("page_map", "real-0", read("pagemaps/ckpt-000000.parquet"))
 state = pq.read_table(os.path.join(run, "state/ckpt-000001.parquet")).to_pylist()[0]
 put("device_state", "real-1", state["device"].encode())

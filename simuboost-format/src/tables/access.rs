@@ -87,13 +87,11 @@ pub(crate) fn read(
         cols.check_number("interval", interval)?;
         let gfns = cols.u64s("gfn")?;
         let start_columns = start.batch(&cols, rows)?;
-        for (i, &gfn) in gfns.iter().enumerate() {
-            start.row(start_columns, path, limits, gfn, i)?;
-        }
         let kinds = cols.strs("kind")?;
         let sources = cols.strs("source")?;
         let first_touch = cols.u32s("first_touch")?;
         for (i, &gfn) in gfns.iter().enumerate() {
+            start.row(start_columns, path, limits, gfn, i)?;
             let row = access.len();
             let kind = AccessKind::from_name(kinds.value(i)).ok_or_else(|| {
                 FormatError::corrupt(
@@ -394,17 +392,21 @@ mod tests {
         write(&path, 2, &good, &[Some((4, 1)), None]).unwrap();
         let e = read_working_set(&storage, &path, 2, limits(8)).unwrap_err();
         assert!(e.to_string().contains("slot 4"), "{e}");
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt64Array::from(vec![2])),
-            Arc::new(UInt64Array::from(vec![1])),
-            Arc::new(StringArray::from(vec!["read"])),
-            Arc::new(StringArray::from(vec!["mmu"])),
-            Arc::new(UInt32Array::from(vec![0])),
-            Arc::new(UInt64Array::from(vec![Some(1)])),
-            Arc::new(FixedSizeBinaryArray::new_null(16, 1)),
-        ];
-        let b = RecordBatch::try_new(TABLE.schema(), columns).unwrap();
-        write_file(&path, TABLE.schema(), &[b], Settings::Access).unwrap();
+        // A one-row log of interval 2 (gfn 1, source `mmu`, no start hash), written as is.
+        let write_row = |kind: &str, start_slot: Option<u64>| {
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(UInt64Array::from(vec![2])),
+                Arc::new(UInt64Array::from(vec![1])),
+                Arc::new(StringArray::from(vec![kind])),
+                Arc::new(StringArray::from(vec!["mmu"])),
+                Arc::new(UInt32Array::from(vec![0])),
+                Arc::new(UInt64Array::from(vec![start_slot])),
+                Arc::new(FixedSizeBinaryArray::new_null(16, 1)),
+            ];
+            let b = RecordBatch::try_new(TABLE.schema(), columns).unwrap();
+            write_file(&path, TABLE.schema(), &[b], Settings::Access).unwrap();
+        };
+        write_row("read", Some(1));
         let e = read_working_set(&storage, &path, 2, limits(8)).unwrap_err();
         assert!(e.to_string().contains("NULL hash"), "{e}");
         // A log written before the start columns existed: frames, no start pages.
@@ -431,17 +433,7 @@ mod tests {
             }
         );
         // An unknown kind.
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt64Array::from(vec![2])),
-            Arc::new(UInt64Array::from(vec![1])),
-            Arc::new(StringArray::from(vec!["execute"])),
-            Arc::new(StringArray::from(vec!["mmu"])),
-            Arc::new(UInt32Array::from(vec![0])),
-            Arc::new(UInt64Array::from(vec![None])),
-            Arc::new(FixedSizeBinaryArray::new_null(16, 1)),
-        ];
-        let b = RecordBatch::try_new(TABLE.schema(), columns).unwrap();
-        write_file(&path, TABLE.schema(), &[b], Settings::Access).unwrap();
+        write_row("execute", None);
         let e = read(
             &crate::storage::LocalStorage::new(tmp.path()),
             &path,
