@@ -320,6 +320,96 @@ fn mkdisk_data_set_feeds_compress() {
     assert_eq!(run.result_line().expect("result line").0, 4);
 }
 
+/// `sort` and `compress` read their input from the disk and (sort) read back what they wrote:
+/// the guest computes the same result recorded (reads through a buffer that the event log
+/// keeps), not recorded (reads and writes straight between the file and guest memory) and
+/// natively (`simuboost-hostrun`, the same workload code on the host with the same disk).
+#[test]
+fn disk_workloads_compute_the_same_recorded_unrecorded_and_natively() {
+    if !kvm_and_root_available() {
+        return;
+    }
+    for (workload, work) in [("sort", "40"), ("compress", "8")] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let disk = dir.path().join("data.img");
+        let mkdisk = |path: &Path| {
+            Finished::of(
+                daemon()
+                    .args([
+                        "mkdisk",
+                        "--workload",
+                        workload,
+                        "--data",
+                        "8M",
+                        "--size",
+                        "24M",
+                    ])
+                    .arg(path),
+            )
+            .expect_code(0);
+        };
+        let in_vm = |name: &str, extra: &[&str]| {
+            let image = dir.path().join(format!("{name}.img"));
+            mkdisk(&image);
+            let run = Finished::of(
+                daemon()
+                    .args(["run", "--workload", workload, "--mem", SMALL_MEM])
+                    .args(["--work", work, "--seed", "3"])
+                    .args(extra)
+                    .arg("--disk")
+                    .arg(&image)
+                    .arg("--out")
+                    .arg(dir.path().join(name)),
+            );
+            run.expect_code(0);
+            let s = summary(&dir.path().join(name));
+            assert!(
+                s.disk_read_bytes > 0,
+                "{workload} {name}: no disk reads: {s:?}"
+            );
+            (run.result_line().expect("result line"), s)
+        };
+        let (recorded, summary_recorded) = in_vm("recorded", &["--tracer", "none"]);
+        let (unrecorded, summary_unrecorded) = in_vm("unrecorded", &["--no-record"]);
+        assert_eq!(
+            recorded, unrecorded,
+            "{workload}: recording changed the result"
+        );
+        assert_eq!(
+            (
+                summary_recorded.disk_read_bytes,
+                summary_recorded.disk_write_bytes
+            ),
+            (
+                summary_unrecorded.disk_read_bytes,
+                summary_unrecorded.disk_write_bytes
+            ),
+            "{workload}: the same requests, the same bytes"
+        );
+        mkdisk(&disk);
+        let out = Command::new(binary("simuboost-hostrun"))
+            .args(["--workload", workload, "--work", work, "--seed", "3"])
+            .arg("--arena-bytes")
+            .arg(summary_unrecorded.arena_bytes.to_string())
+            .arg("--disk")
+            .arg(&disk)
+            .output()
+            .expect("simuboost-hostrun runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let native: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("simuboost-hostrun prints JSON");
+        assert_eq!(
+            native["checksum"].as_str(),
+            Some(unrecorded.1.as_str()),
+            "{workload}: the VM and the host computed different results"
+        );
+    }
+}
+
 /// The built guest image (see simuboost-build: target/foreign/<binary>/<target>/release).
 fn guest_image() -> Vec<u8> {
     let path = binary("simuboost-daemon")

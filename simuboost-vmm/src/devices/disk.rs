@@ -6,9 +6,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use simuboost_abi::{WorkloadId, PAGE_SIZE};
@@ -240,5 +243,84 @@ impl Disk {
     /// Writes whole blocks starting at `block` from `buf`.
     pub fn write(&self, block: u64, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(buf, self.base + block * BLOCK_SIZE)
+    }
+
+    /// The disk's bytes from `block` on, as a stream that guest memory can be read from or
+    /// written to directly (`GuestMemory::read_exact_volatile_from`/`write_all_volatile_to`),
+    /// with no buffer between them.
+    pub fn stream_at(&self, block: u64) -> DiskStream<'_> {
+        DiskStream {
+            disk: self,
+            offset: self.base + block * BLOCK_SIZE,
+        }
+    }
+}
+
+/// A position on a [`Disk`] that moves on as bytes are transferred: `pread`/`pwrite` at the
+/// position, so the file's own offset is never used.
+#[derive(Debug)]
+pub struct DiskStream<'a> {
+    disk: &'a Disk,
+    offset: u64,
+}
+
+impl DiskStream<'_> {
+    fn offset(&self) -> Result<libc::off_t, VolatileMemoryError> {
+        libc::off_t::try_from(self.offset).map_err(|_| {
+            VolatileMemoryError::IOError(io::Error::from_raw_os_error(libc::EOVERFLOW))
+        })
+    }
+}
+
+impl ReadVolatile for DiskStream<'_> {
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let offset = self.offset()?;
+        let guard = buf.ptr_guard_mut();
+        // SAFETY: a `VolatileSlice`'s pointer is valid for writes of its `len()` bytes (its
+        // constructor's invariant), and the descriptor is the disk's open file, borrowed for as
+        // long as `self` lives.
+        let read = unsafe {
+            libc::pread(
+                self.disk.file.as_raw_fd(),
+                guard.as_ptr().cast(),
+                buf.len(),
+                offset,
+            )
+        };
+        // Whatever the outcome, the kernel may have written some of the buffer.
+        let Ok(read) = usize::try_from(read) else {
+            buf.bitmap().mark_dirty(0, buf.len());
+            return Err(VolatileMemoryError::IOError(io::Error::last_os_error()));
+        };
+        buf.bitmap().mark_dirty(0, read);
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
+impl WriteVolatile for DiskStream<'_> {
+    fn write_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let offset = self.offset()?;
+        let guard = buf.ptr_guard();
+        // SAFETY: a `VolatileSlice`'s pointer is valid for reads of its `len()` bytes, and the
+        // descriptor is the disk's open file, borrowed for as long as `self` lives.
+        let written = unsafe {
+            libc::pwrite(
+                self.disk.file.as_raw_fd(),
+                guard.as_ptr().cast(),
+                buf.len(),
+                offset,
+            )
+        };
+        let written = usize::try_from(written)
+            .map_err(|_| VolatileMemoryError::IOError(io::Error::last_os_error()))?;
+        self.offset += written as u64;
+        Ok(written)
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use zerocopy::IntoBytes;
 
@@ -166,6 +166,26 @@ impl ParavirtDevice {
             Ok(d) => d,
             Err(status) => return (status, 0),
         };
+        if self.events.is_none() {
+            // Not recording: the file's blocks go straight into guest memory. A bounce buffer
+            // (fresh memory for every request, then a second copy) made `sort`, which reads
+            // ~0.9 GB in a 4000-unit run, ~1.2x slower in the VM than natively.
+            if !memory.check_range(GuestAddress(gpa), len) {
+                return (status::BAD_ADDRESS, 0);
+            }
+            let result =
+                memory.read_exact_volatile_from(GuestAddress(gpa), &mut disk.stream_at(block), len);
+            // Even a failed read may have written part of the range.
+            self.written.set_range(gpa, len as u64);
+            if let Err(e) = result {
+                tracing::warn!(block, count, error = %e, "disk read failed");
+                return (status::IO_ERROR, 0);
+            }
+            self.stats.disk_read_bytes += len as u64;
+            return (status::OK, count);
+        }
+        // Recording: the event log needs the data as read, so it is read into a buffer that
+        // the event keeps, and copied into guest memory from there.
         let mut buf = vec![0u8; len];
         if let Err(e) = disk.read(block, &mut buf) {
             tracing::warn!(block, count, error = %e, "disk read failed");
@@ -189,11 +209,14 @@ impl ParavirtDevice {
             Ok(d) => d,
             Err(status) => return (status, 0),
         };
-        let mut buf = vec![0u8; len];
-        if memory.read_slice(&mut buf, GuestAddress(gpa)).is_err() {
+        if !memory.check_range(GuestAddress(gpa), len) {
             return (status::BAD_ADDRESS, 0);
         }
-        if let Err(e) = disk.write(block, &buf) {
+        // Straight from guest memory to the file (a write's data is not logged: a replay does
+        // not write the disk).
+        if let Err(e) =
+            memory.write_all_volatile_to(GuestAddress(gpa), &mut disk.stream_at(block), len)
+        {
             tracing::warn!(block, count, error = %e, "disk write failed");
             return (status::IO_ERROR, 0);
         }
