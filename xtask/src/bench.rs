@@ -106,7 +106,24 @@ pub(crate) struct GuestSpeedRow {
     pub(crate) checksums_match: bool,
     /// VM/host per repetition (each pair run back to back).
     pub(crate) ratios: Vec<f64>,
+    /// What one guest exit costs the VM, in µs, measured in the same run on `pattern` (see
+    /// [`EXIT_COST_WORKLOAD`]); the same in every row.
+    pub(crate) exit_cost_us: f64,
+    /// The row's exits at that cost.
+    pub(crate) exit_seconds: f64,
+    /// VM/host per repetition with the exits' time taken out of the VM's: what is left is
+    /// the cost of running the guest's code in the VM, not of leaving it.
+    pub(crate) ratios_without_exits: Vec<f64>,
+    /// Times per repetition, VM and host (pairs).
+    #[serde(skip)]
+    pub(crate) times: Vec<(f64, f64)>,
 }
+
+/// The workload that measures what an exit costs: `pattern` yields after every ~20 µs step
+/// (it is a test workload), so ~90 % of its time in the VM is exits. Its cost per exit is
+/// (VM − host) / exits, per repetition, median: all of its gap is put down to its exits, so
+/// the figure is an upper bound.
+pub(crate) const EXIT_COST_WORKLOAD: WorkloadId = WorkloadId::Pattern;
 
 /// What one VM run reported.
 #[derive(Clone)]
@@ -220,12 +237,18 @@ pub(crate) fn guest_speed_rows(
     repeats: usize,
 ) -> Result<Vec<GuestSpeedRow>> {
     let scratch: PathBuf = root().join("target").join("bench").join("guest-speed");
-    let mut rows = Vec::new();
+    let mut rows: Vec<GuestSpeedRow> = Vec::new();
+    // Every table accounts for the exits, so the workload that measures their cost always runs.
+    let mut workloads = workloads.to_vec();
+    if !workloads.iter().any(|&(w, _)| w == EXIT_COST_WORKLOAD) {
+        let units = bench_units(EXIT_COST_WORKLOAD).context("the exit-cost workload has units")?;
+        workloads.push((EXIT_COST_WORKLOAD, units));
+    }
     eprintln!(
         "guest-speed: {} MiB guest, seed {SEED}, median of {repeats} runs per side, alternating",
         MEM_BYTES >> 20
     );
-    for &(workload, units) in workloads {
+    for &(workload, units) in &workloads {
         let dir = scratch.join(workload.name());
         let (mut vm_times, mut host_times) = (Vec::new(), Vec::new());
         let (mut vm_sum, mut host_sum) = (String::new(), String::new());
@@ -269,6 +292,11 @@ pub(crate) fn guest_speed_rows(
             .zip(&host_times)
             .map(|(v, h)| v / h)
             .collect();
+        let times = vm_times
+            .iter()
+            .copied()
+            .zip(host_times.iter().copied())
+            .collect();
         let (vm_seconds, host_seconds) = (median(vm_times), median(host_times));
         let row = GuestSpeedRow {
             workload: workload.name(),
@@ -283,6 +311,10 @@ pub(crate) fn guest_speed_rows(
             exits_per_second: exits as f64 / vm_seconds,
             checksums_match: vm_sum == host_sum,
             ratios,
+            exit_cost_us: 0.0,
+            exit_seconds: 0.0,
+            ratios_without_exits: Vec::new(),
+            times,
         };
         // The runs' directories (guest disks, summaries) are not needed past this point.
         fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
@@ -303,7 +335,40 @@ pub(crate) fn guest_speed_rows(
         );
         rows.push(row);
     }
+    account_for_exits(&mut rows)?;
     Ok(rows)
+}
+
+/// Fills in each row's exit cost, exit time and VM/host without the exits, from the
+/// [`EXIT_COST_WORKLOAD`] row's repetitions.
+fn account_for_exits(rows: &mut [GuestSpeedRow]) -> Result<()> {
+    let probe = rows
+        .iter()
+        .find(|r| r.workload == EXIT_COST_WORKLOAD.name())
+        .context("the exit-cost workload was not measured")?;
+    let exits = probe.guest_exits.max(1) as f64;
+    let exit_cost = median(
+        probe
+            .times
+            .iter()
+            .map(|(vm, host)| (vm - host) / exits)
+            .collect(),
+    );
+    for row in rows.iter_mut() {
+        row.exit_cost_us = exit_cost * 1e6;
+        row.exit_seconds = row.guest_exits as f64 * exit_cost;
+        row.ratios_without_exits = row
+            .times
+            .iter()
+            .map(|(vm, host)| (vm - row.exit_seconds) / host)
+            .collect();
+    }
+    eprintln!(
+        "guest-speed: one exit costs {:.1} µs ({} in this run)",
+        exit_cost * 1e6,
+        EXIT_COST_WORKLOAD.name()
+    );
+    Ok(())
 }
 
 fn guest_speed(json: Option<&Path>) -> Result<()> {
@@ -319,12 +384,12 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
     }
     let rows = guest_speed_rows(&workloads, REPEATS)?;
     println!(
-        "| workload | units | VM (s), median (min-max) | host (s), median (min-max) | VM/host | fastest/fastest | guest exits/s | same checksum |"
+        "| workload | units | VM (s), median (min-max) | host (s), median (min-max) | VM/host | fastest/fastest | guest exits/s | exits' time (s) | VM/host without exits | same checksum |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.3} ({:.3}-{:.3}) | {:.3} ({:.3}-{:.3}) | {:.3} | {:.3} | {:.0} | {} |",
+            "| {} | {} | {:.3} ({:.3}-{:.3}) | {:.3} ({:.3}-{:.3}) | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {} |",
             r.workload,
             r.units,
             r.vm_seconds,
@@ -336,7 +401,16 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
             r.ratio,
             r.best_ratio,
             r.exits_per_second,
+            r.exit_seconds,
+            median(r.ratios_without_exits.clone()),
             if r.checksums_match { "yes" } else { "no" }
+        );
+    }
+    if let Some(r) = rows.first() {
+        println!(
+            "\nOne exit: {:.1} µs, from `{}` in this run ((VM − host) / exits, median over the repetitions).",
+            r.exit_cost_us,
+            EXIT_COST_WORKLOAD.name()
         );
     }
     if let Some(path) = json {
@@ -347,4 +421,53 @@ fn guest_speed(json: Option<&Path>) -> Result<()> {
         bail!("a workload computed a different checksum in the VM than on the host");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(workload: WorkloadId, exits: u64, times: &[(f64, f64)]) -> GuestSpeedRow {
+        GuestSpeedRow {
+            workload: workload.name(),
+            units: 1,
+            vm_seconds: 0.0,
+            host_seconds: 0.0,
+            vm_spread: [0.0; 2],
+            host_spread: [0.0; 2],
+            ratio: 0.0,
+            best_ratio: 0.0,
+            guest_exits: exits,
+            exits_per_second: 0.0,
+            checksums_match: true,
+            ratios: Vec::new(),
+            exit_cost_us: 0.0,
+            exit_seconds: 0.0,
+            ratios_without_exits: Vec::new(),
+            times: times.to_vec(),
+        }
+    }
+
+    /// The exit cost is the probe's (VM − host) / exits, median over the repetitions, and
+    /// every row's exits at that cost come out of its VM time.
+    #[test]
+    fn exits_are_accounted_at_the_probes_cost() {
+        let mut rows = vec![
+            row(WorkloadId::Sort, 10_000, &[(2.0, 1.5), (2.2, 1.6)]),
+            // 100 000 exits: 20, 25 and 30 µs each.
+            row(
+                EXIT_COST_WORKLOAD,
+                100_000,
+                &[(2.2, 0.2), (2.7, 0.2), (3.2, 0.2)],
+            ),
+        ];
+        account_for_exits(&mut rows).unwrap();
+        assert!((rows[0].exit_cost_us - 25.0).abs() < 1e-9);
+        assert!((rows[0].exit_seconds - 0.25).abs() < 1e-9);
+        let expected = [(2.0 - 0.25) / 1.5, (2.2 - 0.25) / 1.6];
+        for (got, want) in rows[0].ratios_without_exits.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        }
+        assert!(account_for_exits(&mut rows[..1]).is_err());
+    }
 }

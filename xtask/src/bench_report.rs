@@ -1392,11 +1392,14 @@ fn write_overhead(md: &mut String, o: &Overhead) -> std::fmt::Result {
 fn write_guest_speed(md: &mut String, rows: &[GuestSpeedRow], repeats: usize) -> std::fmt::Result {
     writeln!(md, "## 7. Guest speed vs native\n")?;
     writeln!(md, "`cargo xtask bench guest-speed` in this run: each workload's `--work` in a 512 MiB VM with no recording (`simuboost-daemon run --no-record`) and the same code run natively by `simuboost-hostrun` on the same inputs, {repeats} times per side, alternating which side goes first. VM/host is paired per repetition; median (min–max). The guest's ring-3 code runs natively on PVM, but every guest exit and every first touch of a page goes through the software hypervisor.\n")?;
+    if let Some(first) = rows.first() {
+        writeln!(md, "**Exits' time** is the run's guest exits × what one exit costs, measured in this run on `{}` ((VM − host) / exits, median over the repetitions: **{:.1} µs**; all of its gap is put down to its exits, so this is an upper bound). **Without exits** is VM/host with that time taken out of the VM's: the cost of running the guest's code in the VM rather than of leaving it (`{}` itself is ~1 by construction).\n", crate::bench::EXIT_COST_WORKLOAD.name(), first.exit_cost_us, crate::bench::EXIT_COST_WORKLOAD.name())?;
+    }
     writeln!(
         md,
-        "| workload | units | VM s | host s | VM/host | guest exits/s | same checksum |"
+        "| workload | units | VM s | host s | VM/host | guest exits/s | exits' time s | VM/host without exits | same checksum |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
     for r in rows {
         let spread = |v: f64, range: [f64; 2]| Spread {
             median: v,
@@ -1406,13 +1409,15 @@ fn write_guest_speed(md: &mut String, rows: &[GuestSpeedRow], repeats: usize) ->
         };
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.3} | {} | {} |",
             r.workload,
             r.units,
             spread(r.vm_seconds, r.vm_spread).show(3),
             spread(r.host_seconds, r.host_spread).show(3),
             Spread::of(r.ratios.iter().copied()).show(2),
             r.exits_per_second,
+            r.exit_seconds,
+            Spread::of(r.ratios_without_exits.iter().copied()).show(2),
             if r.checksums_match { "yes" } else { "**no**" }
         )?;
     }
@@ -2115,13 +2120,18 @@ mod tests {
             exits_per_second: 400.0,
             checksums_match: true,
             ratios: vec![1.2, 1.25, 1.3],
+            exit_cost_us: 25.0,
+            exit_seconds: 0.025,
+            ratios_without_exits: vec![1.19, 1.24, 1.29],
+            times: Vec::new(),
         };
         let mut md = String::new();
         write_guest_speed(&mut md, &[row], 3).unwrap();
         assert!(
-            md.contains("| build | 600 | 2.500 (2.400–2.700) | 2.000 (1.900–2.200) | 1.25 (1.20–1.30) | 400 | yes |"),
+            md.contains("| build | 600 | 2.500 (2.400–2.700) | 2.000 (1.900–2.200) | 1.25 (1.20–1.30) | 400 | 0.025 | 1.24 (1.19–1.29) | yes |"),
             "{md}"
         );
+        assert!(md.contains("**25.0 µs**"), "{md}");
         let sim = SimRow {
             workload: "compress".into(),
             intervals: vec![1, 2, 3],
