@@ -387,21 +387,17 @@ fn disk_workloads_compute_the_same_recorded_unrecorded_and_natively() {
             "{workload}: the same requests, the same bytes"
         );
         mkdisk(&disk);
-        let out = Command::new(binary("simuboost-hostrun"))
-            .args(["--workload", workload, "--work", work, "--seed", "3"])
-            .arg("--arena-bytes")
-            .arg(summary_unrecorded.arena_bytes.to_string())
-            .arg("--disk")
-            .arg(&disk)
-            .output()
-            .expect("simuboost-hostrun runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = Finished::of(
+            Command::new(binary("simuboost-hostrun"))
+                .args(["--workload", workload, "--work", work, "--seed", "3"])
+                .arg("--arena-bytes")
+                .arg(summary_unrecorded.arena_bytes.to_string())
+                .arg("--disk")
+                .arg(&disk),
         );
+        out.expect_code(0);
         let native: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("simuboost-hostrun prints JSON");
+            serde_json::from_str(&out.stdout).expect("simuboost-hostrun prints JSON");
         assert_eq!(
             native["checksum"].as_str(),
             Some(unrecorded.1.as_str()),

@@ -287,16 +287,12 @@ pub(crate) fn guest_speed_rows(
             ]
         };
         let (vm_spread, host_spread) = (spread(&vm_times), spread(&host_times));
-        let ratios = vm_times
-            .iter()
-            .zip(&host_times)
-            .map(|(v, h)| v / h)
-            .collect();
-        let times = vm_times
+        let times: Vec<(f64, f64)> = vm_times
             .iter()
             .copied()
             .zip(host_times.iter().copied())
             .collect();
+        let ratios = times.iter().map(|(vm, host)| vm / host).collect();
         let (vm_seconds, host_seconds) = (median(vm_times), median(host_times));
         let row = GuestSpeedRow {
             workload: workload.name(),
