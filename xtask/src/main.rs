@@ -330,7 +330,8 @@ fn test(filter: Option<&str>) -> Result<()> {
     // The end-to-end tests run the binaries, so build them first.
     build(false)?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]);
+    // Every test binary runs even when one fails, so that a CI log shows all failures at once.
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
     if let Some(filter) = filter {
         cmd.arg(filter);
     }
