@@ -86,16 +86,20 @@ fn ensure_tracefs() -> Result<(), TraceError> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(());
     }
-    let status = std::process::Command::new("mount")
+    let mount = std::process::Command::new("mount")
         .args(["-t", "tracefs", "nodev", TRACEFS])
-        .status()
+        .output()
         .map_err(|e| TraceError::Tracefs(e.to_string()))?;
     // A failed mount is fine if tracefs is there now: another recorder starting at the same
     // moment (tests run several) mounted it first, and `mount` says "already mounted".
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(());
     }
-    Err(TraceError::Tracefs(format!("mount exited with {status}")))
+    Err(TraceError::Tracefs(format!(
+        "mount exited with {}: {}",
+        mount.status,
+        String::from_utf8_lossy(&mount.stderr).trim()
+    )))
 }
 
 /// Offset and size of `field` in the tracepoint's format file, if the tracepoint exists.

@@ -97,7 +97,9 @@ pub struct Needs {
     /// [`Analysis::on_access`] for data reads and writes (memory hooks, a TLB hook).
     pub accesses: bool,
     /// [`Analysis::on_access`] for every instruction fetch, and an exact `rip`/`icount` in
-    /// every access (a per-instruction code hook: the most expensive).
+    /// every access. No per-instruction hook: the fetches come from the decoded block, issued
+    /// in order before the first data access of each instruction, and the accessing
+    /// instruction is the RIP unicorn keeps exact in a memory hook.
     pub instructions: bool,
 }
 
@@ -197,9 +199,27 @@ pub struct InstructionCounter {
     total: u64,
     /// The block entered last.
     last: Option<BlockInfo>,
+    /// Per cached block: each instruction's length in bytes, in order; kept only if asked for
+    /// ([`InstructionCounter::with_lengths`]), for fetch rows without a per-instruction hook.
+    lengths: Option<AddrMap<Box<[u8]>>>,
 }
 
 impl InstructionCounter {
+    /// A counter that also keeps every block's instruction lengths ([`Self::lengths`]).
+    pub fn with_lengths() -> InstructionCounter {
+        InstructionCounter {
+            lengths: Some(AddrMap::default()),
+            ..InstructionCounter::default()
+        }
+    }
+
+    /// The lengths of the instructions of the cached block at `vaddr`, in order (with
+    /// [`Self::with_lengths`] only).
+    #[inline]
+    pub fn lengths(&self, vaddr: u64) -> Option<&[u8]> {
+        self.lengths.as_ref()?.get(&vaddr).map(|l| &l[..])
+    }
+
     /// The block at `vaddr`, if decoded before.
     #[inline]
     pub fn cached(&self, vaddr: u64) -> Option<BlockInfo> {
@@ -215,8 +235,12 @@ impl InstructionCounter {
             ..BlockInfo::default()
         };
         let mut decoder = Decoder::with_ip(64, &code, vaddr, DecoderOptions::NONE);
+        let mut lengths = Vec::new();
         while decoder.can_decode() {
-            let vpage = decoder.decode().ip() & !(PAGE_SIZE - 1);
+            let insn = decoder.decode();
+            // x86 instructions are at most 15 bytes.
+            lengths.push(insn.len() as u8);
+            let vpage = insn.ip() & !(PAGE_SIZE - 1);
             info.icount += 1;
             let parts = usize::from(info.parts);
             match info.pages[..parts].iter_mut().find(|p| p.vpage == vpage) {
@@ -242,6 +266,9 @@ impl InstructionCounter {
             self.code_gfns.insert(t.page / PAGE_SIZE);
         }
         self.blocks.insert(vaddr, info);
+        if let Some(l) = &mut self.lengths {
+            l.insert(vaddr, lengths.into_boxed_slice());
+        }
         Some(info)
     }
 
@@ -284,6 +311,9 @@ impl InstructionCounter {
         if !self.code_gfns.is_empty() && gfns.into_iter().any(|g| self.code_gfns.contains(&g)) {
             self.blocks.clear();
             self.code_gfns.clear();
+            if let Some(l) = &mut self.lengths {
+                l.clear();
+            }
         }
     }
 }

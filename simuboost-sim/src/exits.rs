@@ -52,16 +52,29 @@ pub struct Hooked {
 #[derive(Default)]
 struct AccessCtx {
     block: BlockInfo,
-    /// Exact with the code hook, else the block's start.
+    /// The accessing instruction: exact with [`Needs::instructions`], else the block's start.
     rip: u64,
-    /// Instructions so far (the current one included) with the code hook, else at block entry.
+    /// Instructions so far, the accessing one included: exact with [`Needs::instructions`],
+    /// else at block entry.
     icount: u64,
+    /// With [`Needs::instructions`]: the instructions executed before this block.
+    entry_icount: u64,
+    /// With [`Needs::instructions`]: the block's instruction lengths (empty: not counted, the
+    /// entry stub), how many of them have had their fetch issued, and where the next starts.
+    lengths: Vec<u8>,
+    issued: u32,
+    next_rip: u64,
 }
 
 impl Hooked {
     /// Hands a data access to the analyses (RAM only: the doorbell's MMIO store is not one).
+    /// `rip`: the accessing instruction, with [`Needs::instructions`] (its fetch and those of
+    /// the instructions before it are issued first).
     #[inline]
-    fn data_access(&mut self, kind: MemType, paddr: u64, size: usize) {
+    fn data_access(&mut self, kind: MemType, paddr: u64, size: usize, rip: Option<u64>) {
+        if let Some(rip) = rip {
+            self.issue_fetches_through(rip);
+        }
         if !self.ram.contains(paddr, 1) {
             return;
         }
@@ -82,6 +95,53 @@ impl Hooked {
             } else {
                 AccessKind::Read
             },
+        };
+        for a in &mut self.analyses.extra {
+            a.on_access(&access);
+        }
+    }
+
+    /// Issues the fetches of the current block's instructions up to the one starting at `rip`
+    /// (which is then the accessing instruction). Accesses come in program order, so the scan
+    /// only moves forward; an instruction accessing memory more than once (a string
+    /// instruction's repetitions) is issued once.
+    #[inline]
+    fn issue_fetches_through(&mut self, rip: u64) {
+        while self.ctx.next_rip <= rip && (self.ctx.issued as usize) < self.ctx.lengths.len() {
+            self.issue_next_fetch();
+        }
+    }
+
+    /// Issues the fetches of the first `executed` instructions of the current block (all of
+    /// them: `u32::MAX`) that are not issued yet.
+    fn issue_fetches(&mut self, executed: u32) {
+        let end = (executed as usize).min(self.ctx.lengths.len());
+        while (self.ctx.issued as usize) < end {
+            self.issue_next_fetch();
+        }
+    }
+
+    #[inline]
+    fn issue_next_fetch(&mut self) {
+        let ctx = &mut self.ctx;
+        let rip = ctx.next_rip;
+        let size = ctx.lengths[ctx.issued as usize];
+        ctx.issued += 1;
+        ctx.next_rip += u64::from(size);
+        ctx.rip = rip;
+        ctx.icount = ctx.entry_icount + u64::from(ctx.issued);
+        let paddr = ctx.block.paddr(rip);
+        if !self.ram.contains(paddr, 1) {
+            return;
+        }
+        let access = MemAccess {
+            icount: ctx.icount,
+            rip,
+            block: ctx.block.vaddr,
+            vaddr: rip,
+            paddr,
+            size,
+            kind: AccessKind::Fetch,
         };
         for a in &mut self.analyses.extra {
             a.on_access(&access);
@@ -127,7 +187,13 @@ impl Sim {
         // Memory hooks report physical addresses; the TLB hook tells the virtual ones.
         let tlb_hook = start.working_set || needs.accesses || needs.instructions;
         let analyses = Analyses {
-            counter: counting.then(InstructionCounter::default),
+            counter: counting.then(|| {
+                if needs.instructions {
+                    InstructionCounter::with_lengths()
+                } else {
+                    InstructionCounter::default()
+                }
+            }),
             working_set: start.working_set.then(|| WorkingSet::new(ram.frames())),
             extra,
         };
@@ -291,9 +357,21 @@ impl Sim {
                         }
                     };
                     let d = uc.get_data_mut();
+                    if needs.instructions {
+                        // The previous block ran to its end.
+                        d.issue_fetches(u32::MAX);
+                    }
                     if let Some(c) = &mut d.analyses.counter {
-                        if !needs.instructions {
-                            // Without the code hook, accesses carry the count at block entry.
+                        if needs.instructions {
+                            let ctx = &mut d.ctx;
+                            ctx.entry_icount = c.total();
+                            ctx.lengths.clear();
+                            ctx.lengths
+                                .extend_from_slice(c.lengths(vaddr).unwrap_or_default());
+                            ctx.issued = 0;
+                            ctx.next_rip = vaddr;
+                        } else {
+                            // Accesses carry the count at block entry.
                             d.ctx.icount = c.total() + 1;
                             d.ctx.rip = vaddr;
                         }
@@ -308,40 +386,25 @@ impl Sim {
             .map_err(uc_err("add the block hook"))?;
         }
         if needs.accesses || needs.instructions {
+            let exact = needs.instructions;
             uc.add_mem_hook(
                 HookType::MEM_READ | HookType::MEM_WRITE,
                 1,
                 0,
-                |uc: &mut Unicorn<'_, Hooked>, kind: MemType, paddr: u64, size: usize, _: i64| {
-                    uc.get_data_mut().data_access(kind, paddr, size);
+                move |uc: &mut Unicorn<'_, Hooked>,
+                      kind: MemType,
+                      paddr: u64,
+                      size: usize,
+                      _: i64| {
+                    // unicorn keeps RIP exact in memory hooks (it syncs the PC before every
+                    // instruction while one is installed): the accessing instruction, without
+                    // a per-instruction hook.
+                    let rip = exact.then(|| uc.reg_read(RegisterX86::RIP).unwrap_or(0));
+                    uc.get_data_mut().data_access(kind, paddr, size, rip);
                     true
                 },
             )
             .map_err(uc_err("add the memory hooks"))?;
-        }
-        if needs.instructions {
-            uc.add_code_hook(1, 0, |uc: &mut Unicorn<'_, Hooked>, rip: u64, size: u32| {
-                let d = uc.get_data_mut();
-                d.ctx.icount += 1;
-                d.ctx.rip = rip;
-                let paddr = d.ctx.block.paddr(rip);
-                if !d.ram.contains(paddr, 1) {
-                    return;
-                }
-                let access = MemAccess {
-                    icount: d.ctx.icount,
-                    rip,
-                    block: d.ctx.block.vaddr,
-                    vaddr: rip,
-                    paddr,
-                    size: size.min(255) as u8,
-                    kind: AccessKind::Fetch,
-                };
-                for a in &mut d.analyses.extra {
-                    a.on_access(&access);
-                }
-            })
-            .map_err(uc_err("add the code hook"))?;
         }
         let timeout_us = start.timeout_ms.saturating_mul(1000);
         cpu::enter(&mut uc, &ram, &start.cpu, timeout_us)?;
@@ -508,6 +571,9 @@ impl Sim {
                         "the doorbell store at {rip:#x} is not inside the last block entered"
                     )));
                 };
+                // The fetches of the instructions up to the store; none for the rest.
+                d.issue_fetches(executed);
+                d.ctx.issued = d.ctx.lengths.len() as u32;
                 for a in &mut d.analyses.extra {
                     a.on_stop(&block, executed);
                 }

@@ -159,6 +159,28 @@ fn pattern_analyses_are_its_documented_steps() {
             file(&out, "trace", interval)
         ));
         assert_eq!(fetches, instructions, "interval {interval}");
+        // Every data access names the instruction that made it: a fetch row with its count and
+        // address (the simulator reads RIP in the memory hook, with no per-instruction hook),
+        // and rows are in program order.
+        let trace = file(&out, "trace", interval);
+        let unattributed = count(&format!(
+            "SELECT count(*) FROM \
+                (SELECT icount, rip FROM read_parquet('{trace}') WHERE kind <> 'fetch') d \
+             ANTI JOIN \
+                (SELECT icount, rip FROM read_parquet('{trace}') WHERE kind = 'fetch') f \
+             USING (icount, rip)"
+        ));
+        assert_eq!(unattributed, 0, "interval {interval}: data rows without their instruction");
+        let out_of_order = count(&format!(
+            "SELECT count(*) FROM (SELECT icount::BIGINT \
+                - lag(icount::BIGINT) OVER (ORDER BY file_row_number) AS step \
+                FROM read_parquet('{trace}', file_row_number = true)) \
+             WHERE step NOT IN (0, 1)"
+        ));
+        assert_eq!(
+            out_of_order, 0,
+            "interval {interval}: trace rows out of program order, or an instruction missing"
+        );
         assert_eq!(
             a.trace_rows,
             Some(count(&format!(
