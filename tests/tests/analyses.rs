@@ -170,7 +170,10 @@ fn pattern_analyses_are_its_documented_steps() {
                 (SELECT icount, rip FROM read_parquet('{trace}') WHERE kind = 'fetch') f \
              USING (icount, rip)"
         ));
-        assert_eq!(unattributed, 0, "interval {interval}: data rows without their instruction");
+        assert_eq!(
+            unattributed, 0,
+            "interval {interval}: data rows without their instruction"
+        );
         let out_of_order = count(&format!(
             "SELECT count(*) FROM (SELECT icount::BIGINT \
                 - lag(icount::BIGINT) OVER (ORDER BY file_row_number) AS step \
