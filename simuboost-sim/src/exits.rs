@@ -396,9 +396,9 @@ impl Sim {
                       paddr: u64,
                       size: usize,
                       _: i64| {
-                    // unicorn keeps RIP exact in memory hooks (it syncs the PC before every
-                    // instruction while one is installed): the accessing instruction, without
-                    // a per-instruction hook.
+                    // unicorn restores the exact PC before every memory-hook callback
+                    // (`cpu_restore_state`, paid whether or not it is read): the accessing
+                    // instruction, without a per-instruction hook.
                     let rip = exact.then(|| uc.reg_read(RegisterX86::RIP).unwrap_or(0));
                     uc.get_data_mut().data_access(kind, paddr, size, rip);
                     true
