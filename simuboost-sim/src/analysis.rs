@@ -191,39 +191,28 @@ pub fn code_bytes(ram: &Ram, cr3: u64, vaddr: u64, len: u64) -> Option<Vec<u8>> 
 /// The exact instruction count.
 #[derive(Default)]
 pub struct InstructionCounter {
-    /// Each block seen, by start address.
-    blocks: AddrMap<BlockInfo>,
+    /// Each block seen, by start address, with its instructions' lengths in bytes, in order
+    /// (for fetch rows without a per-instruction hook).
+    blocks: AddrMap<(BlockInfo, Box<[u8]>)>,
     /// Frames the cached blocks were decoded from (a device write to one drops the cache).
     code_gfns: HashSet<u64>,
     /// Instructions of every block entered (the last one whole).
     total: u64,
     /// The block entered last.
     last: Option<BlockInfo>,
-    /// Per cached block: each instruction's length in bytes, in order; kept only if asked for
-    /// ([`InstructionCounter::with_lengths`]), for fetch rows without a per-instruction hook.
-    lengths: Option<AddrMap<Box<[u8]>>>,
 }
 
 impl InstructionCounter {
-    /// A counter that also keeps every block's instruction lengths ([`Self::lengths`]).
-    pub fn with_lengths() -> InstructionCounter {
-        InstructionCounter {
-            lengths: Some(AddrMap::default()),
-            ..InstructionCounter::default()
-        }
-    }
-
-    /// The lengths of the instructions of the cached block at `vaddr`, in order (with
-    /// [`Self::with_lengths`] only).
+    /// The lengths of the instructions of the cached block at `vaddr`, in order.
     #[inline]
     pub fn lengths(&self, vaddr: u64) -> Option<&[u8]> {
-        self.lengths.as_ref()?.get(&vaddr).map(|l| &l[..])
+        self.blocks.get(&vaddr).map(|(_, l)| &l[..])
     }
 
     /// The block at `vaddr`, if decoded before.
     #[inline]
     pub fn cached(&self, vaddr: u64) -> Option<BlockInfo> {
-        self.blocks.get(&vaddr).copied()
+        self.blocks.get(&vaddr).map(|(info, _)| *info)
     }
 
     /// Decodes the block at `vaddr` of `size` bytes and caches it.
@@ -265,10 +254,8 @@ impl InstructionCounter {
         if let Ok(t) = paging::walk(ram, code_controls(cr3), last, Access::Fetch, false) {
             self.code_gfns.insert(t.page / PAGE_SIZE);
         }
-        self.blocks.insert(vaddr, info);
-        if let Some(l) = &mut self.lengths {
-            l.insert(vaddr, lengths.into_boxed_slice());
-        }
+        self.blocks
+            .insert(vaddr, (info, lengths.into_boxed_slice()));
         Some(info)
     }
 
@@ -311,9 +298,6 @@ impl InstructionCounter {
         if !self.code_gfns.is_empty() && gfns.into_iter().any(|g| self.code_gfns.contains(&g)) {
             self.blocks.clear();
             self.code_gfns.clear();
-            if let Some(l) = &mut self.lengths {
-                l.clear();
-            }
         }
     }
 }

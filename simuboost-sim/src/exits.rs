@@ -187,13 +187,7 @@ impl Sim {
         // Memory hooks report physical addresses; the TLB hook tells the virtual ones.
         let tlb_hook = start.working_set || needs.accesses || needs.instructions;
         let analyses = Analyses {
-            counter: counting.then(|| {
-                if needs.instructions {
-                    InstructionCounter::with_lengths()
-                } else {
-                    InstructionCounter::default()
-                }
-            }),
+            counter: counting.then(InstructionCounter::default),
             working_set: start.working_set.then(|| WorkingSet::new(ram.frames())),
             extra,
         };
