@@ -185,7 +185,7 @@ impl TraceBatch {
 compile_error!("the trace's wire form assumes a little-endian host");
 
 /// Bytes per row on the wire: four `u64` columns and two `u8` columns.
-const TRACE_ROW_BYTES: usize = 4 * 8 + 2;
+pub(crate) const TRACE_ROW_BYTES: usize = 4 * 8 + 2;
 
 impl TraceBatch {
     /// The wire form (see the type's documentation).

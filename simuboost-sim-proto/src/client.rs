@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
-use crate::frame::{read_frame, write_frame, FrameError};
+use crate::frame::{write_frame, FrameError};
+use crate::trace_frame::read_from_sim;
 use crate::{recv_fd, Exit, Final, FrameRun, FromSim, Start, ToSim, TraceBatch, PROTOCOL_VERSION};
 
 /// File name of the simulator binary.
@@ -315,7 +316,7 @@ impl SimProcess {
     }
 
     fn receive(&mut self) -> Result<FromSim, ClientError> {
-        match read_frame(&mut self.stream) {
+        match read_from_sim(&mut self.stream) {
             Ok(m) => Ok(m),
             Err(FrameError::Closed) => Err(self.died()),
             Err(FrameError::Io(e))

@@ -25,7 +25,7 @@ pub enum FrameError {
     Malformed(String),
 }
 
-fn codec() -> impl Options {
+pub(crate) fn codec() -> impl Options {
     bincode::DefaultOptions::new()
         .with_limit(u64::from(MAX_FRAME_BYTES))
         .reject_trailing_bytes()
@@ -62,7 +62,7 @@ pub fn read_frame<T: DeserializeOwned>(input: &mut impl Read) -> Result<T, Frame
         .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
-fn closed_or_io(e: std::io::Error) -> FrameError {
+pub(crate) fn closed_or_io(e: std::io::Error) -> FrameError {
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof
         | std::io::ErrorKind::BrokenPipe

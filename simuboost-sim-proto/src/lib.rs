@@ -34,6 +34,7 @@ mod analysis;
 mod client;
 mod fdpass;
 mod frame;
+mod trace_frame;
 
 pub use analysis::{
     AccessKind, AnalysisRequest, AnalysisResults, BlockCache, BlockCount, CacheConfig, CacheLevel,
@@ -42,6 +43,7 @@ pub use analysis::{
 pub use client::{locate_binary, ClientError, SimProcess, SIM_BINARY, SIM_ENV};
 pub use fdpass::{recv_fd, send_fd};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
+pub use trace_frame::{read_from_sim, write_trace};
 
 use serde::{Deserialize, Serialize};
 

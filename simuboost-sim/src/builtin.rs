@@ -2,12 +2,11 @@
 //! example of docs/ANALYSES.md, each an [`Analysis`]. [`from_request`] builds the ones a
 //! [`Start`] asks for.
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 use simuboost_sim_proto::{
-    write_frame, AccessKind, AnalysisRequest, BlockCache, BlockCount, CacheConfig, CacheResults,
-    CustomResult, Final, FromSim, LevelCounts, PageCount, TraceBatch, TraceRequest, TraceSummary,
+    write_trace, AccessKind, AnalysisRequest, BlockCache, BlockCount, CacheConfig, CacheResults,
+    CustomResult, Final, LevelCounts, PageCount, TraceBatch, TraceRequest, TraceSummary,
 };
 
 use crate::analysis::{AddrMap, Analysis, BlockInfo, MemAccess, Needs};
@@ -201,17 +200,9 @@ impl Tracer {
         if self.batch.is_empty() || self.failed.is_some() {
             return;
         }
-        // Move the batch into the message and back, so its buffers are reused.
-        let message = FromSim::Trace(std::mem::take(&mut self.batch));
-        if let Err(e) = write_frame(&mut self.out, &message).and_then(|()| {
-            self.out
-                .flush()
-                .map_err(simuboost_sim_proto::FrameError::Io)
-        }) {
+        // Written from the batch's own columns, which are kept for the next rows.
+        if let Err(e) = write_trace(&mut self.out, &self.batch) {
             self.failed = Some(format!("sending the trace failed: {e}"));
-        }
-        if let FromSim::Trace(batch) = message {
-            self.batch = batch;
         }
         self.batch.clear();
     }
