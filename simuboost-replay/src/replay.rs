@@ -204,14 +204,28 @@ impl IntervalInputs {
         options: &ReplayOptions,
     ) -> Result<IntervalInputs, ReplayError> {
         let mem_bytes = run.manifest().meta.mem_bytes;
+        let began = Instant::now();
+        // When each read ended, for `RUST_LOG=simuboost_replay=debug`.
+        let timed = |what: &'static str| {
+            move || tracing::debug!(interval, ms = ms(began.elapsed()), "read {what}")
+        };
         let (head, events, log_and_map) = std::thread::scope(|scope| {
             let events = std::thread::Builder::new()
                 .name("read-events".into())
-                .spawn_scoped(scope, || run.events(interval).map(restore_events));
+                .spawn_scoped(scope, || {
+                    let events = run.events(interval).map(restore_events);
+                    timed("events")();
+                    events
+                });
             let log_and_map = std::thread::Builder::new()
                 .name("read-page-map".into())
-                .spawn_scoped(scope, || read_log_and_map(run, interval, options));
+                .spawn_scoped(scope, || {
+                    let read = read_log_and_map(run, interval, options);
+                    timed("access log and page map")();
+                    read
+                });
             let head = read_head(run, interval);
+            timed("interval and states")();
             (head, joined(events), joined(log_and_map))
         });
         // Errors in a fixed order, whichever thread finished first.
@@ -250,6 +264,7 @@ impl IntervalInputs {
                 .filter(|&gfn| !source.knows(gfn))
                 .collect();
             map.load(&system)?;
+            timed("system frames' page map entries")();
         }
         let source = Arc::new(source);
         Ok(IntervalInputs {
@@ -479,6 +494,7 @@ fn replay_with<E: ReplayEngine>(
             .name("read-run".into())
             .spawn_scoped(scope, || IntervalInputs::read(run, interval, &options));
         let started = engine.start();
+        tracing::debug!(interval, ms = ms(began.elapsed()), "engine started");
         (joined(inputs), started)
     });
     let inputs = inputs??;
