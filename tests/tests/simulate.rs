@@ -270,20 +270,28 @@ fn simulator_death_is_an_error_without_orphans() {
     }
     let tmp = tempfile::tempdir().expect("temp dir");
     let run = tmp.path().join("run");
-    // Interval 1 takes about two seconds to simulate; the simulator is killed after half a
-    // second, in the middle of it.
+    // Interval 1 has 8000 guest exits; the simulator waits for the replayer at many of them
+    // (a voluntary context switch each: 400-1800 switches per 4000 exits, measured), and it
+    // is killed once it has waited 100 times, which is in the middle of the interval however
+    // fast the machine simulates. (A fixed half second was the end of the interval on a fast
+    // machine: the replay verified and the test failed.)
     record(
         &run,
         "pattern",
-        &["--work", "8000", "--interval-exits", "4000", "--seed", "3"],
+        &["--work", "16000", "--interval-exits", "8000", "--seed", "3"],
     );
-    // A stand-in that starts the real simulator and kills it while it runs.
+    // A stand-in that starts the real simulator and kills it while it runs. Should the
+    // simulator end first, the kill fails and the replay verifies: the test fails on its
+    // exit status rather than pass without a death.
     let real = binary("simuboost-sim");
     let wrapper = tmp.path().join("dying-sim");
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n{real} \"$@\" &\nchild=$!\nsleep 0.5\nkill -9 $child\nwait $child\nexit 137\n",
+            "#!/bin/sh\n{real} \"$@\" &\nchild=$!\n\
+             while s=$(awk '/^voluntary_ctxt_switches/ {{print $2}}' /proc/$child/status 2>/dev/null) \
+             && [ \"${{s:-0}}\" -lt 100 ]; do sleep 0.01; done\n\
+             kill -9 $child\nwait $child\nexit 137\n",
             real = real.display()
         ),
     )
