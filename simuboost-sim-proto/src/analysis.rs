@@ -187,21 +187,57 @@ compile_error!("the trace's wire form assumes a little-endian host");
 /// Bytes per row on the wire: four `u64` columns and two `u8` columns.
 pub(crate) const TRACE_ROW_BYTES: usize = 4 * 8 + 2;
 
+/// Bytes per value of each column, in wire order (see [`TraceBatch::wire_columns`]).
+const COLUMN_WIDTHS: [usize; 6] = [8, 8, 8, 8, 1, 1];
+
 impl TraceBatch {
+    /// `rows` rows of zeros, to be filled through [`Self::wire_columns_mut`].
+    pub(crate) fn zeroed(rows: usize) -> TraceBatch {
+        TraceBatch {
+            icount: vec![0; rows],
+            rip: vec![0; rows],
+            vaddr: vec![0; rows],
+            paddr: vec![0; rows],
+            size: vec![0; rows],
+            kind: vec![0; rows],
+        }
+    }
+
+    /// The columns' memory, in their order on the wire. The replayer and the simulator run on
+    /// the same little-endian (x86-64) host: the values' memory is their wire form.
+    pub(crate) fn wire_columns(&self) -> [&[u8]; 6] {
+        let bytes = zerocopy::IntoBytes::as_bytes;
+        [
+            bytes(self.icount.as_slice()),
+            bytes(self.rip.as_slice()),
+            bytes(self.vaddr.as_slice()),
+            bytes(self.paddr.as_slice()),
+            &self.size,
+            &self.kind,
+        ]
+    }
+
+    /// [`Self::wire_columns`], to be read into.
+    pub(crate) fn wire_columns_mut(&mut self) -> [&mut [u8]; 6] {
+        let bytes = zerocopy::IntoBytes::as_mut_bytes;
+        [
+            bytes(self.icount.as_mut_slice()),
+            bytes(self.rip.as_mut_slice()),
+            bytes(self.vaddr.as_mut_slice()),
+            bytes(self.paddr.as_mut_slice()),
+            &mut self.size,
+            &mut self.kind,
+        ]
+    }
+
     /// The wire form (see the type's documentation).
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = self.len();
         let mut out = Vec::with_capacity(8 + n * TRACE_ROW_BYTES);
         out.extend_from_slice(&(n as u64).to_le_bytes());
-        for column in [&self.icount, &self.rip, &self.vaddr, &self.paddr] {
-            // The replayer and the simulator run on the same little-endian (x86-64) host: the
-            // values' memory is their wire form, copied whole.
-            out.extend_from_slice(zerocopy::IntoBytes::as_bytes(
-                &column[..n.min(column.len())],
-            ));
+        for (column, width) in self.wire_columns().into_iter().zip(COLUMN_WIDTHS) {
+            out.extend_from_slice(&column[..(n * width).min(column.len())]);
         }
-        out.extend_from_slice(&self.size[..n.min(self.size.len())]);
-        out.extend_from_slice(&self.kind[..n.min(self.kind.len())]);
         out
     }
 
@@ -212,20 +248,14 @@ impl TraceBatch {
         if n.checked_mul(TRACE_ROW_BYTES)? != body.len() {
             return None;
         }
-        let u64s = |i: usize| -> Vec<u64> {
-            body[i * 8 * n..(i + 1) * 8 * n]
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect()
-        };
-        Some(TraceBatch {
-            icount: u64s(0),
-            rip: u64s(1),
-            vaddr: u64s(2),
-            paddr: u64s(3),
-            size: body[32 * n..33 * n].to_vec(),
-            kind: body[33 * n..].to_vec(),
-        })
+        let mut batch = TraceBatch::zeroed(n);
+        let mut rest = body;
+        for column in batch.wire_columns_mut() {
+            let (values, after) = rest.split_at(column.len());
+            column.copy_from_slice(values);
+            rest = after;
+        }
+        Some(batch)
     }
 }
 

@@ -61,16 +61,9 @@ pub fn write_trace(out: &mut impl Write, batch: &TraceBatch) -> Result<(), Frame
     head.extend_from_slice(&tag);
     head.extend_from_slice(&payload_len);
     head.extend_from_slice(&(rows as u64).to_le_bytes());
-    let bytes = zerocopy::IntoBytes::as_bytes;
-    let mut slices = [
-        IoSlice::new(&head),
-        IoSlice::new(bytes(batch.icount.as_slice())),
-        IoSlice::new(bytes(batch.rip.as_slice())),
-        IoSlice::new(bytes(batch.vaddr.as_slice())),
-        IoSlice::new(bytes(batch.paddr.as_slice())),
-        IoSlice::new(&batch.size),
-        IoSlice::new(&batch.kind),
-    ];
+    let mut slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&head))
+        .chain(batch.wire_columns().map(IoSlice::new))
+        .collect();
     let mut pending = &mut slices[..];
     while !pending.is_empty() {
         match out.write_vectored(pending) {
@@ -124,25 +117,8 @@ pub fn read_from_sim(input: &mut impl Read) -> Result<FromSim, FrameError> {
                 "a trace batch of {rows} rows in {body} bytes ({TRACE_ROW_BYTES} a row)"
             ))
         })?;
-    let mut batch = TraceBatch {
-        icount: vec![0; rows],
-        rip: vec![0; rows],
-        vaddr: vec![0; rows],
-        paddr: vec![0; rows],
-        size: vec![0; rows],
-        kind: vec![0; rows],
-    };
-    for column in [
-        &mut batch.icount,
-        &mut batch.rip,
-        &mut batch.vaddr,
-        &mut batch.paddr,
-    ] {
-        input
-            .read_exact(zerocopy::IntoBytes::as_mut_bytes(column.as_mut_slice()))
-            .map_err(closed_or_io)?;
-    }
-    for column in [&mut batch.size, &mut batch.kind] {
+    let mut batch = TraceBatch::zeroed(rows);
+    for column in batch.wire_columns_mut() {
         input.read_exact(column).map_err(closed_or_io)?;
     }
     Ok(FromSim::Trace(batch))
