@@ -206,26 +206,24 @@ impl IntervalInputs {
         let mem_bytes = run.manifest().meta.mem_bytes;
         let began = Instant::now();
         // When each read ended, for `RUST_LOG=simuboost_replay=debug`.
-        let timed = |what: &'static str| {
-            move || tracing::debug!(interval, ms = ms(began.elapsed()), "read {what}")
-        };
+        let timed = |what: &str| tracing::debug!(interval, ms = ms(began.elapsed()), "read {what}");
         let (head, events, log_and_map) = std::thread::scope(|scope| {
             let events = std::thread::Builder::new()
                 .name("read-events".into())
                 .spawn_scoped(scope, || {
                     let events = run.events(interval).map(restore_events);
-                    timed("events")();
+                    timed("events");
                     events
                 });
             let log_and_map = std::thread::Builder::new()
                 .name("read-page-map".into())
                 .spawn_scoped(scope, || {
                     let read = read_log_and_map(run, interval, options);
-                    timed("access log and page map")();
+                    timed("access log and page map");
                     read
                 });
             let head = read_head(run, interval);
-            timed("interval and states")();
+            timed("interval and states");
             (head, joined(events), joined(log_and_map))
         });
         // Errors in a fixed order, whichever thread finished first.
@@ -264,7 +262,7 @@ impl IntervalInputs {
                 .filter(|&gfn| !source.knows(gfn))
                 .collect();
             map.load(&system)?;
-            timed("system frames' page map entries")();
+            timed("system frames' page map entries");
         }
         let source = Arc::new(source);
         Ok(IntervalInputs {
