@@ -449,20 +449,20 @@ fn guarded_within<T: Send + 'static>(
     let current = Arc::new(Current(std::sync::Mutex::new(path.to_path_buf())));
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     let in_thread = current.clone();
-    std::thread::Builder::new()
-        .name("parquet-decode".into())
-        .spawn(move || {
-            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| decode(&in_thread)))
-                .unwrap_or_else(|_| {
-                    Err(FormatError::corrupt(
-                        in_thread.get(Path::new("")),
-                        "the Parquet decoder panicked on this file",
-                    ))
-                });
+    DecoderPool::run(Box::new(move || {
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| decode(&in_thread)))
+            .unwrap_or_else(|_| {
+                Err(FormatError::corrupt(
+                    in_thread.get(Path::new("")),
+                    "the Parquet decoder panicked on this file",
+                ))
+            });
+        Box::new(move || {
             // The reader may have given up waiting: nobody to tell, then.
             let _ = sender.send(decoded);
         })
-        .map_err(|e| FormatError::io(path, "start a decoder thread for", e))?;
+    }))
+    .map_err(|e| FormatError::io(path, "start a decoder thread for", e))?;
     match receiver.recv_timeout(deadline) {
         Ok(decoded) => decoded,
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(FormatError::corrupt(
@@ -473,6 +473,66 @@ fn guarded_within<T: Send + 'static>(
             current.get(path),
             "the Parquet decoder stopped without a result",
         )),
+    }
+}
+
+/// A decode job: runs the decoder and returns how to report its result.
+type DecodeJob = Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>;
+
+/// The threads [`guarded`] decoders run on, kept between decodes. A restore decodes about ten
+/// tables; a thread started for each cost its start and a fresh malloc arena whose pages all
+/// fault in anew (each decode allocates its batches). An idle thread takes the next job; a
+/// thread whose decoder missed its deadline is simply never idle again (it ends with the
+/// process), and a job that finds no idle thread starts one, so a stuck decoder cannot hold
+/// up the next read.
+struct DecoderPool;
+
+/// Senders of the idle decoder threads.
+static IDLE_DECODERS: std::sync::Mutex<Vec<std::sync::mpsc::Sender<DecodeJob>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Idle decoder threads kept at most (more end): the readers run a few decodes at once.
+const MAX_IDLE_DECODERS: usize = 4;
+
+impl DecoderPool {
+    /// Runs `job` on an idle decoder thread, or on a new one.
+    fn run(job: DecodeJob) -> std::io::Result<()> {
+        let idle = IDLE_DECODERS.lock().ok().and_then(|mut idle| idle.pop());
+        let job = match idle {
+            Some(worker) => match worker.send(job) {
+                Ok(()) => return Ok(()),
+                // Its thread has ended (see below): start another.
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (worker, jobs) = std::sync::mpsc::channel::<DecodeJob>();
+        let me = worker.clone();
+        worker
+            .send(job)
+            .map_err(|_| std::io::Error::other("a new decoder thread's channel is closed"))?;
+        std::thread::Builder::new()
+            .name("parquet-decode".into())
+            .spawn(move || {
+                for job in jobs {
+                    let report = job();
+                    // Idle again before the result goes out, so that a reader that goes on
+                    // to decode its next table at once finds this thread instead of starting
+                    // another.
+                    let kept = IDLE_DECODERS.lock().is_ok_and(|mut idle| {
+                        let keep = idle.len() < MAX_IDLE_DECODERS;
+                        if keep {
+                            idle.push(me.clone());
+                        }
+                        keep
+                    });
+                    report();
+                    if !kept {
+                        break;
+                    }
+                }
+            })?;
+        Ok(())
     }
 }
 
@@ -715,6 +775,47 @@ mod tests {
             "took {:?}",
             began.elapsed()
         );
+    }
+
+    /// Decoders run on kept threads, and one that never finishes does not hold up the next:
+    /// the next read finds no idle thread and starts one.
+    #[test]
+    fn decoder_threads_are_reused_and_a_stuck_one_is_left_behind() {
+        let ids: std::collections::HashSet<_> = (0..20)
+            .map(|_| {
+                guarded_within(Path::new("t.parquet"), Duration::from_secs(5), |_| {
+                    Ok(std::thread::current().id())
+                })
+                .unwrap()
+            })
+            .collect();
+        // Other tests decode at the same time, so more than one thread may serve these.
+        assert!(ids.len() < 20, "a new thread for every decode");
+        let (_keep_waiting, never) = std::sync::mpsc::channel::<()>();
+        let stuck = guarded_within(
+            Path::new("stuck.parquet"),
+            Duration::from_millis(100),
+            move |_| {
+                let _ = never.recv();
+                Ok(std::thread::current().id())
+            },
+        );
+        assert!(stuck.is_err());
+        for _ in 0..3 {
+            let after = guarded_within(Path::new("t.parquet"), Duration::from_secs(5), |_| {
+                Ok(std::thread::current().id())
+            });
+            assert!(after.is_ok(), "{after:?}");
+        }
+        // A panic is caught inside the job: its thread is kept and decodes the next table.
+        let panicked = guarded_within(
+            Path::new("p.parquet"),
+            Duration::from_secs(5),
+            |_| -> Result<(), FormatError> { panic!("decoder bug") },
+        );
+        assert!(panicked.is_err());
+        let next = guarded_within(Path::new("t.parquet"), Duration::from_secs(5), |_| Ok(7));
+        assert_eq!(next.unwrap(), 7);
     }
 
     /// A decoder that panics is an error naming the file, not an abort.
