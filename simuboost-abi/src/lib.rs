@@ -219,8 +219,10 @@ pub struct BootConfig {
     pub magic: u64,
     /// A [`WorkloadId`] as `u32`.
     pub workload: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Largest arena the workload may use, in MiB; 0 = all free memory above the heap. Lets
+    /// guests of different sizes run a workload on the same memory (their page tables, whose
+    /// accessed and dirty bits the guest's touches set, then span the same frames).
+    pub arena_limit_mib: u32,
     /// Guest RAM size in bytes (RAM spans `[0, mem_bytes)`).
     pub mem_bytes: u64,
     /// First byte of free memory after the guest image, page aligned.
@@ -296,4 +298,18 @@ pub const GUEST_HEAP_BYTES: u64 = 8 << 20;
 /// First byte of the workload's arena for an image whose free memory starts at `free_start`.
 pub const fn arena_start(free_start: u64) -> u64 {
     (free_start + GUEST_HEAP_BYTES).div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
+/// Bytes of the workload's arena: from [`arena_start`] to the end of RAM, at most
+/// [`BootConfig::arena_limit_mib`] MiB when that is set (0 when RAM ends before the arena).
+pub const fn arena_bytes(config: &BootConfig) -> u64 {
+    let all = config
+        .mem_bytes
+        .saturating_sub(arena_start(config.free_start));
+    let limit = (config.arena_limit_mib as u64) << 20;
+    if limit != 0 && limit < all {
+        limit
+    } else {
+        all
+    }
 }

@@ -75,6 +75,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub work: Option<u64>,
 
+    /// Largest arena the workload may use, in whole MiB (e.g. 128M; default: all of the guest's
+    /// free memory). Guests of different sizes then run the workload on the same memory.
+    #[arg(long, value_parser = parse_arena)]
+    pub arena: Option<u64>,
+
     /// Seed of the workload's choices and of the random device (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -228,6 +233,27 @@ pub fn check_values(command: &Command) -> Result<(), String> {
                         needed >> 20
                     ));
                 }
+                // The guest checks the upper end exactly (its free memory depends on the image).
+                let smallest = simuboost_workloads::min_arena_bytes(workload);
+                match args.arena {
+                    Some(arena) if arena < smallest => {
+                        return Err(format!(
+                            "--arena {} MiB is too small: {} needs at least {} MiB",
+                            arena >> 20,
+                            workload.name(),
+                            smallest.div_ceil(1 << 20)
+                        ));
+                    }
+                    Some(arena) if arena >= args.mem => {
+                        return Err(format!(
+                            "--arena {} MiB does not fit a {} MiB guest (the image and its heap \
+                             come first)",
+                            arena >> 20,
+                            args.mem >> 20
+                        ));
+                    }
+                    _ => {}
+                }
             }
         }
         Command::Mkdisk(args) => {
@@ -260,6 +286,17 @@ fn parse_guest_mem(text: &str) -> Result<u64, String> {
             "{bytes} bytes is not a multiple of 2 MiB between {} MiB and {} GiB",
             MIN_MEM_BYTES >> 20,
             MAX_MEM_BYTES >> 30
+        ));
+    }
+    Ok(bytes)
+}
+
+/// An arena limit: whole MiB, at least 1 MiB.
+fn parse_arena(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes == 0 || !bytes.is_multiple_of(1 << 20) || bytes >> 20 > u64::from(u32::MAX) {
+        return Err(format!(
+            "{bytes} bytes is not a whole number of MiB (e.g. 128M)"
         ));
     }
     Ok(bytes)

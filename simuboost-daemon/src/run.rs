@@ -273,6 +273,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             workload,
             mem_bytes: args.mem,
             work_units: args.work.unwrap_or(0),
+            // In range: the parser accepts at most u32::MAX MiB.
+            arena_limit_mib: args.arena.map_or(0, |bytes| (bytes >> 20) as u32),
             seed,
             disk,
             guest_image,

@@ -94,12 +94,12 @@ extern "C" fn user_main() -> ! {
             .lock()
             .init(heap_start as *mut u8, GUEST_HEAP_BYTES as usize);
     }
-    // SAFETY: [arena_start, mem_bytes) is identity-mapped RAM owned by nothing else; this is the
-    // only reference to it.
+    // SAFETY: [arena_start, arena_start + arena_bytes) lies in [arena_start, mem_bytes), which
+    // is identity-mapped RAM owned by nothing else; this is the only reference to it.
     let arena = unsafe {
         core::slice::from_raw_parts_mut(
             arena_start as *mut u8,
-            (config.mem_bytes - arena_start) as usize,
+            simuboost_abi::arena_bytes(&config) as usize,
         )
     };
     let run_config = RunConfig {

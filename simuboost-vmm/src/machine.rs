@@ -30,6 +30,8 @@ pub struct MachineConfig {
     pub mem_bytes: u64,
     /// Units of work (0 = until stopped).
     pub work_units: u64,
+    /// Largest arena the workload may use, in MiB (0 = all free memory).
+    pub arena_limit_mib: u32,
     /// Seed of the workload's choices and of the random device.
     pub seed: u64,
     /// Disk image, if any.
@@ -122,6 +124,21 @@ pub enum MachineError {
         needed_mib: u64,
         /// MiB given.
         given_mib: u64,
+    },
+    /// The arena limit is below what the workload needs or above the guest's free memory.
+    #[error(
+        "an arena of {limit_mib} MiB does not fit: {workload} needs at least {needed_mib} MiB, \
+         and the guest has {free_mib} MiB of free memory"
+    )]
+    ArenaLimit {
+        /// Workload name.
+        workload: &'static str,
+        /// The limit asked for, MiB.
+        limit_mib: u64,
+        /// The workload's smallest arena, MiB (rounded up).
+        needed_mib: u64,
+        /// The arena without a limit, MiB (rounded down).
+        free_mib: u64,
     },
     /// The workload needs a data set on its disk.
     #[error("{workload} reads its input from the disk, and {reason}")]
@@ -317,6 +334,21 @@ impl Machine {
             boot::GuestPaging::Huge
         };
         let image = boot::load(&memory, config.mem_bytes, &config.guest_image, paging)?;
+        let limit = u64::from(config.arena_limit_mib) << 20;
+        if limit != 0 {
+            let free = config
+                .mem_bytes
+                .saturating_sub(simuboost_abi::arena_start(image.free_start));
+            let needed = simuboost_workloads::min_arena_bytes(config.workload);
+            if limit < needed || limit > free {
+                return Err(MachineError::ArenaLimit {
+                    workload: config.workload.name(),
+                    limit_mib: limit >> 20,
+                    needed_mib: needed.div_ceil(1 << 20),
+                    free_mib: free >> 20,
+                });
+            }
+        }
         let vm = Vm::new(&memory, config.dirty_tracking.is_some())?;
         let dirty_log = match config.dirty_tracking {
             Some(DirtyTracking::Log) => Some(DirtyLog::new(vm.kvm(), vm.fd(), config.mem_bytes)?),
@@ -334,7 +366,7 @@ impl Machine {
         let boot_config = BootConfig {
             magic: BOOT_CONFIG_MAGIC,
             workload: config.workload as u32,
-            reserved: 0,
+            arena_limit_mib: config.arena_limit_mib,
             mem_bytes: config.mem_bytes,
             free_start: image.free_start,
             work_units: config.work_units,
@@ -518,11 +550,10 @@ impl Machine {
         &self.boot_config
     }
 
-    /// Bytes of the workload's arena (guest RAM above the image and the guest's heap).
+    /// Bytes of the workload's arena (guest RAM above the image and the guest's heap, up to
+    /// the configured limit).
     pub fn arena_bytes(&self) -> u64 {
-        self.boot_config
-            .mem_bytes
-            .saturating_sub(simuboost_abi::arena_start(self.boot_config.free_start))
+        simuboost_abi::arena_bytes(&self.boot_config)
     }
 
     /// Runs the guest until it exits. `deadline`, if set, asks the guest to stop once that much
@@ -727,7 +758,7 @@ impl BlankMachine {
             boot_config: BootConfig {
                 magic: BOOT_CONFIG_MAGIC,
                 workload: 0,
-                reserved: 0,
+                arena_limit_mib: 0,
                 mem_bytes,
                 free_start: 0,
                 work_units: 0,

@@ -229,6 +229,28 @@ fn memory_too_small_for_the_workload() {
     expect_usage_error(&["--workload", "kvstore", "--mem", "16M"], "needs at least");
 }
 
+/// An arena limit below the workload's needs or not inside the guest is a usage error.
+#[test]
+fn arena_limits_are_checked() {
+    if !kvm_and_root_available() {
+        return;
+    }
+    expect_usage_error(&["--arena", "1.5M"], "not a whole number of MiB");
+    expect_usage_error(
+        &["--workload", "kvstore", "--mem", "64M", "--arena", "1M"],
+        "--arena 1 MiB is too small: kvstore needs at least 4 MiB",
+    );
+    expect_usage_error(
+        &["--workload", "pattern", "--mem", "64M", "--arena", "64M"],
+        "--arena 64 MiB does not fit a 64 MiB guest",
+    );
+    // Inside the guest but above its free memory: the VMM's exact check, an error naming both.
+    expect_error(
+        &["--workload", "pattern", "--mem", "64M", "--arena", "60M"],
+        "an arena of 60 MiB does not fit",
+    );
+}
+
 /// Sizes outside what the VMM supports are usage errors. (The check against the host's RAM
 /// applies to hosts with less RAM than the VMM's 16 GiB limit.)
 #[test]

@@ -771,6 +771,8 @@ pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
         &[
             "--workload",
             "pattern",
+            "--arena",
+            crate::bench_record::VM_SIZE_ARENA,
             "--work",
             plan.vm_size_work,
             "--interval-exits",
@@ -1084,8 +1086,10 @@ impl Report<'_> {
         }
         writeln!(
             md,
-            "\n### Downtime vs VM size at the same dirty set (pattern, 200 steps per interval)\n"
+            "\n### Downtime vs VM size at the same dirty set (pattern on a {} arena, 200 steps per interval)\n",
+            crate::bench_record::VM_SIZE_ARENA
         )?;
+        writeln!(md, "{}\n", crate::bench_record::VM_SIZE_ARENA_WHY)?;
         writeln!(
             md,
             "| guest memory | dirty pages/interval | mean downtime ms | max downtime ms |"
