@@ -4,8 +4,9 @@
 //! Per workload: a run recorded with the eBPF tracer; each of three steady-state intervals is
 //! replayed in KVM (full mode), then simulated at every analysis level in turn (no analysis,
 //! `blocks`, `pages`, `cache`, `trace`, `trace` with `--trace-limit`, `all`), so that a slow
-//! stretch of the shared machine hits every level alike. Reported: medians over the intervals
-//! of the simulated replay's time, its slowdown against the KVM replay and against plain
+//! stretch of the shared machine hits every level alike; all of it [`ROUNDS`] times, the levels'
+//! order rotated each round (which of two processes runs first changes its time on two cores).
+//! Reported: medians over the intervals and rounds of the simulated replay's time, its slowdown against the KVM replay and against plain
 //! simulation, instructions per second, and for the trace its rows and bytes per second of
 //! recorded (guest) time. SimuBoost's anchors: QEMU ~30x a hardware-assisted VM, ~60x with
 //! memory tracing; the issue's target for `trace` and `cache` is <= 60x.
@@ -28,6 +29,9 @@ pub(crate) const RUNS: [(&str, &[&str]); 3] = [
     ("kvstore", &["--work", "20", "--interval-exits", "4"]),
     ("build", &["--work", "100", "--interval-exits", "20"]),
 ];
+
+/// Times each interval is replayed in KVM and simulated at every level.
+pub(crate) const ROUNDS: usize = 2;
 
 /// Rows `--trace-limit` keeps in the limited variant.
 const TRACE_LIMIT: &str = "1000000";
@@ -71,10 +75,11 @@ fn analysis_of(r: &ReplayReport) -> Option<&simuboost_report::replay::AnalysisSu
 }
 
 /// Records each `(workload, flags)` run and simulates its steady intervals at each of `levels`
-/// beside the KVM replay; the report calls this too.
+/// beside the KVM replay, `rounds` times; the report calls this too.
 pub(crate) fn analyses_rows(
     runs: &[(&str, &[&str])],
     levels: &[(&str, &[&str])],
+    rounds: usize,
 ) -> Result<Vec<LevelRow>> {
     let scratch = scratch()?;
     let out_dir = scratch.join("analyses-out");
@@ -89,12 +94,15 @@ pub(crate) fn analyses_rows(
         ensure!(!intervals.is_empty(), "{workload}: too few intervals");
         let mut kvm = Vec::new();
         let mut sim: Vec<Vec<ReplayReport>> = vec![Vec::new(); levels.len()];
-        for &i in &intervals {
+        // Each simulated replay is paired with the KVM replay of its interval and round.
+        for (round, &i) in (0..rounds.max(1)).flat_map(|r| intervals.iter().map(move |i| (r, i))) {
             let interval = i.to_string();
             let (r, _) = replay(&rec.dir, &["--interval", &interval, "--mode", "full"])
                 .with_context(|| format!("{workload} interval {i} in KVM"))?;
             kvm.extend(r);
-            for (l, (label, flags)) in levels.iter().enumerate() {
+            let rotated = (0..levels.len()).map(|k| (k + round) % levels.len());
+            for l in rotated {
+                let (label, flags) = levels[l];
                 let mut a = vec![
                     "--interval",
                     &interval,
@@ -184,11 +192,11 @@ pub(crate) fn analyses_rows(
 pub fn run(json_out: Option<&Path>) -> Result<()> {
     println!(
         "## Analyses: simulated replay per analysis level vs the KVM replay (128 MiB guest, \
-         full restore, median over 3 steady intervals)\n"
+         full restore, median over 3 steady intervals x {ROUNDS} rounds)\n"
     );
     println!("| workload | analysis | instructions | KVM replay (ms) | simulated (ms) | vs KVM | vs plain sim | M instr/s | trace M rows / guest s | trace MB / guest s | trace bytes / row |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let rows = analyses_rows(&RUNS, &LEVELS)?;
+    let rows = analyses_rows(&RUNS, &LEVELS, ROUNDS)?;
     for row in &rows {
         let opt = |v: f64, digits: usize| {
             if v.is_nan() {

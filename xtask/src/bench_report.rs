@@ -807,8 +807,11 @@ pub fn run(quick: bool, json_out: Option<&Path>) -> Result<()> {
         }
     }
     for run in &plan.analyses_runs {
-        match crate::bench_analyses::analyses_rows(std::slice::from_ref(run), &plan.analyses_levels)
-        {
+        match crate::bench_analyses::analyses_rows(
+            std::slice::from_ref(run),
+            &plan.analyses_levels,
+            crate::bench_analyses::ROUNDS,
+        ) {
             Ok(rows) => analyses.extend(rows),
             Err(e) => {
                 eprintln!("bench report: analyses, {}: {e:#}", run.0);
@@ -1465,7 +1468,7 @@ fn write_simulator(
         md,
         "\n### Per analysis level (128 MiB guest, full restore)\n"
     )?;
-    writeln!(md, "Each interval is simulated at every level in turn. Anchor: ~{SIM_ANCHOR_PLAIN:.0}× without instrumentation, ~{SIM_ANCHOR_MEMORY:.0}× with memory tracing (the `pages`, `cache` and `trace` levels observe memory accesses).\n")?;
+    writeln!(md, "Each interval is simulated at every level in turn, beside its KVM replay, {} times (the levels' order rotated each round); median (min–max) over the intervals and rounds, each simulated replay paired with its round's KVM replay. Anchor: ~{SIM_ANCHOR_PLAIN:.0}× without instrumentation, ~{SIM_ANCHOR_MEMORY:.0}× with memory tracing (the `pages`, `cache` and `trace` levels observe memory accesses).\n", crate::bench_analyses::ROUNDS)?;
     writeln!(md, "| workload | analysis | simulated ms | vs KVM replay | vs plain simulation | M instr/s | anchor |")?;
     writeln!(md, "|---|---|---:|---:|---:|---:|---|")?;
     for r in analyses {
