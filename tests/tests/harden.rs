@@ -80,6 +80,9 @@ fn every_flag_rejects_an_invalid_value() {
         (&["run"], "--duration", "10"),
         (&["run"], "--duration", "-1s"),
         (&["run"], "--work", "x"),
+        (&["run"], "--arena", "1.5M"),
+        (&["run"], "--arena", "0"),
+        (&["run"], "--arena", "lots"),
         (&["run"], "--work", "-1"),
         (&["run"], "--work", "18446744073709551616"),
         (&["run"], "--seed", "1.5"),
@@ -185,6 +188,22 @@ fn every_flag_rejects_an_invalid_value() {
                 "4M",
             ],
             "is smaller than --data",
+        ),
+        (
+            &[
+                "run",
+                "--workload",
+                "kvstore",
+                "--mem",
+                "64M",
+                "--arena",
+                "1M",
+            ],
+            "--arena 1 MiB is too small",
+        ),
+        (
+            &["run", "--mem", "64M", "--arena", "64M"],
+            "does not fit a 64 MiB guest",
         ),
     ];
     let tmp = tempfile::tempdir().expect("temp dir");
