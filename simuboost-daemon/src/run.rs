@@ -297,6 +297,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         workload: workload.name().to_string(),
         mem_bytes: args.mem,
         arena_bytes: machine.arena_bytes(),
+        arena_start: simuboost_abi::arena_start(machine.boot_config().free_start),
         disk_data_bytes: machine.boot_config().disk_data_bytes,
         work_units: args.work,
         seed,

@@ -26,8 +26,13 @@ pub struct RunSummary {
     pub workload: String,
     /// Guest RAM, bytes.
     pub mem_bytes: u64,
-    /// The workload's arena (guest RAM past the image and boot structures), bytes.
+    /// The workload's arena (guest RAM past the image and boot structures, up to `--arena`),
+    /// bytes.
     pub arena_bytes: u64,
+    /// Guest-physical address of the arena's first byte (page aligned). Summaries written
+    /// before it existed read as 0; their arena ended at `mem_bytes`.
+    #[serde(default)]
+    pub arena_start: u64,
     /// Bytes of input data on the disk.
     pub disk_data_bytes: u64,
     /// `--work`, when given.

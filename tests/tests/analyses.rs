@@ -83,11 +83,9 @@ fn pattern_analyses_are_its_documented_steps() {
         .collect();
 
     let s = summary(&run_dir);
-    let arena_gfn = (s.mem_bytes - s.arena_bytes) / PAGE_SIZE;
-    let (skip, arena_pages) = pattern::aligned_pages(
-        (s.mem_bytes - s.arena_bytes) as usize,
-        s.arena_bytes as usize,
-    );
+    let arena_gfn = s.arena_start / PAGE_SIZE;
+    let (skip, arena_pages) =
+        pattern::aligned_pages(s.arena_start as usize, s.arena_bytes as usize);
     assert_eq!(skip, 0, "the guest's arena is page aligned");
     let run = Run::open(&run_dir).expect("run opens");
     assert!(run.interval_count() >= 3, "want several intervals");

@@ -28,7 +28,12 @@ fn record(dir: &Path, extra: &[&str]) -> Finished {
 fn arena(dir: &Path) -> (u64, u64, u64) {
     let s = summary(dir);
     let (mem, arena_bytes) = (s.mem_bytes, s.arena_bytes);
-    let start = mem - arena_bytes;
+    let start = s.arena_start;
+    assert_eq!(
+        start + arena_bytes,
+        mem,
+        "without --arena the arena ends with RAM"
+    );
     let (_, pages) = pattern::aligned_pages(start as usize, arena_bytes as usize);
     (mem, start, pages)
 }
