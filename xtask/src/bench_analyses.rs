@@ -6,9 +6,9 @@
 //! `blocks`, `pages`, `cache`, `trace`, `trace` with `--trace-limit`, `all`), so that a slow
 //! stretch of the shared machine hits every level alike; all of it [`ROUNDS`] times, the levels'
 //! order rotated each round (which of two processes runs first changes its time on two cores).
-//! Reported: medians over the intervals and rounds of the simulated replay's time, its slowdown against the KVM replay and against plain
-//! simulation, instructions per second, and for the trace its rows and bytes per second of
-//! recorded (guest) time. SimuBoost's anchors: QEMU ~30x a hardware-assisted VM, ~60x with
+//! Reported: medians over the intervals and rounds of the simulated replay's time, its slowdown
+//! against the KVM replay and against plain simulation, instructions per second, and for the
+//! trace its rows and bytes per second of recorded (guest) time. SimuBoost's anchors: QEMU ~30x a hardware-assisted VM, ~60x with
 //! memory tracing; the target for `trace` and `cache` is <= 60x.
 
 use std::path::Path;
