@@ -357,32 +357,43 @@ fn kinds(codes: Vec<u8>) -> Result<ArrayRef, String> {
 /// Streams an interval's trace into `<out>/trace/interval-N.parquet`: batches are written as
 /// they arrive, and the writer flushes a row group every [`ROW_GROUP_ROWS`] rows, so memory
 /// stays bounded however long the interval.
+///
+/// The encoding runs on a thread of its own, [`TRACE_QUEUE`] batches behind the simulator:
+/// written on the thread that receives them, each 2 MiB batch kept the simulator waiting on a
+/// full socket while it was encoded, and the two processes took turns on the two cores.
 pub struct TraceWriter {
+    path: PathBuf,
+    /// To the encoder; `None` once finished.
+    batches: Option<std::sync::mpsc::SyncSender<ToEncoder>>,
+    /// The encoder: the file's size when it finished, or why it stopped.
+    encoder: Option<std::thread::JoinHandle<Result<u64, OutputError>>>,
+    rows: u64,
+}
+
+/// Batches received but not yet encoded, at most (each up to a few MiB).
+const TRACE_QUEUE: usize = 2;
+
+/// What the trace encoder is sent.
+enum ToEncoder {
+    /// Rows to append.
+    Batch(TraceBatch),
+    /// Every batch has been sent: complete the file. Without it (the replay failed), the
+    /// encoder drops the file unfinished, which leaves nothing behind.
+    Finish,
+}
+
+/// The trace file and what each batch needs besides its own columns.
+struct TraceEncoder {
     file: ParquetFile,
     interval: u64,
     /// The `interval` column of the largest batch so far; each batch writes a slice of it
     /// (filling a fresh column per batch was a twentieth of the writer's time).
     interval_column: ArrayRef,
-    rows: u64,
 }
 
-impl TraceWriter {
-    /// Starts the file.
-    pub fn create(dir: &Path, interval: u64) -> Result<TraceWriter, OutputError> {
-        Ok(TraceWriter {
-            file: ParquetFile::create(
-                table_path(dir, "trace", interval),
-                table("trace").schema(),
-                trace_properties(interval),
-            )?,
-            interval,
-            interval_column: u64s([]),
-            rows: 0,
-        })
-    }
-
-    /// Appends one batch from the simulator (its columns become the arrays, uncopied).
-    pub fn write(&mut self, b: TraceBatch) -> Result<(), OutputError> {
+impl TraceEncoder {
+    /// Appends one batch (its columns become the arrays, uncopied).
+    fn write(&mut self, b: TraceBatch) -> Result<(), OutputError> {
         let rows = b.len();
         if rows == 0 {
             return Ok(());
@@ -399,9 +410,74 @@ impl TraceWriter {
             Arc::new(UInt64Array::from(b.paddr)),
             Arc::new(UInt8Array::from(b.size)),
             kind,
-        ])?;
-        self.rows += rows as u64;
+        ])
+    }
+
+    /// Encodes what arrives until told to finish, then completes the file.
+    fn run(mut self, batches: std::sync::mpsc::Receiver<ToEncoder>) -> Result<u64, OutputError> {
+        for message in batches {
+            match message {
+                // On an error the file is dropped unfinished (no temporary file is left) and
+                // the receiver with it, which the next write or `finish` reports.
+                ToEncoder::Batch(batch) => self.write(batch)?,
+                ToEncoder::Finish => return self.file.finish(),
+            }
+        }
+        Err(pq(&self.file.path)(
+            "abandoned unfinished (the replay stopped)".to_string(),
+        ))
+    }
+}
+
+impl TraceWriter {
+    /// Starts the file (here, so that an error in creating it comes at once) and its encoder.
+    pub fn create(dir: &Path, interval: u64) -> Result<TraceWriter, OutputError> {
+        let path = table_path(dir, "trace", interval);
+        let encoder = TraceEncoder {
+            file: ParquetFile::create(
+                path.clone(),
+                table("trace").schema(),
+                trace_properties(interval),
+            )?,
+            interval,
+            interval_column: u64s([]),
+        };
+        let (batches, received) = std::sync::mpsc::sync_channel(TRACE_QUEUE);
+        let encoder = std::thread::Builder::new()
+            .name("trace-encode".into())
+            .spawn(move || encoder.run(received))
+            .map_err(io("start the encoder thread for", &path))?;
+        Ok(TraceWriter {
+            path,
+            batches: Some(batches),
+            encoder: Some(encoder),
+            rows: 0,
+        })
+    }
+
+    /// Appends one batch from the simulator. An error the encoder met with an earlier batch
+    /// comes back here (or from [`TraceWriter::finish`]).
+    pub fn write(&mut self, b: TraceBatch) -> Result<(), OutputError> {
+        let rows = b.len() as u64;
+        let sent = match &self.batches {
+            Some(batches) => batches.send(ToEncoder::Batch(b)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(self.stopped());
+        }
+        self.rows += rows;
         Ok(())
+    }
+
+    /// Why the encoder no longer takes batches.
+    fn stopped(&mut self) -> OutputError {
+        self.batches = None;
+        match self.encoder.take().map(|e| e.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => pq(&self.path)("the trace encoder panicked".to_string()),
+            Some(Ok(Ok(_))) | None => pq(&self.path)("written after it was finished".to_string()),
+        }
     }
 
     /// Rows written so far.
@@ -409,9 +485,28 @@ impl TraceWriter {
         self.rows
     }
 
-    /// Completes the file; returns its size in bytes.
-    pub fn finish(self) -> Result<u64, OutputError> {
-        self.file.finish()
+    /// Completes the file once every batch is encoded; returns its size in bytes.
+    pub fn finish(mut self) -> Result<u64, OutputError> {
+        if let Some(batches) = self.batches.take() {
+            // A refusal means the encoder has stopped: its result says why.
+            let _ = batches.send(ToEncoder::Finish);
+        }
+        match self.encoder.take().map(|e| e.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(pq(&self.path)("the trace encoder panicked".to_string())),
+            None => Err(pq(&self.path)("finished twice".to_string())),
+        }
+    }
+}
+
+impl Drop for TraceWriter {
+    fn drop(&mut self) {
+        // Unfinished (the replay failed): without `Finish` the encoder drops its file, removing
+        // the temporary one, once it has the batches it was sent; wait for that.
+        self.batches = None;
+        if let Some(encoder) = self.encoder.take() {
+            let _ = encoder.join();
+        }
     }
 }
 
@@ -753,6 +848,77 @@ mod tests {
                 assert!(!name.to_string_lossy().ends_with(".tmp"), "{name:?}");
             }
         }
+    }
+
+    /// The trace is encoded on its own thread: many batches arrive whole and in order, an
+    /// unfinished trace (the replay failed) leaves no file, and a batch the encoder refuses
+    /// is reported by a later write or by `finish`, naming the file.
+    #[test]
+    fn the_trace_encoder_keeps_order_and_leaves_nothing_unfinished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = AnalysisOutput::create(
+            &tmp.path().join("out"),
+            &tmp.path().join("run"),
+            Err("none".into()),
+        )
+        .unwrap();
+        let mut trace = out.trace(3).unwrap();
+        for k in 0..50u64 {
+            let mut b = trace_batch();
+            b.icount = vec![3 * k + 1, 3 * k + 2, 3 * k + 3];
+            trace.write(b).unwrap();
+        }
+        assert_eq!(trace.rows(), 150);
+        trace.finish().unwrap();
+        let path = table_path(out.dir(), "trace", 3);
+        let file = File::open(&path).unwrap();
+        let icounts: Vec<u64> = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let c = b
+                    .column_by_name("icount")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .unwrap()
+                    .clone();
+                c.values().to_vec()
+            })
+            .collect();
+        assert_eq!(icounts, (1..=150).collect::<Vec<u64>>());
+
+        let mut unfinished = out.trace(4).unwrap();
+        unfinished.write(trace_batch()).unwrap();
+        drop(unfinished);
+        let names: Vec<_> = std::fs::read_dir(out.dir().join("trace"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("interval-000003.parquet")]
+        );
+
+        let mut refused = out.trace(5).unwrap();
+        let mut bad = trace_batch();
+        bad.kind = vec![0, 9, 1];
+        refused.write(bad).unwrap();
+        let later = (0..100)
+            .map(|_| refused.write(trace_batch()))
+            .find_map(Result::err);
+        let e = match later {
+            Some(e) => e,
+            None => refused.finish().unwrap_err(),
+        };
+        let message = e.to_string();
+        assert!(
+            message.contains("interval-000005.parquet") && message.contains("access kind 9"),
+            "{message}"
+        );
+        assert!(!table_path(out.dir(), "trace", 5).exists());
     }
 
     #[test]
