@@ -472,11 +472,23 @@ impl TraceWriter {
 
     /// Why the encoder no longer takes batches.
     fn stopped(&mut self) -> OutputError {
+        match self.join_encoder() {
+            Err(e) => e,
+            Ok(_) => pq(&self.path)("written after it was finished".to_string()),
+        }
+    }
+
+    /// Closes the encoder's queue and waits for it: the file's size if it was told to finish,
+    /// or why it stopped. Unfinished, the encoder drops its file, which removes the temporary
+    /// one.
+    fn join_encoder(&mut self) -> Result<u64, OutputError> {
         self.batches = None;
-        match self.encoder.take().map(|e| e.join()) {
-            Some(Ok(Err(e))) => e,
-            Some(Err(_)) => pq(&self.path)("the trace encoder panicked".to_string()),
-            Some(Ok(Ok(_))) | None => pq(&self.path)("written after it was finished".to_string()),
+        match self.encoder.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(pq(&self.path)("the trace encoder panicked".to_string())),
+            None => Err(pq(&self.path)(
+                "the trace encoder had already stopped (its error was reported)".to_string(),
+            )),
         }
     }
 
@@ -487,26 +499,18 @@ impl TraceWriter {
 
     /// Completes the file once every batch is encoded; returns its size in bytes.
     pub fn finish(mut self) -> Result<u64, OutputError> {
-        if let Some(batches) = self.batches.take() {
+        if let Some(batches) = &self.batches {
             // A refusal means the encoder has stopped: its result says why.
             let _ = batches.send(ToEncoder::Finish);
         }
-        match self.encoder.take().map(|e| e.join()) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(pq(&self.path)("the trace encoder panicked".to_string())),
-            None => Err(pq(&self.path)("finished twice".to_string())),
-        }
+        self.join_encoder()
     }
 }
 
 impl Drop for TraceWriter {
     fn drop(&mut self) {
-        // Unfinished (the replay failed): without `Finish` the encoder drops its file, removing
-        // the temporary one, once it has the batches it was sent; wait for that.
-        self.batches = None;
-        if let Some(encoder) = self.encoder.take() {
-            let _ = encoder.join();
-        }
+        // Unfinished (the replay failed): wait until the encoder has dropped its file.
+        let _ = self.join_encoder();
     }
 }
 
