@@ -48,20 +48,24 @@ pub struct RecordConfig {
 
 /// The working set of one interval, in first-touch order: the traced frames, then frames the
 /// dirty log says were written without a traced mapping (none after re-arming, but the dirty log
-/// is the authority on writes), then the device's own accesses.
+/// is the authority on writes), then the device's own accesses, then the frames the vCPU's
+/// system registers pointed at when the interval began (`system`; the tracer cannot see the
+/// CPU read them, and a sparse restore needs them).
 fn access_log(
     traced: &[u64],
     guest_written: &DirtyBitmap,
     vmm_written: &DirtyBitmap,
+    system: &[u64],
 ) -> Vec<Access> {
     let written = |gfn: u64| guest_written.contains(gfn) || vmm_written.contains(gfn);
     let mut seen = std::collections::HashSet::new();
-    let mut log = Vec::with_capacity(traced.len());
+    let mut log = Vec::with_capacity(traced.len() + system.len());
     let frames = traced
         .iter()
         .map(|&gfn| (gfn, AccessSource::Mmu))
         .chain(guest_written.iter().map(|gfn| (gfn, AccessSource::Mmu)))
-        .chain(vmm_written.iter().map(|gfn| (gfn, AccessSource::Dma)));
+        .chain(vmm_written.iter().map(|gfn| (gfn, AccessSource::Dma)))
+        .chain(system.iter().map(|&gfn| (gfn, AccessSource::Vcpu)));
     for (gfn, source) in frames {
         if seen.insert(gfn) {
             log.push(Access {
@@ -171,6 +175,9 @@ pub struct Recorder {
     copied_bytes: u64,
     working_set_total: u64,
     mem_bytes: u64,
+    /// The frames the vCPU's system registers pointed at in the last checkpoint: the next
+    /// access log's `vcpu` rows.
+    start_system_frames: Vec<u64>,
 }
 
 impl Recorder {
@@ -263,6 +270,7 @@ impl Recorder {
             copied_bytes: 0,
             working_set_total: 0,
             mem_bytes,
+            start_system_frames: Vec::new(),
         })
     }
 
@@ -334,7 +342,7 @@ impl Recorder {
             let access = self
                 .tracer
                 .as_ref()
-                .map(|_| access_log(&traced, &guest, &vmm));
+                .map(|_| access_log(&traced, &guest, &vmm, &self.start_system_frames));
             if self.tracer.is_some() {
                 // The page-table frames the re-arm cleans are part of this checkpoint.
                 vmm.or(&machine.rearm_access_tracing()?);
@@ -377,6 +385,7 @@ impl Recorder {
         machine.copy_frames(gfns.iter().copied(), &mut contents);
         let copied = began.elapsed();
         let snapshot = machine.save_state()?;
+        self.start_system_frames = snapshot.vcpu.system_frames(self.mem_bytes);
         let checkpoint = if initial { 0 } else { self.interval + 1 };
         let events: Vec<Event> = save_events(self.interval, machine.take_events());
         let dump = self.config.verify_dumps.then(|| {

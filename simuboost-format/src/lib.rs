@@ -83,7 +83,8 @@ pub use writer::{write_guest_image, CheckpointInput, RunWriter, DEFAULT_CONSOLID
 /// Version 2: consolidated page maps carry each page's hash, and readers verify page contents.
 /// Version 3: event data of whole pages (disk reads) is held by reference in pages.bin
 /// (`events.data_pages`, the `eventpages/` table, two more `intervals/` columns).
-pub const FORMAT_VERSION: u32 = 3;
+/// Version 4: access logs hold the frames the vCPU's system registers point at (source `vcpu`).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Guest page size; pages.bin slots are this large.
 pub const PAGE_SIZE: usize = 4096;

@@ -257,14 +257,19 @@ pub enum AccessSource {
     Mmu,
     /// Only the VMM, reading or writing the frame for a device (DMA, request blocks).
     Dma,
+    /// Only the vCPU's system registers point at it at the interval's start: the root of the
+    /// page tables (CR3) and the descriptor tables (GDT, IDT, TSS). The CPU reads them, but
+    /// not through a mapping the tracer sees, so the recorder adds them from the state.
+    Vcpu,
 }
 
 impl AccessSource {
-    /// The value of the access table's `source` column: `mmu` or `dma`.
+    /// The value of the access table's `source` column: `mmu`, `dma` or `vcpu`.
     pub fn as_str(self) -> &'static str {
         match self {
             AccessSource::Mmu => "mmu",
             AccessSource::Dma => "dma",
+            AccessSource::Vcpu => "vcpu",
         }
     }
 
@@ -273,6 +278,7 @@ impl AccessSource {
         match name {
             "mmu" => Some(AccessSource::Mmu),
             "dma" => Some(AccessSource::Dma),
+            "vcpu" => Some(AccessSource::Vcpu),
             _ => None,
         }
     }

@@ -466,6 +466,7 @@ fn check_access_query(
                     count(i, &|a| a.kind == AccessKind::Read),
                     count(i, &|a| a.kind == AccessKind::Write),
                     count(i, &|a| a.source == AccessSource::Dma),
+                    count(i, &|a| a.source == AccessSource::Vcpu),
                 ]
             })
             .collect()

@@ -173,6 +173,7 @@ fn round_trip_against_model() {
     for (kind, source) in [
         (AccessKind::Read, AccessSource::Mmu),
         (AccessKind::Read, AccessSource::Dma),
+        (AccessKind::Read, AccessSource::Vcpu),
         (AccessKind::Write, AccessSource::Mmu),
         (AccessKind::Write, AccessSource::Dma),
     ] {

@@ -222,31 +222,32 @@ fn truncated_pages_bin_is_still_reported_as_truncated() {
 }
 
 /// Runs of earlier format versions are refused, not misread: version 1 (page maps without
-/// hashes) and version 2 (disk reads inline, which a version-3 reader would take for events
-/// without data held by reference).
+/// hashes), version 2 (disk reads inline, which a version-3 reader would take for events
+/// without data held by reference) and version 3 (access logs without the `vcpu` rows a sparse
+/// restore now finds its system frames in).
 #[test]
 fn older_versions_are_refused() {
-    assert_eq!(FORMAT_VERSION, 3);
-    for old in [1u32, 2] {
+    assert_eq!(FORMAT_VERSION, 4);
+    for old in [1u32, 2, 3] {
         let tmp = tempfile::tempdir().unwrap();
         let (dir, _) = make_run(tmp.path());
         let path = layout::manifest(&dir);
         let mut v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(v["format_version"], 3);
+        assert_eq!(v["format_version"], 4);
         v["format_version"] = old.into();
         std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
         let e = Run::open(&dir).unwrap_err();
         match &e {
             FormatError::UnsupportedVersion {
                 found, supported, ..
-            } => assert_eq!((*found, *supported), (old, 3)),
+            } => assert_eq!((*found, *supported), (old, 4)),
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
         assert_eq!(e.path(), Some(path.as_path()));
         assert!(
             e.to_string().contains(&format!(
-                "format_version {old} is not supported (this build reads version 3)"
+                "format_version {old} is not supported (this build reads version 4)"
             )),
             "{e}"
         );

@@ -7,8 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use simuboost_abi::{pte, PAGE_SIZE};
-use simuboost_format::{FormatError, IntervalRecord, Run, WorkingSet};
+use simuboost_format::{AccessSource, FormatError, IntervalRecord, Run, WorkingSet};
 use simuboost_vmm::devices::DeviceEvent;
 use simuboost_vmm::machine::{MachineError, MachineSnapshot};
 use simuboost_vmm::persist::{restore_events, Persist, PersistError};
@@ -150,27 +149,6 @@ pub fn check_interval(run: &Run, interval: u64) -> Result<(), ReplayError> {
     })
 }
 
-/// The frames the vCPU's system registers point at: the root of the page tables and the
-/// descriptor tables (GDT, IDT, TSS). The tracer cannot see these accesses: KVM starts every
-/// walk at CR3 but reports only the entries it reads, which name the next level; descriptor
-/// tables are read by KVM's instruction emulator (ring 0 is emulated on PVM), not through the
-/// MMU. They are part of the working set of every interval.
-fn system_frames(vcpu: &VcpuSnapshot, mem_bytes: u64) -> Vec<u64> {
-    let s = &vcpu.sregs;
-    let mut frames = vec![(s.cr3 & pte::ADDRESS_MASK) / PAGE_SIZE];
-    for (base, limit) in [
-        (s.gdt.base, u64::from(s.gdt.limit)),
-        (s.idt.base, u64::from(s.idt.limit)),
-        (s.tr.base, u64::from(s.tr.limit)),
-    ] {
-        let end = base.saturating_add(limit).min(mem_bytes.saturating_sub(1));
-        if base < mem_bytes {
-            frames.extend(base / PAGE_SIZE..=end / PAGE_SIZE);
-        }
-    }
-    frames
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -187,6 +165,9 @@ pub struct IntervalInputs {
     pub events: Vec<DeviceEvent>,
     /// The eBPF working set (the access log's frames), when the run has one.
     pub access_log: Option<Vec<u64>>,
+    /// For the simulator: the access log's frames without its `vcpu` rows, i.e. what the
+    /// tracer, the dirty log and the VMM saw.
+    pub tracer_log: Option<Vec<u64>>,
     /// The frames sparse mode loads: the access log plus the frames the vCPU state points at.
     pub working_set: Option<Vec<u64>>,
     /// Page contents as of checkpoint N.
@@ -229,7 +210,11 @@ impl IntervalInputs {
         // Errors in a fixed order, whichever thread finished first.
         let (record, machine) = head?;
         let events = events??;
-        let (working_set, map) = log_and_map??;
+        let LogAndMap {
+            working_set,
+            tracer_log,
+            map,
+        } = log_and_map??;
         let (access_log, start_pages) = match working_set {
             Some(set) => (Some(set.frames), set.start_pages),
             None => (None, None),
@@ -255,14 +240,19 @@ impl IntervalInputs {
             source.set_known(log, pages);
         }
         // The frames the vCPU state points at that the log does not say where to find are
-        // looked up in the page map now, beside the other reads.
+        // looked up in the page map now (~1 ms: every page table of the map is opened). The
+        // recorder puts them in the log (source `vcpu`), so normally nothing is left.
         if let (Some(_), PageLookup::Partial(map)) = (&working_set, &source.map) {
-            let system: Vec<u64> = system_frames(&machine.vcpu, mem_bytes)
+            let system: Vec<u64> = machine
+                .vcpu
+                .system_frames(mem_bytes)
                 .into_iter()
                 .filter(|&gfn| !source.knows(gfn))
                 .collect();
-            map.load(&system)?;
-            timed("system frames' page map entries");
+            if !system.is_empty() {
+                map.load(&system)?;
+                timed("system frames' page map entries");
+            }
         }
         let source = Arc::new(source);
         Ok(IntervalInputs {
@@ -271,6 +261,7 @@ impl IntervalInputs {
             machine,
             events,
             access_log,
+            tracer_log,
             working_set,
             source,
         })
@@ -305,7 +296,7 @@ fn read_log_and_map(
     run: &Run,
     interval: u64,
     options: &ReplayOptions,
-) -> Result<(Option<WorkingSet>, PageLookup), ReplayError> {
+) -> Result<LogAndMap, ReplayError> {
     // The simulator measures the tracer against what it sees, so it reads the access log in
     // every mode.
     let wants_log = options.mode == Mode::Sparse || options.engine == Engine::Sim;
@@ -335,7 +326,32 @@ fn read_log_and_map(
         }
         _ => PageLookup::Whole(run.page_map(interval)?),
     };
-    Ok((working_set, map))
+    // The simulator measures the tracer by the rows it made, without the `vcpu` rows the
+    // recorder adds (which the sparse set has anyway).
+    let tracer_log = match (&working_set, options.engine) {
+        (Some(_), Engine::Sim) => run.access(interval)?.map(|rows| {
+            rows.iter()
+                .filter(|a| a.source != AccessSource::Vcpu)
+                .map(|a| a.gfn)
+                .collect()
+        }),
+        _ => None,
+    };
+    Ok(LogAndMap {
+        working_set,
+        tracer_log,
+        map,
+    })
+}
+
+/// What [`read_log_and_map`] read.
+struct LogAndMap {
+    /// The access log's frames and their start pages.
+    working_set: Option<WorkingSet>,
+    /// For the simulator: the log's frames without its `vcpu` rows.
+    tracer_log: Option<Vec<u64>>,
+    /// The page map, whole or as much as the replay needs.
+    map: PageLookup,
 }
 
 /// The result of a reader thread; a panic there goes on here, as it would have unthreaded.
@@ -387,7 +403,7 @@ fn check_chain(
 /// sorted.
 fn sparse_set(access_log: &[u64], vcpu: &VcpuSnapshot, mem_bytes: u64) -> Vec<u64> {
     let mut gfns = access_log.to_vec();
-    gfns.extend(system_frames(vcpu, mem_bytes));
+    gfns.extend(vcpu.system_frames(mem_bytes));
     gfns.sort_unstable();
     gfns.dedup();
     gfns
@@ -446,12 +462,12 @@ fn simulation(engine: &SimEngine, inputs: &IntervalInputs) -> Option<Simulation>
     let mut accessed = seen.accessed.clone();
     accessed.extend(&seen.device_written);
     let share = |part: usize, whole: usize| part as f64 / whole.max(1) as f64;
-    let (recall, recall_log_only, precision) = match &inputs.access_log {
-        Some(log) => {
+    let (recall, recall_log_only, precision) = match (&inputs.access_log, &inputs.tracer_log) {
+        (Some(log), Some(tracer_log)) => {
             let sparse: BTreeSet<u64> = sparse_set(log, &inputs.machine.vcpu, inputs.mem_bytes)
                 .into_iter()
                 .collect();
-            let log: BTreeSet<u64> = log.iter().copied().collect();
+            let log: BTreeSet<u64> = tracer_log.iter().copied().collect();
             (
                 Some(share(
                     accessed.intersection(&sparse).count(),
@@ -461,7 +477,7 @@ fn simulation(engine: &SimEngine, inputs: &IntervalInputs) -> Option<Simulation>
                 Some(share(log.intersection(&accessed).count(), log.len())),
             )
         }
-        None => (None, None, None),
+        _ => (None, None, None),
     };
     Some(Simulation {
         instructions: seen.instructions,

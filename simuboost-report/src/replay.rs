@@ -150,10 +150,12 @@ pub struct Simulation {
     /// frames the vCPU state points at): 1.0 means a sparse replay cannot miss. `None` without
     /// an access log.
     pub tracer_recall: Option<f64>,
-    /// The same share for the eBPF working set alone, without the frames sparse mode adds from
-    /// the vCPU state (what the tracer sees by itself). `None` without an access log.
+    /// The same share for what the tracer, the dirty log and the VMM saw: the access log
+    /// without its `vcpu` rows (the frames the recorder adds from the vCPU state). `None`
+    /// without an access log.
     pub tracer_recall_log_only: Option<f64>,
-    /// Share of the eBPF working set that the interval accessed. `None` without an access log.
+    /// Share of those frames (the log without its `vcpu` rows) that the interval accessed.
+    /// `None` without an access log.
     pub tracer_precision: Option<f64>,
     /// Time the simulator spent executing (excluding waits for the replayer), milliseconds.
     pub sim_ms: f64,

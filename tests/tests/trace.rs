@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use simuboost_abi::{Op, GUEST_HEAP_BYTES, PAGE_SIZE};
-use simuboost_format::Run;
+use simuboost_format::{AccessSource, Run};
 use simuboost_tests::{kvm_and_root_available, summary, Finished};
+use simuboost_vmm::machine::MachineSnapshot;
+use simuboost_vmm::persist::Persist;
 use simuboost_workloads::pattern;
 
 const MEM: &str = "64M";
@@ -109,6 +111,35 @@ fn pattern_access_log_is_exactly_the_touched_pages() {
         let mut order: Vec<u32> = log.iter().map(|a| a.first_touch).collect();
         order.sort_unstable();
         assert!(order.iter().enumerate().all(|(i, &o)| o as usize == i));
+        // The frames the vCPU's system registers pointed at when the interval began are in the
+        // log; those nothing else touched are `vcpu` reads, last.
+        let state = run.state(interval.interval).expect("state");
+        let machine = MachineSnapshot::restore((), &state).expect("machine state");
+        let system: BTreeSet<u64> = machine
+            .vcpu
+            .system_frames(run.manifest().meta.mem_bytes)
+            .into_iter()
+            .collect();
+        assert!(!system.is_empty());
+        let logged: BTreeSet<u64> = log.iter().map(|a| a.gfn).collect();
+        assert!(
+            system.is_subset(&logged),
+            "interval {}: system frames {system:?} missing from the log",
+            interval.interval
+        );
+        let vcpu_rows: Vec<_> = log
+            .iter()
+            .filter(|a| a.source == AccessSource::Vcpu)
+            .collect();
+        for (i, a) in vcpu_rows.iter().enumerate() {
+            assert!(system.contains(&a.gfn), "{a:?} is no system frame");
+            assert_eq!(a.kind, simuboost_format::AccessKind::Read, "{a:?}");
+            assert_eq!(
+                a.first_touch as usize,
+                log.len() - vcpu_rows.len() + i,
+                "vcpu rows come last"
+            );
+        }
     }
 }
 

@@ -23,7 +23,7 @@ pub(crate) const TABLE: Table = Table {
         Column::new("interval", U64, "i."),
         Column::new("gfn", U64, "Guest frame number, below `mem_bytes / 4096`."),
         Column::new("kind", Utf8, "`read` or `write` (below)."),
-        Column::new("source", Utf8, "`mmu` or `dma` (below)."),
+        Column::new("source", Utf8, "`mmu`, `dma` or `vcpu` (below)."),
         Column::new(
             "first_touch",
             U32,
@@ -106,7 +106,7 @@ pub(crate) fn read(
                 FormatError::corrupt(
                     path,
                     format!(
-                        "row {row}: source {:?} is neither \"mmu\" nor \"dma\"",
+                        "row {row}: source {:?} is none of \"mmu\", \"dma\", \"vcpu\"",
                         sources.value(i)
                     ),
                 )

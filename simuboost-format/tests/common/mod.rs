@@ -160,8 +160,9 @@ pub fn interval_of(i: u64) -> IntervalRecord {
 }
 
 /// The access log of interval `n - 1` for checkpoint `n`'s pages `g`: every page of `g` as a
-/// write (some by DMA), plus reads of other frames; traced frames in a scrambled order first,
-/// then the untraced ones (DMA, and some writes known only from the dirty log) in gfn order.
+/// write (some by DMA), plus reads of other frames (some by DMA, some the vCPU's system
+/// frames); traced frames in a scrambled order first, then the untraced ones (DMA, vCPU, and
+/// some writes known only from the dirty log) in gfn order.
 /// Uses its own generator, so runs with and without access logs have the same pages.
 pub fn access_of(n: u64, g: &Gen, mem_pages: u64) -> Vec<Access> {
     let mut rng = Rng(0xacce55 ^ n.wrapping_mul(0x9e37_79b9));
@@ -182,6 +183,8 @@ pub fn access_of(n: u64, g: &Gen, mem_pages: u64) -> Vec<Access> {
         }
         let source = if rng.chance(15) {
             AccessSource::Dma
+        } else if rng.chance(6) {
+            AccessSource::Vcpu
         } else {
             AccessSource::Mmu
         };

@@ -397,3 +397,30 @@ pub struct VcpuSnapshot {
     /// MSR index and value pairs.
     pub msrs: Vec<(u32, u64)>,
 }
+
+impl VcpuSnapshot {
+    /// The frames the system registers point at, below `mem_bytes`: the root of the page tables
+    /// (CR3) and the descriptor tables (GDT, IDT, TSS; their bases are identity-mapped in our
+    /// guest). The CPU reads them on every TLB miss, interrupt and privilege change, but an
+    /// MMU tracer cannot see it: KVM starts every walk at CR3 but reports only the entries it
+    /// reads, which name the next level, and on PVM the descriptor tables are read by KVM's
+    /// instruction emulator, not through the MMU. The recorder adds them to every access log
+    /// (source `vcpu`); the replayer loads them in sparse mode whatever the log says.
+    pub fn system_frames(&self, mem_bytes: u64) -> Vec<u64> {
+        let s = &self.sregs;
+        let page = simuboost_abi::PAGE_SIZE;
+        let mut frames = vec![(s.cr3 & simuboost_abi::pte::ADDRESS_MASK) / page];
+        for (base, limit) in [
+            (s.gdt.base, u64::from(s.gdt.limit)),
+            (s.idt.base, u64::from(s.idt.limit)),
+            (s.tr.base, u64::from(s.tr.limit)),
+        ] {
+            let end = base.saturating_add(limit).min(mem_bytes.saturating_sub(1));
+            if base < mem_bytes {
+                frames.extend(base / page..=end / page);
+            }
+        }
+        frames.retain(|&gfn| gfn < mem_bytes / page);
+        frames
+    }
+}
