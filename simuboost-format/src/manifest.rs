@@ -115,7 +115,7 @@ impl Manifest {
 
     fn validate(&self, path: &Path) -> Result<(), FormatError> {
         let page = crate::PAGE_SIZE as u64;
-        if self.meta.mem_bytes == 0 || self.meta.mem_bytes % page != 0 {
+        if self.meta.mem_bytes == 0 || !self.meta.mem_bytes.is_multiple_of(page) {
             return Err(FormatError::corrupt(
                 path,
                 format!(

@@ -124,7 +124,7 @@ struct Append {
 /// and a replay reads them at their exit instead of with the event log. Anything else (clock
 /// values, a few random bytes) stays inline.
 fn held_by_reference(bytes: &[u8]) -> bool {
-    !bytes.is_empty() && bytes.len() % PAGE_SIZE == 0
+    !bytes.is_empty() && bytes.len().is_multiple_of(PAGE_SIZE)
 }
 
 /// `event` without its data.
@@ -171,7 +171,7 @@ impl RunWriter {
     /// Creates the run directory (which must not exist or be empty) with its subdirectories, an
     /// empty pages.bin and a manifest saying `checkpoints: 0`.
     pub fn create(dir: &Path, meta: RunMeta) -> Result<RunWriter, FormatError> {
-        if meta.mem_bytes == 0 || meta.mem_bytes % PAGE != 0 {
+        if meta.mem_bytes == 0 || !meta.mem_bytes.is_multiple_of(PAGE) {
             return Err(FormatError::invalid(format!(
                 "mem_bytes {} is not a positive multiple of {PAGE}",
                 meta.mem_bytes
