@@ -117,7 +117,7 @@ pub fn read_from_sim(input: &mut impl Read) -> Result<FromSim, FrameError> {
                 "a trace batch of {rows} rows in {body} bytes ({TRACE_ROW_BYTES} a row)"
             ))
         })?;
-    let mut batch = TraceBatch::zeroed(rows);
+    let mut batch = TraceBatch::for_rows(rows);
     for column in batch.wire_columns_mut() {
         input.read_exact(column).map_err(closed_or_io)?;
     }

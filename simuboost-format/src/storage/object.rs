@@ -100,7 +100,8 @@ impl ObjectStorage {
         };
         let index: crate::upload::SegmentsIndex = serde_json::from_slice(&json)
             .map_err(|e| FormatError::corrupt(&path, format!("not a segment index: {e}")))?;
-        if index.segment_bytes == 0 || !index.segment_bytes.is_multiple_of(crate::PAGE_SIZE as u64) {
+        if index.segment_bytes == 0 || !index.segment_bytes.is_multiple_of(crate::PAGE_SIZE as u64)
+        {
             return Err(FormatError::corrupt(
                 &path,
                 format!(

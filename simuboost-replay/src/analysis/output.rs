@@ -399,21 +399,52 @@ impl TraceEncoder {
     fn write(&mut self, b: TraceBatch) -> Result<(), OutputError> {
         let rows = b.len();
         if rows == 0 {
+            b.recycle();
             return Ok(());
         }
         let kind = kinds(b.kind).map_err(pq(&self.file.path))?;
         if self.interval_column.len() < rows {
             self.interval_column = u64s(std::iter::repeat_n(self.interval, rows));
         }
+        let [icount, rip, vaddr, paddr] =
+            [b.icount, b.rip, b.vaddr, b.paddr].map(UInt64Array::from);
+        let size = UInt8Array::from(b.size);
         self.file.write(vec![
             self.interval_column.slice(0, rows),
-            Arc::new(UInt64Array::from(b.icount)),
-            Arc::new(UInt64Array::from(b.rip)),
-            Arc::new(UInt64Array::from(b.vaddr)),
-            Arc::new(UInt64Array::from(b.paddr)),
-            Arc::new(UInt8Array::from(b.size)),
+            Arc::new(icount.clone()),
+            Arc::new(rip.clone()),
+            Arc::new(vaddr.clone()),
+            Arc::new(paddr.clone()),
+            Arc::new(size.clone()),
             kind,
-        ])
+        ])?;
+        // The writer has encoded the rows and keeps none of the arrays: their memory takes the
+        // next batch from the simulator. (A column still shared comes back empty and is
+        // allocated anew.)
+        let [icount, rip, vaddr, paddr] = [icount, rip, vaddr, paddr].map(|column| {
+            column
+                .into_parts()
+                .1
+                .into_inner()
+                .into_vec()
+                .unwrap_or_default()
+        });
+        let size = size
+            .into_parts()
+            .1
+            .into_inner()
+            .into_vec()
+            .unwrap_or_default();
+        TraceBatch {
+            icount,
+            rip,
+            vaddr,
+            paddr,
+            size,
+            kind: Vec::new(),
+        }
+        .recycle();
+        Ok(())
     }
 
     /// Encodes what arrives until told to finish, then completes the file.
