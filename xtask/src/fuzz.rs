@@ -201,6 +201,7 @@ pub fn corpus(from: Option<&Path>) -> Result<()> {
 /// page store and decoder targets in their formats (fuzz/fuzz_targets/*.rs).
 const CORPUS_PY: &str = r#"
 import sys, os, io, struct, json, glob
+import pyarrow as pa
 import pyarrow.parquet as pq
 run, corpus = sys.argv[1], sys.argv[2]
 manifest = json.load(open(os.path.join(run, "manifest.json")))
@@ -216,8 +217,9 @@ put("manifest", "real", read("manifest.json"))
 # A table target's input: the checkpoint or interval number (one byte), then the file. The two
 # smallest files of each table under 32 KiB, of the checkpoints and intervals the manifest
 # counts. Access logs of this run are larger (kvstore touches most of its memory, and each row
-# has a 16-byte start hash): their first 512 rows are the seeds, rewritten by pyarrow with the
-# same schema.
+# has a 16-byte start hash): their first rows and their `vcpu` rows (which come last), 512 in
+# all and renumbered in first-touch order, are the seeds, rewritten by pyarrow with the same
+# schema.
 tables = [("checkpoint_table", "checkpoints", manifest["checkpoints"]),
           ("state_table", "state", manifest["checkpoints"]),
           ("events_table", "events", manifest["checkpoints"] - 1),
@@ -231,7 +233,14 @@ for target, sub, count in tables:
     if target == "access_table":
         for f in sorted(f for _, f in files)[1:3]:
             buf = io.BytesIO()
-            pq.write_table(pq.read_table(f).slice(0, 512), buf, compression="snappy")
+            t = pq.read_table(f)
+            vcpu = [i for i, s in enumerate(t.column("source").to_pylist()) if s == "vcpu"]
+            keep = [i for i in range(min(512 - len(vcpu), t.num_rows)) if i not in vcpu] + vcpu
+            t = t.take(keep)
+            order = t.schema.get_field_index("first_touch")
+            renumbered = pa.array(range(t.num_rows), type=t.schema.field(order).type)
+            t = t.set_column(order, t.schema.field(order), renumbered)
+            pq.write_table(t, buf, compression="snappy")
             put(target, f"real-{number(f)}", bytes([number(f)]) + buf.getvalue())
         continue
     for size, f in sorted((size, f) for size, f in files if size <= 32768)[:2]:
