@@ -9,9 +9,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::types::UInt8Type;
+use arrow_array::types::{ArrowPrimitiveType, UInt8Type};
 use arrow_array::{
-    ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array, UInt8Array,
+    ArrayRef, DictionaryArray, PrimitiveArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+    UInt8Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -357,6 +358,17 @@ fn kinds(codes: Vec<u8>) -> Result<ArrayRef, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The memory of a column the writer has encoded, for the next batch to be received into;
+/// empty if the array's buffer is still shared.
+fn reclaim<T: ArrowPrimitiveType>(column: PrimitiveArray<T>) -> Vec<T::Native> {
+    column
+        .into_parts()
+        .1
+        .into_inner()
+        .into_vec()
+        .unwrap_or_default()
+}
+
 /// Streams an interval's trace into `<out>/trace/interval-N.parquet`: batches are written as
 /// they arrive, and the writer flushes a row group every [`ROW_GROUP_ROWS`] rows, so memory
 /// stays bounded however long the interval.
@@ -421,26 +433,13 @@ impl TraceEncoder {
         // The writer has encoded the rows and keeps none of the arrays: their memory takes the
         // next batch from the simulator. (A column still shared comes back empty and is
         // allocated anew.)
-        let [icount, rip, vaddr, paddr] = [icount, rip, vaddr, paddr].map(|column| {
-            column
-                .into_parts()
-                .1
-                .into_inner()
-                .into_vec()
-                .unwrap_or_default()
-        });
-        let size = size
-            .into_parts()
-            .1
-            .into_inner()
-            .into_vec()
-            .unwrap_or_default();
+        let [icount, rip, vaddr, paddr] = [icount, rip, vaddr, paddr].map(reclaim);
         TraceBatch {
             icount,
             rip,
             vaddr,
             paddr,
-            size,
+            size: reclaim(size),
             kind: Vec::new(),
         }
         .recycle();
