@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use simuboost_format::VcpuState;
 use simuboost_vmm::devices::replay::ReplayDevice;
-use simuboost_vmm::devices::DeviceError;
+use simuboost_vmm::devices::{DeviceError, DeviceEvent};
 use simuboost_vmm::machine::{
     BlankMachine, Machine, MachineError, MachineSnapshot, NoObserver, RunControl, RunReport,
 };
@@ -71,7 +71,11 @@ impl ReplayEngine for KvmEngine {
         Ok(())
     }
 
-    fn prepare(&mut self, inputs: &IntervalInputs) -> Result<(), ReplayError> {
+    fn prepare(
+        &mut self,
+        inputs: &IntervalInputs,
+        events: Vec<DeviceEvent>,
+    ) -> Result<(), ReplayError> {
         let mem_bytes = inputs.mem_bytes;
         let blank = match self.blank.take() {
             Some(blank) => blank,
@@ -83,7 +87,7 @@ impl ReplayEngine for KvmEngine {
                 inputs.machine.exits,
                 Box::new(
                     ReplayDevice::new(
-                        inputs.events.clone(),
+                        events,
                         inputs.record.end_exit,
                         mem_bytes,
                         inputs.machine.device.clone(),

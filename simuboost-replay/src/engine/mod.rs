@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use simuboost_format::VcpuState;
+use simuboost_vmm::devices::DeviceEvent;
 use simuboost_vmm::vstate::memory::GuestMemory;
 
 use crate::replay::{IntervalInputs, ReplayError};
@@ -50,8 +51,13 @@ pub trait ReplayEngine {
         Ok(())
     }
 
-    /// Builds the machine from the interval's start state (after the miss handler runs).
-    fn prepare(&mut self, inputs: &IntervalInputs) -> Result<(), ReplayError>;
+    /// Builds the machine from the interval's start state (after the miss handler runs), with
+    /// the interval's `events` to feed back.
+    fn prepare(
+        &mut self,
+        inputs: &IntervalInputs,
+        events: Vec<DeviceEvent>,
+    ) -> Result<(), ReplayError>;
 
     /// Runs the interval to its end exit, feeding the recorded events. Stops early when
     /// `failed` is set (the miss handler failed) or after `timeout`.

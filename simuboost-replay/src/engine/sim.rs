@@ -25,7 +25,7 @@ use simuboost_sim_proto::{
     SimProcess, Start, PROTOCOL_VERSION,
 };
 use simuboost_vmm::devices::replay::ReplayDevice;
-use simuboost_vmm::devices::{Device, DeviceAction, DeviceError};
+use simuboost_vmm::devices::{Device, DeviceAction, DeviceError, DeviceEvent};
 use simuboost_vmm::machine::{exception_name, MachineError};
 use simuboost_vmm::persist::Persist;
 use simuboost_vmm::vstate::dirty::DirtyBitmap;
@@ -65,6 +65,8 @@ pub struct SimEngine {
     analyses: Option<Arc<Analyses>>,
     /// What they found, once the interval ran to its end.
     analysis: Option<IntervalSummary>,
+    /// The interval's events, from `prepare` until `run` feeds them.
+    events: Option<Vec<DeviceEvent>>,
 }
 
 /// What a simulated interval tells (beyond the verification every engine gets).
@@ -97,6 +99,7 @@ impl SimEngine {
             device_written: BTreeSet::new(),
             analyses,
             analysis: None,
+            events: None,
         })
     }
 
@@ -224,9 +227,11 @@ impl ReplayEngine for SimEngine {
         Ok(vec![PeerUffd { uffd, base }])
     }
 
-    fn prepare(&mut self, _: &IntervalInputs) -> Result<(), ReplayError> {
+    fn prepare(&mut self, _: &IntervalInputs, events: Vec<DeviceEvent>) -> Result<(), ReplayError> {
         // The simulator builds its CPU from the state sent with `Start`.
-        self.process().map(|_| ())
+        self.process()?;
+        self.events = Some(events);
+        Ok(())
     }
 
     fn run(
@@ -235,8 +240,9 @@ impl ReplayEngine for SimEngine {
         timeout: Duration,
         failed: Arc<AtomicBool>,
     ) -> Result<RunOutcome, ReplayError> {
+        let events = self.events.take().ok_or(ReplayError::NotPrepared)?;
         let mut device = ReplayDevice::new(
-            inputs.events.clone(),
+            events,
             inputs.record.end_exit,
             inputs.mem_bytes,
             inputs.machine.device.clone(),
