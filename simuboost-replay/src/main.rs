@@ -199,7 +199,27 @@ fn parse_time_limit(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Sets glibc's heap up for a short-lived process that allocates a few MiB in bursts on
+/// several threads. By default the heap grows 128 KiB at a time, and every allocation over
+/// 128 KiB (a decoded column, a frame list) is a fresh mapping, returned when freed and
+/// faulted in anew by the next one; a fault costs ~10 µs here (MACHINE.md). Growing by
+/// 16 MiB (address space only: nothing is touched) and serving blocks of up to 64 MiB from
+/// the heap, which keeps what is freed for the next allocation, took a `compress` sparse
+/// restore from 6.5 to 6.1 ms (median of 20, alternating; env-var equivalents of these calls).
+fn tune_malloc() {
+    for (option, value) in [
+        (libc::M_TOP_PAD, 16 << 20),
+        (libc::M_MMAP_THRESHOLD, 64 << 20),
+        (libc::M_TRIM_THRESHOLD, 256 << 20),
+    ] {
+        // SAFETY: mallopt takes plain integers and only changes malloc's parameters; it is
+        // called before any other thread exists. A setting it refuses costs speed only.
+        unsafe { libc::mallopt(option, value) };
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let args = Args::parse();
     if args.jobs.is_some() && !args.all {
         usage_error("--jobs applies to --all (one interval is one replay)");
