@@ -549,7 +549,7 @@ fn replay_with<E: ReplayEngine>(
         let (load, installed) = load_dense(engine.memory(), &inputs.source, map)?;
         (load, installed, None)
     } else {
-        let uffd = UffdMemory::register(engine.memory())?;
+        let uffd = UffdMemory::register(engine.memory(), engine.memory_is_private())?;
         let load = load_memory(&uffd, &inputs, options.mode)?;
         let peers = engine.peers()?;
         let server = uffd.serve(inputs.source.clone(), failed.clone(), peers)?;

@@ -54,7 +54,7 @@ pub fn load_dense(
     source: &PageSource,
     map: &PageMap,
 ) -> Result<(LoadStats, Arc<InstalledFrames>), RestoreError> {
-    let uffd = UffdMemory::register(memory)?;
+    let uffd = UffdMemory::register(memory, true)?;
     let frames = uffd.frames;
     let loaded = match source.store.local_file()? {
         Some(file) => install_from_mapping(&uffd, source, map, &file)?,
