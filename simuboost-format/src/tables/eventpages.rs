@@ -73,8 +73,9 @@ pub(crate) fn read(
     max_rows: u64,
 ) -> Result<Vec<EventPage>, FormatError> {
     let names: Vec<&str> = TABLE.names().collect();
-    let mut rows = Vec::new();
-    for batch in read_batches(storage, path, Some(&names), max_rows)? {
+    let batches = read_batches(storage, path, Some(&names), max_rows)?;
+    let mut rows = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    for batch in batches {
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         let exits = cols.u64s("exit")?;

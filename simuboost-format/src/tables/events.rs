@@ -118,11 +118,12 @@ pub(crate) fn read(
     interval: u64,
     mem_bytes: u64,
 ) -> Result<(Vec<Event>, Vec<ByReference>), FormatError> {
-    let mut events = Vec::new();
-    let mut by_reference = Vec::new();
     // Not bounded here: an interval has as many exits as it has (the replayer checks the
     // interval's boundaries against the checkpoints' states).
-    for batch in read_batches(storage, path, None, u64::MAX)? {
+    let batches = read_batches(storage, path, None, u64::MAX)?;
+    let mut events = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    let mut by_reference = Vec::new();
+    for batch in batches {
         let cols = Cols::new(&batch, path);
         cols.check_number("interval", interval)?;
         let exit = cols.u64s("exit")?;

@@ -23,9 +23,11 @@ pub enum PageLookup {
 pub struct PageSource {
     /// gfn → slot and hash as of the checkpoint.
     pub map: PageLookup,
-    /// Entries known without the map, sorted by gfn: the access log's start pages, which are
-    /// the map's entries for the log's frames (docs/FORMAT.md).
-    known: Vec<(u64, Option<(u64, u128)>)>,
+    /// Frames whose entries are known without the map, ascending: the access log's frames,
+    /// whose start pages are the map's entries for them (docs/FORMAT.md).
+    known_gfns: Vec<u64>,
+    /// Their entries, in the same order.
+    known_entries: Vec<Option<(u64, u128)>>,
     /// pages.bin.
     pub store: PageStore,
 }
@@ -35,15 +37,20 @@ impl PageSource {
     pub fn new(map: PageLookup, store: PageStore) -> PageSource {
         PageSource {
             map,
-            known: Vec::new(),
+            known_gfns: Vec::new(),
+            known_entries: Vec::new(),
             store,
         }
     }
 
     /// Answers for `frames` from `entries` (one per frame) from now on, before the map.
     pub fn set_known(&mut self, frames: &[u64], entries: Vec<Option<(u64, u128)>>) {
-        self.known = frames.iter().copied().zip(entries).collect();
-        self.known.sort_unstable_by_key(|&(gfn, _)| gfn);
+        // Sorted as (gfn, index) pairs, a quarter the size of (gfn, entry): a sparse restore
+        // does this for every frame of its working set before it loads any.
+        let mut order: Vec<(u64, usize)> = frames.iter().copied().zip(0..entries.len()).collect();
+        order.sort_unstable();
+        self.known_gfns = order.iter().map(|&(gfn, _)| gfn).collect();
+        self.known_entries = order.iter().map(|&(_, i)| entries[i]).collect();
     }
 
     /// Whether `gfn`'s entry is known without the map.
@@ -52,10 +59,10 @@ impl PageSource {
     }
 
     fn known_entry(&self, gfn: u64) -> Option<Option<(u64, u128)>> {
-        self.known
-            .binary_search_by_key(&gfn, |&(g, _)| g)
+        self.known_gfns
+            .binary_search(&gfn)
             .ok()
-            .map(|i| self.known[i].1)
+            .map(|i| self.known_entries[i])
     }
 
     /// `(slot, hash)` of `gfn` as of the checkpoint, `None` for a zero page. A partial map
@@ -73,23 +80,29 @@ impl PageSource {
     /// The entries of `gfns`, as [`PageSource::entry`] gives them one by one: the known ones
     /// first, then the rest from the map together.
     pub fn entries(&self, gfns: &[u64]) -> Result<Vec<Option<(u64, u128)>>, FormatError> {
-        let known: Vec<Option<Option<(u64, u128)>>> =
-            gfns.iter().map(|&gfn| self.known_entry(gfn)).collect();
-        let rest: Vec<u64> = gfns
-            .iter()
-            .zip(&known)
-            .filter(|(_, k)| k.is_none())
-            .map(|(&gfn, _)| gfn)
-            .collect();
-        let mut from_map = match &self.map {
-            PageLookup::Whole(map) => rest.iter().map(|&gfn| map.entry(gfn)).collect(),
-            PageLookup::Partial(map) => map.entries(&rest)?,
+        let mut entries = Vec::with_capacity(gfns.len());
+        // Those not known: where they go in `entries`, and their frames.
+        let (mut unknown_at, mut unknown) = (Vec::new(), Vec::new());
+        for &gfn in gfns {
+            match self.known_entry(gfn) {
+                Some(entry) => entries.push(entry),
+                None => {
+                    unknown_at.push(entries.len());
+                    unknown.push(gfn);
+                    entries.push(None);
+                }
+            }
         }
-        .into_iter();
-        Ok(known
-            .into_iter()
-            .map(|k| k.unwrap_or_else(|| from_map.next().flatten()))
-            .collect())
+        if !unknown.is_empty() {
+            let from_map = match &self.map {
+                PageLookup::Whole(map) => unknown.iter().map(|&gfn| map.entry(gfn)).collect(),
+                PageLookup::Partial(map) => map.entries(&unknown)?,
+            };
+            for (at, entry) in unknown_at.into_iter().zip(from_map) {
+                entries[at] = entry;
+            }
+        }
+        Ok(entries)
     }
 
     /// The whole map, if it was read whole.
