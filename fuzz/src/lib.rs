@@ -32,6 +32,7 @@ pub fn manifest(page_slots: u64) -> Manifest {
             created_unix_ms: 0,
             guest_image_xxh3: String::new(),
             disk_image: None,
+            cpuid: Vec::new(),
         },
         checkpoints: CHECKPOINTS,
         consolidate_every: 16,

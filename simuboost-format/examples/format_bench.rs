@@ -59,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         created_unix_ms: 0,
         guest_image_xxh3: String::new(),
         disk_image: None,
+        cpuid: Vec::new(),
     };
 
     let mut r = 1u64;

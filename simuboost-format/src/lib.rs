@@ -61,7 +61,7 @@ pub mod upload;
 mod writer;
 
 pub use error::FormatError;
-pub use manifest::{Manifest, RunMeta, MAX_MEM_BYTES};
+pub use manifest::{CpuidEntry, Manifest, RunMeta, MAX_CPUID_ENTRIES, MAX_MEM_BYTES};
 pub use pages::{is_zero_page, page_hash, PageMap, PageStore};
 pub use partial::{PartialPageMap, PartialStats};
 pub use reader::Run;

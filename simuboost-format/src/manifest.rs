@@ -16,8 +16,26 @@ use crate::{layout, FormatError, FORMAT_VERSION};
 /// Largest guest RAM a manifest may declare (1 TiB): readers size their page maps by it, so a
 /// damaged or crafted `meta.mem_bytes` must not make them allocate without bound.
 pub const MAX_MEM_BYTES: u64 = 1 << 40;
-/// A manifest is a few hundred bytes; anything far larger is not one.
+/// A manifest is a few KiB; anything far larger is not one.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Most CPUID leaves a manifest may list (KVM itself takes at most 80).
+pub const MAX_CPUID_ENTRIES: usize = 256;
+
+/// One CPUID leaf as the guest's vCPU was given it: KVM's `kvm_cpuid_entry2` without its
+/// padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidEntry {
+    /// The leaf (EAX on entry to CPUID).
+    pub function: u32,
+    /// The subleaf (ECX on entry), where `flags` says it matters.
+    pub index: u32,
+    /// KVM's `KVM_CPUID_FLAG_*` bits.
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
 
 /// How a run was recorded; written once at creation and never changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +59,11 @@ pub struct RunMeta {
     pub guest_image_xxh3: String,
     /// Path of the disk image, if the workload had one.
     pub disk_image: Option<String>,
+    /// The CPUID the guest's vCPU was given, so that a replay gives it the same on any host
+    /// (and need not ask KVM). Empty in runs recorded before 2026-12-06: a replay then gives
+    /// the guest what the replaying host's KVM supports, as the recorder did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpuid: Vec<CpuidEntry>,
 }
 
 /// The contents of manifest.json.
@@ -136,6 +159,16 @@ impl Manifest {
         }
         if self.consolidate_every == 0 {
             return Err(FormatError::corrupt(path, "consolidate_every is 0"));
+        }
+        if self.meta.cpuid.len() > MAX_CPUID_ENTRIES {
+            return Err(FormatError::corrupt(
+                path,
+                format!(
+                    "meta.cpuid lists {} leaves, more than the format's limit of \
+                     {MAX_CPUID_ENTRIES}",
+                    self.meta.cpuid.len()
+                ),
+            ));
         }
         Ok(())
     }

@@ -5,7 +5,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use simuboost_format::{layout, FormatError, Run, RunWriter, FORMAT_VERSION, PAGE_SIZE};
+use simuboost_format::{
+    layout, CpuidEntry, FormatError, Run, RunWriter, FORMAT_VERSION, MAX_CPUID_ENTRIES, PAGE_SIZE,
+};
 
 const MEM_PAGES: u64 = 48;
 
@@ -63,6 +65,39 @@ fn unknown_format_version_is_rejected() {
     }
     assert!(names(&e, "manifest.json"), "{e}");
     assert!(e.to_string().contains("format_version 99"), "{e}");
+}
+
+/// `meta.cpuid` round-trips, is optional (runs recorded before it have none), and is bounded.
+#[test]
+fn manifest_cpuid_is_kept_optional_and_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = make_run(tmp.path(), 1);
+    assert!(Run::open(&dir).unwrap().manifest().meta.cpuid.is_empty());
+    let leaf = CpuidEntry {
+        function: 1,
+        index: 0,
+        flags: 0,
+        eax: 0x00a0_0f11,
+        ebx: 2,
+        ecx: 0x7ed8_320b,
+        edx: 0x178b_fbff,
+    };
+    edit_manifest(&dir, |v| {
+        v["meta"]["cpuid"] = serde_json::to_value(vec![leaf]).unwrap();
+    });
+    assert_eq!(Run::open(&dir).unwrap().manifest().meta.cpuid, vec![leaf]);
+
+    edit_manifest(&dir, |v| {
+        v["meta"]["cpuid"] = serde_json::to_value(vec![leaf; MAX_CPUID_ENTRIES + 1]).unwrap();
+    });
+    let e = Run::open(&dir).unwrap_err();
+    assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
+    assert!(names(&e, "manifest.json"), "{e}");
+    assert!(e.to_string().contains("meta.cpuid lists 257 leaves"), "{e}");
+
+    edit_manifest(&dir, |v| v["meta"]["cpuid"] = "all of them".into());
+    let e = Run::open(&dir).unwrap_err();
+    assert!(matches!(e, FormatError::Corrupt { .. }), "{e}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use simuboost_format::{AccessSource, FormatError, IntervalRecord, Run, WorkingSet};
 use simuboost_vmm::devices::DeviceEvent;
 use simuboost_vmm::machine::{MachineError, MachineSnapshot};
-use simuboost_vmm::persist::{restore_events, Persist, PersistError};
+use simuboost_vmm::persist::{restore_cpuid, restore_events, Persist, PersistError};
 use simuboost_vmm::vstate::vcpu::VcpuSnapshot;
 
 use crate::engine::kvm::KvmEngine;
@@ -468,7 +468,12 @@ pub fn replay_interval(
     check_interval(run, interval)?;
     match options.engine {
         Engine::Kvm => {
-            let engine = KvmEngine::new(run.manifest().meta.mem_bytes)?;
+            let meta = &run.manifest().meta;
+            let cpuid = restore_cpuid(&meta.cpuid).map_err(|source| ReplayError::BadState {
+                path: simuboost_format::layout::manifest(run.dir()),
+                source,
+            })?;
+            let engine = KvmEngine::new(meta.mem_bytes, cpuid)?;
             replay_with(run, interval, options, engine, |_, _| None)
         }
         Engine::Sim => {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvm_bindings::CpuId;
 use vm_memory::{Bytes, GuestAddress};
 
 use simuboost_abi::{pte, BootConfig, WorkloadId, BOOT_CONFIG_MAGIC, DOORBELL_GPA, PORT_EXCEPTION};
@@ -44,6 +45,9 @@ pub struct MachineConfig {
     pub dirty_tracking: Option<DirtyTracking>,
     /// Log every device request with the values given to the guest.
     pub record_events: bool,
+    /// The vCPU's CPUID (a recorder's, which it keeps in the run); `None`: what this host's
+    /// KVM supports.
+    pub cpuid: Option<CpuId>,
 }
 
 /// Error type of [`ExitObserver`] callbacks.
@@ -109,6 +113,9 @@ pub enum MachineError {
     /// The observer (the recorder) failed.
     #[error(transparent)]
     Observer(ObserverError),
+    /// KVM refuses the CPUID a run recorded (made on another kind of host, or damaged).
+    #[error("KVM refuses the CPUID the run recorded (manifest.json, meta.cpuid)")]
+    RecordedCpuid(#[source] VcpuError),
     /// Invalidating KVM's mappings failed.
     #[error("cannot re-arm access tracking (mprotect of guest memory): {0}")]
     Rearm(#[source] std::io::Error),
@@ -358,7 +365,11 @@ impl Machine {
             }
             None => None,
         };
-        let vcpu = vm.create_vcpu(image.entry)?;
+        let cpuid = match config.cpuid {
+            Some(cpuid) => cpuid,
+            None => vm.supported_cpuid()?,
+        };
+        let vcpu = vm.create_vcpu(&cpuid, image.entry)?;
         let dirty_tracker: Option<Box<dyn DirtyTracker>> = match config.dirty_tracking {
             Some(DirtyTracking::Ring) => Some(Box::new(DirtyRing::map(vcpu.fd())?)),
             _ => dirty_log.map(|log| Box::new(log) as Box<dyn DirtyTracker>),
@@ -403,7 +414,7 @@ impl Machine {
         device: Box<dyn Device>,
         control: RunControl,
     ) -> Result<Machine, MachineError> {
-        BlankMachine::new(memory)?.restore(state, exits, device, control)
+        BlankMachine::new(memory, None)?.restore(state, exits, device, control)
     }
 
     /// Guest RAM.
@@ -731,10 +742,16 @@ pub struct BlankMachine {
 }
 
 impl BlankMachine {
-    /// Creates the VM over `memory` (no dirty logging) and its vCPU.
-    pub fn new(memory: GuestMemory) -> Result<BlankMachine, MachineError> {
+    /// Creates the VM over `memory` (no dirty logging) and its vCPU, with `cpuid` (the run's,
+    /// as recorded) or, for `None`, what this host's KVM supports (which costs ~0.5 ms on PVM:
+    /// every leaf it reports traps to the hypervisor).
+    pub fn new(memory: GuestMemory, cpuid: Option<&CpuId>) -> Result<BlankMachine, MachineError> {
         let vm = Vm::new(&memory, false)?;
-        let vcpu = vm.create_vcpu(0)?;
+        let vcpu = vm.create_bare_vcpu()?;
+        match cpuid {
+            Some(cpuid) => vcpu.set_cpuid(cpuid).map_err(MachineError::RecordedCpuid)?,
+            None => vcpu.set_cpuid(&vm.supported_cpuid()?)?,
+        }
         Ok(BlankMachine { vm, vcpu, memory })
     }
 

@@ -6,10 +6,10 @@
 //! form (and whatever else it needs). The recorder saves, the replayer restores, and neither
 //! converts anything field by field itself.
 
-use kvm_bindings::kvm_regs;
+use kvm_bindings::{kvm_cpuid_entry2, kvm_regs, CpuId};
 use zerocopy::{FromBytes, IntoBytes};
 
-use simuboost_format::{CheckpointState, Event, GeneralRegs, VcpuState};
+use simuboost_format::{CheckpointState, CpuidEntry, Event, GeneralRegs, VcpuState};
 
 use crate::devices::{DeviceEvent, DeviceSnapshot};
 use crate::machine::MachineSnapshot;
@@ -46,6 +46,9 @@ pub enum PersistError {
     /// The device state does not decode.
     #[error("the device state does not decode: {0}")]
     Device(#[source] serde_json::Error),
+    /// A run's CPUID has more leaves than KVM takes.
+    #[error("the run's CPUID lists {0} leaves; KVM takes at most {max}", max = kvm_bindings::KVM_MAX_CPUID_ENTRIES)]
+    CpuidTooLong(usize),
 }
 
 fn blob<T: FromBytes>(what: &'static str, bytes: &[u8]) -> Result<T, PersistError> {
@@ -232,6 +235,46 @@ pub fn save_events(interval: u64, events: Vec<DeviceEvent>) -> Vec<Event> {
         .into_iter()
         .map(|e| stored_event(e, interval))
         .collect()
+}
+
+/// `cpuid` as a run keeps it (manifest `meta.cpuid`).
+pub fn save_cpuid(cpuid: &CpuId) -> Vec<CpuidEntry> {
+    cpuid
+        .as_slice()
+        .iter()
+        .map(|e| CpuidEntry {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        })
+        .collect()
+}
+
+/// A run's CPUID as KVM takes it; `None` for a run that recorded none.
+pub fn restore_cpuid(saved: &[CpuidEntry]) -> Result<Option<CpuId>, PersistError> {
+    if saved.is_empty() {
+        return Ok(None);
+    }
+    let entries: Vec<kvm_cpuid_entry2> = saved
+        .iter()
+        .map(|e| kvm_cpuid_entry2 {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+            ..Default::default()
+        })
+        .collect();
+    CpuId::from_entries(&entries)
+        .map(Some)
+        .map_err(|_| PersistError::CpuidTooLong(saved.len()))
 }
 
 /// Events read back from a run, for a replay.

@@ -420,6 +420,81 @@ fn damaged_page_file_is_reported() {
     );
 }
 
+/// The run keeps the CPUID its vCPU was given, and a replay gives the vCPU that one: a CPUID
+/// KVM refuses fails the replay, naming it. A run without one (recorded before the field
+/// existed) replays with what the host's KVM supports.
+#[test]
+fn recorded_cpuid_is_what_replays_get() {
+    if !kvm_and_root_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run = tmp.path().join("run");
+    record(
+        &run,
+        "pattern",
+        &["--work", "300", "--interval-exits", "20"],
+    );
+    let cpuid = Run::open(&run)
+        .expect("run opens")
+        .manifest()
+        .meta
+        .cpuid
+        .clone();
+    // Leaf 0: the highest standard leaf and the vendor, which KVM passes through.
+    let leaf0 = cpuid
+        .iter()
+        .find(|e| e.function == 0)
+        .expect("the recorded CPUID has leaf 0");
+    let host = std::arch::x86_64::__cpuid(0);
+    assert_eq!(
+        (leaf0.ebx, leaf0.edx, leaf0.ecx),
+        (host.ebx, host.edx, host.ecx),
+        "the recorded vendor is the host's"
+    );
+    replay(&run, &["--interval", "1"]).expect_code(0);
+
+    let edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let copy = tmp.path().join(name);
+        copy_run(&run, &copy);
+        let path = copy.join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).expect("manifest")).expect("JSON");
+        f(&mut manifest);
+        fs::write(&path, serde_json::to_vec(&manifest).expect("JSON")).expect("write");
+        copy
+    };
+    // KVM refuses a virtual address width other than 48 or 57 bits (leaf 0x8000_0008, EAX
+    // bits 8-15): the replay must be using the recorded leaves to see it.
+    let refused = edit("refused", &|m| {
+        for leaf in m["meta"]["cpuid"].as_array_mut().expect("cpuid") {
+            if leaf["function"] == 0x8000_0008u32 {
+                let eax = leaf["eax"].as_u64().expect("eax");
+                leaf["eax"] = ((eax & !0xff00) | (40 << 8)).into();
+            }
+        }
+    });
+    for mode in ["sparse", "full", "lazy"] {
+        let out = replay(&refused, &["--interval", "1", "--mode", mode]);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("refuses the CPUID the run recorded")
+                && out.stderr.contains("meta.cpuid"),
+            "{mode}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{mode}: {}", out.stderr);
+    }
+    let without = edit("without", &|m| {
+        m["meta"]
+            .as_object_mut()
+            .expect("meta")
+            .remove("cpuid")
+            .expect("recorded");
+    });
+    replay(&without, &["--interval", "1"]).expect_code(0);
+}
+
 /// Every file of a directory tree with its length and modification time.
 fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
     let mut out = BTreeMap::new();

@@ -448,6 +448,7 @@ fn synthetic_runs_upload_incrementally_and_read_back() {
         created_unix_ms: 0,
         guest_image_xxh3: "0".into(),
         disk_image: None,
+        cpuid: Vec::new(),
     };
     let mut writer = RunWriter::create(&dir, meta).expect("create");
     let seg_location = format!("s3://{BUCKET}/synthetic/seg");

@@ -131,6 +131,7 @@ mod tests {
             created_unix_ms: 0,
             guest_image_xxh3: "0".into(),
             disk_image: None,
+            cpuid: Vec::new(),
         };
         let mut w = RunWriter::create(dir, meta).unwrap();
         let memory = vec![7u8; PAGE_SIZE];

@@ -55,6 +55,7 @@ pub fn meta(mem_pages: u64) -> RunMeta {
         created_unix_ms: 1_700_000_000_000,
         guest_image_xxh3: "0123456789abcdef".into(),
         disk_image: None,
+        cpuid: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use kvm_bindings::CpuId;
 use simuboost_format::VcpuState;
 use simuboost_vmm::devices::replay::ReplayDevice;
 use simuboost_vmm::devices::{DeviceError, DeviceEvent};
@@ -21,6 +22,8 @@ use crate::verify::{self, Divergence};
 pub struct KvmEngine {
     /// Guest RAM (the machine holds another handle on the same mapping).
     memory: GuestMemory,
+    /// The vCPU's CPUID, as recorded.
+    cpuid: Option<CpuId>,
     /// The VM, made by `start` while the interval's inputs are read.
     blank: Option<BlankMachine>,
     machine: Option<Machine>,
@@ -31,11 +34,13 @@ pub struct KvmEngine {
 
 impl KvmEngine {
     /// Guest RAM for a KVM replay: private anonymous memory in 4 KiB pages (a huge page would
-    /// make one restored frame resident as 512).
-    pub fn new(mem_bytes: u64) -> Result<KvmEngine, ReplayError> {
+    /// make one restored frame resident as 512). The vCPU gets `cpuid`, the run's (`None`: what
+    /// this host's KVM supports, for runs that did not record theirs).
+    pub fn new(mem_bytes: u64, cpuid: Option<CpuId>) -> Result<KvmEngine, ReplayError> {
         let memory = create_guest_memory_backed(mem_bytes, false).map_err(MachineError::from)?;
         Ok(KvmEngine {
             memory,
+            cpuid,
             blank: None,
             machine: None,
             control: RunControl::default(),
@@ -67,7 +72,7 @@ impl ReplayEngine for KvmEngine {
     }
 
     fn start(&mut self) -> Result<(), ReplayError> {
-        self.blank = Some(BlankMachine::new(self.memory.clone())?);
+        self.blank = Some(BlankMachine::new(self.memory.clone(), self.cpuid.as_ref())?);
         Ok(())
     }
 
@@ -79,7 +84,7 @@ impl ReplayEngine for KvmEngine {
         let mem_bytes = inputs.mem_bytes;
         let blank = match self.blank.take() {
             Some(blank) => blank,
-            None => BlankMachine::new(self.memory.clone())?,
+            None => BlankMachine::new(self.memory.clone(), self.cpuid.as_ref())?,
         };
         self.machine = Some(
             blank.restore(

@@ -4,9 +4,9 @@ use std::fmt;
 
 use kvm_bindings::{
     kvm_debugregs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_xsave, CpuId, Msrs,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use simuboost_abi::{layout, selectors};
 
@@ -125,12 +125,14 @@ impl Vcpu {
         Vcpu { fd }
     }
 
+    /// Gives the vCPU `cpuid`: before its first run, once.
+    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), VcpuError> {
+        self.fd.set_cpuid2(cpuid).map_err(ioctl("set CPUID"))
+    }
+
     /// Sets CPUID, long-mode system registers and the entry registers.
-    pub(crate) fn configure(&self, kvm: &Kvm, entry: u64) -> Result<(), VcpuError> {
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(ioctl("get supported CPUID"))?;
-        self.fd.set_cpuid2(&cpuid).map_err(ioctl("set CPUID"))?;
+    pub(crate) fn configure(&self, cpuid: &CpuId, entry: u64) -> Result<(), VcpuError> {
+        self.set_cpuid(cpuid)?;
 
         let mut sregs = self.fd.get_sregs().map_err(ioctl("get sregs"))?;
         sregs.cr0 = CR0_LONG_MODE;

@@ -1,6 +1,6 @@
 //! The KVM VM: opening /dev/kvm, creating the VM, registering guest RAM.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 
 use super::memory::{host_region, GuestMemory};
@@ -48,6 +48,32 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
 }
 
+/// The CPUID `kvm` can give a guest.
+fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(ioctl("get supported CPUID"))
+}
+
+/// The CPUID this host's KVM can give a guest, from /dev/kvm: what a recorder records before
+/// it creates the VM.
+pub fn host_cpuid() -> Result<CpuId, VmError> {
+    supported_cpuid(&open_kvm()?)
+}
+
+/// Opens /dev/kvm, checking its API version.
+fn open_kvm() -> Result<Kvm, VmError> {
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => VmError::KvmMissing,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })?;
+    let api = kvm.get_api_version();
+    if api != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(VmError::ApiVersion(api));
+    }
+    Ok(kvm)
+}
+
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Ioctl { what, source }
 }
@@ -62,15 +88,7 @@ impl Vm {
     /// Opens /dev/kvm, creates a VM and registers `memory` as its RAM, with KVM's dirty
     /// logging on if `log_dirty`.
     pub fn new(memory: &GuestMemory, log_dirty: bool) -> Result<Vm, VmError> {
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
-            libc::ENOENT => VmError::KvmMissing,
-            libc::EACCES | libc::EPERM => VmError::KvmPermission,
-            _ => VmError::KvmOpen(e),
-        })?;
-        let api = kvm.get_api_version();
-        if api != kvm_bindings::KVM_API_VERSION as i32 {
-            return Err(VmError::ApiVersion(api));
-        }
+        let kvm = open_kvm()?;
         let fd = kvm.create_vm().map_err(ioctl("create VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(ioctl("set TSS address"))?;
@@ -92,12 +110,24 @@ impl Vm {
         Ok(Vm { kvm, fd })
     }
 
-    /// Creates vCPU 0, configured to enter the guest at `entry` in 64-bit mode.
-    pub fn create_vcpu(&self, entry: u64) -> Result<Vcpu, VmError> {
+    /// The CPUID this host's KVM can give a guest: what a new run's vCPU gets.
+    pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
+        supported_cpuid(&self.kvm)
+    }
+
+    /// Creates vCPU 0 with `cpuid`, configured to enter the guest at `entry` in 64-bit mode.
+    pub fn create_vcpu(&self, cpuid: &CpuId, entry: u64) -> Result<Vcpu, VmError> {
         let fd = self.fd.create_vcpu(0).map_err(ioctl("create vCPU"))?;
         let vcpu = Vcpu::new(fd);
-        vcpu.configure(&self.kvm, entry)?;
+        vcpu.configure(cpuid, entry)?;
         Ok(vcpu)
+    }
+
+    /// Creates vCPU 0 unconfigured, for a state to be restored into it (its CPUID first:
+    /// [`Vcpu::set_cpuid`]).
+    pub fn create_bare_vcpu(&self) -> Result<Vcpu, VmError> {
+        let fd = self.fd.create_vcpu(0).map_err(ioctl("create vCPU"))?;
+        Ok(Vcpu::new(fd))
     }
 
     /// The VM file descriptor, for the subsystems that add to the VM (dirty log, tracing).
