@@ -243,10 +243,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         (None, tracer)
     };
     // Asked before the run exists, kept in it, and given to the vCPU from it: a replay on
-    // another host gives the guest the same CPUID.
-    let cpuid = simuboost_vmm::vstate::vm::host_cpuid()
-        .map_err(MachineError::from)
-        .map_err(with_cli_hint)?;
+    // another host gives the guest the same CPUID. Where KVM cannot be opened, creating the
+    // machine below fails with that error, after `--out` has been checked, as it always did.
+    let cpuid = simuboost_vmm::vstate::vm::host_cpuid().ok();
     let meta = simuboost_format::RunMeta {
         workload: workload.name().to_string(),
         mem_bytes: args.mem,
@@ -259,7 +258,10 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             .map_or(0, |d| d.as_millis() as u64),
         guest_image_xxh3: format!("{:032x}", simuboost_format::page_hash(&guest_image)),
         disk_image: args.disk.as_ref().map(|p| p.display().to_string()),
-        cpuid: simuboost_vmm::persist::save_cpuid(&cpuid),
+        cpuid: cpuid
+            .as_ref()
+            .map(simuboost_vmm::persist::save_cpuid)
+            .unwrap_or_default(),
     };
     let recorder = start_recorder(args, &run_dir, meta, tracer)?;
     if recorder.is_some() {
@@ -290,7 +292,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             // sees one first touch per 2 MiB, which is not the tracing a recording does.
             dirty_tracking: (recorder.is_some() || args.trace_only).then_some(dirty_tracking),
             record_events: recorder.is_some(),
-            cpuid: Some(cpuid),
+            cpuid,
         },
         control,
     )
