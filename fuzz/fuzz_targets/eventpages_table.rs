@@ -28,6 +28,7 @@ fn run() -> &'static Run {
             created_unix_ms: 0,
             guest_image_xxh3: String::new(),
             disk_image: None,
+            cpuid: Vec::new(),
         };
         let mut w = RunWriter::create(&dir, meta).expect("create the run");
         let page = vec![0x5au8; PAGE_SIZE];
