@@ -24,9 +24,15 @@ pub struct UffdMemory {
 }
 
 /// The shortest run of zero frames that a load into private memory takes out of userfaultfd
-/// instead of installing: 16 pages, so that guest RAM is split into at most one mapping per
-/// 128 KiB.
+/// instead of installing: 16 pages. Each such run splits guest RAM's mapping in up to two
+/// more, so shorter runs would cost the kernel more mappings than they save ioctl time.
 const UNREGISTERED_ZERO_RUN: usize = 16;
+
+/// Most runs of zero frames one load takes out of userfaultfd; the rest get the zero page.
+/// A scattered working set of a large guest could otherwise split its mapping past the
+/// kernel's limit on mappings per process (`vm.max_map_count`, 65,530 by default), and the
+/// load would fail.
+const MAX_UNREGISTERED_ZERO_RUNS: usize = 4096;
 
 impl UffdMemory {
     /// Registers all of `memory` (which nothing may have touched yet) in missing mode.
@@ -160,8 +166,13 @@ impl UffdMemory {
                 self.install_pages(source, &data, &mut staging)
             })?,
         }
+        let mut unregistered = 0;
         for (first, count) in runs(&zeros) {
-            if self.private && count >= UNREGISTERED_ZERO_RUN {
+            if self.private
+                && count >= UNREGISTERED_ZERO_RUN
+                && unregistered < MAX_UNREGISTERED_ZERO_RUNS
+            {
+                unregistered += 1;
                 // Out of userfaultfd the kernel fills a first touch with zeros itself, as a
                 // dense load leaves every zero page: mapping the zero page into each frame
                 // of a run costs ~0.1 µs per page here (`compress`, interval 4: 20 MiB of
