@@ -264,7 +264,7 @@ impl IntervalInputs {
 }
 
 /// The interval's events, read on a thread of their own while the rest is read and memory
-/// loads: only the machine needs them, once it is built. `compress` replays hundreds of
+/// loads: only the machine needs them, once it is built. `compress` replays thousands of
 /// events a second whose disk reads come as page references, ~1.4 ms of reading in a fresh
 /// process, against ~6 ms for the whole sparse restore.
 struct PendingEvents {

@@ -117,8 +117,7 @@ impl Vm {
 
     /// Creates vCPU 0 with `cpuid`, configured to enter the guest at `entry` in 64-bit mode.
     pub fn create_vcpu(&self, cpuid: &CpuId, entry: u64) -> Result<Vcpu, VmError> {
-        let fd = self.fd.create_vcpu(0).map_err(ioctl("create vCPU"))?;
-        let vcpu = Vcpu::new(fd);
+        let vcpu = self.create_bare_vcpu()?;
         vcpu.configure(cpuid, entry)?;
         Ok(vcpu)
     }
