@@ -7,7 +7,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use simuboost_format::{AccessSource, FormatError, IntervalRecord, Run, WorkingSet};
+use simuboost_format::{
+    AccessSource, CheckpointState, FormatError, IntervalRecord, Run, WorkingSet,
+};
 use simuboost_vmm::devices::DeviceEvent;
 use simuboost_vmm::machine::{MachineError, MachineSnapshot};
 use simuboost_vmm::persist::{restore_cpuid, restore_events, Persist, PersistError};
@@ -173,11 +175,11 @@ pub struct IntervalInputs {
 }
 
 impl IntervalInputs {
-    /// Reads what the restore needs of the interval's tables (the events are read apart, see
-    /// [`PendingEvents`]). They are independent files, each a small Parquet read whose cost is
-    /// mostly fixed (footer, decoder set-up), so two groups are read at once: the access log
-    /// with the part of the page map it needs (or the whole map); and, on this thread, the
-    /// interval's row and the checkpoints' states.
+    /// Reads what the restore needs of the interval's tables (the events and the end state are
+    /// read apart, see [`PendingTail`]). They are independent files, each a small Parquet read
+    /// whose cost is mostly fixed (footer, decoder set-up), so two groups are read at once: the
+    /// access log with the part of the page map it needs (or the whole map); and, on this
+    /// thread, the interval's row and the start state.
     fn read(
         run: &Run,
         interval: u64,
@@ -196,7 +198,7 @@ impl IntervalInputs {
                     read
                 });
             let head = read_head(run, interval);
-            timed("interval and states");
+            timed("interval and start state");
             (head, joined(log_and_map))
         });
         // Errors in a fixed order, whichever thread finished first.
@@ -263,17 +265,27 @@ impl IntervalInputs {
     }
 }
 
-/// The interval's events, read on a thread of their own while the rest is read and memory
-/// loads: only the machine needs them, once it is built. `compress` replays thousands of
-/// events a second whose disk reads come as page references, ~1.4 ms of reading in a fresh
-/// process, against ~6 ms for the whole sparse restore.
-struct PendingEvents {
-    reader: std::thread::JoinHandle<Result<Vec<DeviceEvent>, ReplayError>>,
+/// What only the machine and the checks around the run need, read on a thread of its own while
+/// the rest is read and memory loads: the interval's events, needed once the machine is built,
+/// and checkpoint N+1's state, needed to check where the interval ends before the run and to
+/// verify after it. `compress` replays thousands of events a second whose disk reads come as
+/// page references, ~1.4 ms of reading in a fresh process, against ~6 ms for the whole sparse
+/// restore.
+struct PendingTail {
+    reader: std::thread::JoinHandle<Result<Tail, ReplayError>>,
 }
 
-impl PendingEvents {
-    /// Starts reading interval `interval`'s events.
-    fn start(run: &Run, interval: u64) -> Result<PendingEvents, ReplayError> {
+/// What [`PendingTail`] read.
+struct Tail {
+    /// The interval's events, to feed back.
+    events: Vec<DeviceEvent>,
+    /// Checkpoint N+1's state: where the interval ends, and what the run must end in.
+    end_state: CheckpointState,
+}
+
+impl PendingTail {
+    /// Starts reading interval `interval`'s events and end state.
+    fn start(run: &Run, interval: u64) -> Result<PendingTail, ReplayError> {
         let run = run.clone();
         let began = Instant::now();
         let reader = std::thread::Builder::new()
@@ -281,25 +293,28 @@ impl PendingEvents {
             .spawn(move || {
                 let events = run.events(interval).map(restore_events)?;
                 tracing::debug!(interval, ms = ms(began.elapsed()), "read events");
-                Ok(events)
+                let end_state = run.state(interval + 1)?;
+                tracing::debug!(interval, ms = ms(began.elapsed()), "read end state");
+                Ok(Tail { events, end_state })
             })
             .map_err(ReplayError::ReaderThread)?;
-        Ok(PendingEvents { reader })
+        Ok(PendingTail { reader })
     }
 
-    /// The events, once read; a panic in the reader goes on here.
-    fn wait(self) -> Result<Vec<DeviceEvent>, ReplayError> {
+    /// The events and the end state, once read; a panic in the reader goes on here.
+    fn wait(self) -> Result<Tail, ReplayError> {
         self.reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 
-/// The interval's row and the machine at its start, checked to chain with both checkpoints.
+/// The interval's row and the machine at its start, checked to chain with checkpoint N (the end
+/// is checked against checkpoint N+1 once [`PendingTail`] has read it).
 fn read_head(run: &Run, interval: u64) -> Result<(IntervalRecord, MachineSnapshot), ReplayError> {
     let record = run.interval(interval)?;
     let state = run.state(interval)?;
-    check_chain(run, &record, state.exit)?;
+    check_start(run, &record, state.exit)?;
     let machine = MachineSnapshot::restore((), &state).map_err(|source| ReplayError::BadState {
         path: simuboost_format::layout::state_table(run.dir(), interval),
         source,
@@ -386,37 +401,54 @@ fn joined<T>(
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
 }
 
-/// Checks that interval `record` chains with the checkpoints around it: it starts at the exit
-/// count of checkpoint N's state (`start_state_exit`) and ends at that of checkpoint N+1. A
+/// The error for an interval whose boundaries do not chain with the checkpoints around it. A
 /// replay trusts these boundaries to know where to stop, so a run whose files disagree is
 /// refused naming the interval's file, not replayed to a wrong place.
-fn check_chain(
+fn broken_chain(run: &Run, record: &IntervalRecord, what: String) -> ReplayError {
+    ReplayError::Format(FormatError::Corrupt {
+        path: simuboost_format::layout::interval_table(run.dir(), record.interval),
+        what,
+    })
+}
+
+/// Checks that interval `record` starts at the exit count of checkpoint N's state
+/// (`start_state_exit`).
+fn check_start(
     run: &Run,
     record: &IntervalRecord,
     start_state_exit: u64,
 ) -> Result<(), ReplayError> {
     let n = record.interval;
-    let end_state_exit = run.state(n + 1)?.exit;
-    let broken = |what: String| {
-        ReplayError::Format(FormatError::Corrupt {
-            path: simuboost_format::layout::interval_table(run.dir(), n),
-            what,
-        })
-    };
     if record.start_exit != start_state_exit {
-        return Err(broken(format!(
-            "start_exit {} does not chain: checkpoint {n} ({}) was taken at exit {start_state_exit}",
-            record.start_exit,
-            simuboost_format::layout::state_table(run.dir(), n).display()
-        )));
+        return Err(broken_chain(
+            run,
+            record,
+            format!(
+                "start_exit {} does not chain: checkpoint {n} ({}) was taken at exit \
+                 {start_state_exit}",
+                record.start_exit,
+                simuboost_format::layout::state_table(run.dir(), n).display()
+            ),
+        ));
     }
+    Ok(())
+}
+
+/// Checks that interval `record` ends at the exit count of checkpoint N+1's state
+/// (`end_state_exit`).
+fn check_end(run: &Run, record: &IntervalRecord, end_state_exit: u64) -> Result<(), ReplayError> {
+    let next = record.interval + 1;
     if record.end_exit != end_state_exit {
-        return Err(broken(format!(
-            "end_exit {} does not chain: checkpoint {} ({}) was taken at exit {end_state_exit}",
-            record.end_exit,
-            n + 1,
-            simuboost_format::layout::state_table(run.dir(), n + 1).display()
-        )));
+        return Err(broken_chain(
+            run,
+            record,
+            format!(
+                "end_exit {} does not chain: checkpoint {next} ({}) was taken at exit \
+                 {end_state_exit}",
+                record.end_exit,
+                simuboost_format::layout::state_table(run.dir(), next).display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -520,7 +552,7 @@ fn simulation(engine: &SimEngine, inputs: &IntervalInputs) -> Option<Simulation>
 }
 
 /// Replays `interval` with `engine`: restore, run, verify.
-fn replay_with<E: ReplayEngine>(
+fn replay_with<E: ReplayEngine + Send>(
     run: &Run,
     interval: u64,
     options: ReplayOptions,
@@ -529,18 +561,22 @@ fn replay_with<E: ReplayEngine>(
 ) -> Result<ReplayReport, ReplayError> {
     let began = Instant::now();
     let fetched_before = run.storage_stats();
-    let events = PendingEvents::start(run, interval)?;
-    // The VM is created while the run is read: neither needs the other.
+    let tail = PendingTail::start(run, interval)?;
+    // The VM is created while the run is read: neither needs the other. The reads start on
+    // this thread, at once: they take longer, and a new thread waits for a core here.
     let (inputs, started) = std::thread::scope(|scope| {
-        let inputs = std::thread::Builder::new()
-            .name("read-run".into())
-            .spawn_scoped(scope, || IntervalInputs::read(run, interval, &options));
-        let started = engine.start();
-        tracing::debug!(interval, ms = ms(began.elapsed()), "engine started");
-        (joined(inputs), started)
+        let started = std::thread::Builder::new()
+            .name("start-engine".into())
+            .spawn_scoped(scope, || {
+                let started = engine.start();
+                tracing::debug!(interval, ms = ms(began.elapsed()), "engine started");
+                started
+            });
+        let inputs = IntervalInputs::read(run, interval, &options);
+        (inputs, joined(started))
     });
-    let inputs = inputs??;
-    started?;
+    let inputs = inputs?;
+    started??;
     let read_time = began.elapsed();
 
     let failed = Arc::new(AtomicBool::new(false));
@@ -561,7 +597,9 @@ fn replay_with<E: ReplayEngine>(
         (load, uffd.installed().clone(), Some(server))
     };
     let load_time = load_began.elapsed();
-    engine.prepare(&inputs, events.wait()?)?;
+    let Tail { events, end_state } = tail.wait()?;
+    check_end(run, &inputs.record, end_state.exit)?;
+    engine.prepare(&inputs, events)?;
     let restore_time = began.elapsed();
     tracing::debug!(
         interval,
@@ -597,8 +635,7 @@ fn replay_with<E: ReplayEngine>(
     let mut divergence = outcome.divergence;
     let mut pages_checked = 0;
     if divergence.is_none() {
-        let next_state = run.state(interval + 1)?;
-        divergence = engine.verify_registers(&next_state.vcpu, end_exit)?;
+        divergence = engine.verify_registers(&end_state.vcpu, end_exit)?;
         if divergence.is_none() {
             let expected_pages = run.checkpoint_pages(interval + 1)?;
             let cr3 = engine.final_cr3()?;
