@@ -72,7 +72,7 @@ pub use records::{
 #[cfg(feature = "s3")]
 pub use storage::ObjectStorage;
 pub use storage::{is_remote, LocalStorage, RunStorage, StorageStats};
-pub use tables::{PageRow, WorkingSet};
+pub use tables::{spawn_reads, PageRow, PendingReads, WorkingSet};
 #[cfg(feature = "s3")]
 pub use upload::{PagesLayout, UploadStats, Uploader};
 pub use writer::{write_guest_image, CheckpointInput, RunWriter, DEFAULT_CONSOLIDATE_EVERY};

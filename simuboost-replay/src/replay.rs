@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use simuboost_format::{
-    AccessSource, CheckpointState, FormatError, IntervalRecord, Run, WorkingSet,
+    spawn_reads, AccessSource, CheckpointState, FormatError, IntervalRecord, PendingReads, Run,
+    WorkingSet,
 };
 use simuboost_vmm::devices::DeviceEvent;
 use simuboost_vmm::machine::{MachineError, MachineSnapshot};
@@ -117,9 +118,6 @@ pub enum ReplayError {
     /// An engine was used out of order (a bug).
     #[error("internal error: the replay engine was used before it was prepared")]
     NotPrepared,
-    /// A thread reading the run's tables could not be started.
-    #[error("cannot start a thread to read the run's tables: {0}")]
-    ReaderThread(#[source] std::io::Error),
     /// The watchdog thread could not be started.
     #[error("cannot start the replay's watchdog thread: {0}")]
     Watchdog(#[source] std::io::Error),
@@ -175,39 +173,82 @@ pub struct IntervalInputs {
 }
 
 impl IntervalInputs {
-    /// Reads what the restore needs of the interval's tables (the events and the end state are
-    /// read apart, see [`PendingTail`]). They are independent files, each a small Parquet read
-    /// whose cost is mostly fixed (footer, decoder set-up), so two groups are read at once: the
-    /// access log with the part of the page map it needs (or the whole map); and, on this
-    /// thread, the interval's row and the start state.
-    fn read(
+    /// Starts reading what the restore needs of the interval's tables (the events and the end
+    /// state are read apart, see [`PendingTail`]). They are independent files, each a small
+    /// Parquet read whose cost is mostly fixed (footer, decoder set-up), so two groups are read
+    /// at once, each on a decoder thread ([`spawn_reads`]): the interval's row and the start
+    /// state; and the access log with the part of the page map it needs (or the whole map).
+    fn start_reading(
+        run: &Run,
+        interval: u64,
+        options: &ReplayOptions,
+    ) -> Result<PendingInputs, ReplayError> {
+        let began = Instant::now();
+        let head = {
+            let owned = run.clone();
+            spawn_reads(run.dir(), move || {
+                let head = read_head(&owned, interval);
+                tracing::debug!(
+                    interval,
+                    ms = ms(began.elapsed()),
+                    "read interval and start state"
+                );
+                head
+            })?
+        };
+        let log_and_map = {
+            let owned = run.clone();
+            let options = options.clone();
+            spawn_reads(run.dir(), move || {
+                let read = read_log_and_map(&owned, interval, &options);
+                tracing::debug!(
+                    interval,
+                    ms = ms(began.elapsed()),
+                    "read access log and page map"
+                );
+                read
+            })?
+        };
+        Ok(PendingInputs {
+            head,
+            log_and_map,
+            began,
+        })
+    }
+
+    /// The recorded length of the interval.
+    fn recorded(&self) -> Duration {
+        Duration::from_nanos(self.record.end_ns.saturating_sub(self.record.start_ns))
+    }
+}
+
+/// The reads [`IntervalInputs::start_reading`] started.
+struct PendingInputs {
+    head: PendingReads<(IntervalRecord, MachineSnapshot), ReplayError>,
+    log_and_map: PendingReads<LogAndMap, ReplayError>,
+    began: Instant,
+}
+
+impl PendingInputs {
+    /// The interval's inputs, once read, with the working set and the page source made from
+    /// them.
+    fn wait(
+        self,
         run: &Run,
         interval: u64,
         options: &ReplayOptions,
     ) -> Result<IntervalInputs, ReplayError> {
         let mem_bytes = run.manifest().meta.mem_bytes;
-        let began = Instant::now();
-        // When each read ended, for `RUST_LOG=simuboost_replay=debug`.
-        let timed = |what: &str| tracing::debug!(interval, ms = ms(began.elapsed()), "read {what}");
-        let (head, log_and_map) = std::thread::scope(|scope| {
-            let log_and_map = std::thread::Builder::new()
-                .name("read-page-map".into())
-                .spawn_scoped(scope, || {
-                    let read = read_log_and_map(run, interval, options);
-                    timed("access log and page map");
-                    read
-                });
-            let head = read_head(run, interval);
-            timed("interval and start state");
-            (head, joined(log_and_map))
-        });
-        // Errors in a fixed order, whichever thread finished first.
+        let began = self.began;
+        // Errors in a fixed order, whichever group finished first.
+        let head = self.head.wait();
+        let log_and_map = self.log_and_map.wait();
         let (record, machine) = head?;
         let LogAndMap {
             working_set,
             tracer_log,
             map,
-        } = log_and_map??;
+        } = log_and_map?;
         let (access_log, start_pages) = match working_set {
             Some(set) => (Some(set.frames), set.start_pages),
             None => (None, None),
@@ -244,7 +285,11 @@ impl IntervalInputs {
                 .collect();
             if !system.is_empty() {
                 map.load(&system)?;
-                timed("system frames' page map entries");
+                tracing::debug!(
+                    interval,
+                    ms = ms(began.elapsed()),
+                    "read system frames' page map entries"
+                );
             }
         }
         let source = Arc::new(source);
@@ -258,22 +303,15 @@ impl IntervalInputs {
             source,
         })
     }
-
-    /// The recorded length of the interval.
-    fn recorded(&self) -> Duration {
-        Duration::from_nanos(self.record.end_ns.saturating_sub(self.record.start_ns))
-    }
 }
 
-/// What only the machine and the checks around the run need, read on a thread of its own while
+/// What only the machine and the checks around the run need, read as a group of its own while
 /// the rest is read and memory loads: the interval's events, needed once the machine is built,
 /// and checkpoint N+1's state, needed to check where the interval ends before the run and to
 /// verify after it. `compress` replays thousands of events a second whose disk reads come as
 /// page references, ~1.4 ms of reading in a fresh process, against ~6 ms for the whole sparse
 /// restore.
-struct PendingTail {
-    reader: std::thread::JoinHandle<Result<Tail, ReplayError>>,
-}
+struct PendingTail(PendingReads<Tail, ReplayError>);
 
 /// What [`PendingTail`] read.
 struct Tail {
@@ -288,24 +326,20 @@ impl PendingTail {
     fn start(run: &Run, interval: u64) -> Result<PendingTail, ReplayError> {
         let run = run.clone();
         let began = Instant::now();
-        let reader = std::thread::Builder::new()
-            .name("read-events".into())
-            .spawn(move || {
-                let events = run.events(interval).map(restore_events)?;
-                tracing::debug!(interval, ms = ms(began.elapsed()), "read events");
-                let end_state = run.state(interval + 1)?;
-                tracing::debug!(interval, ms = ms(began.elapsed()), "read end state");
-                Ok(Tail { events, end_state })
-            })
-            .map_err(ReplayError::ReaderThread)?;
-        Ok(PendingTail { reader })
+        let dir = run.dir().to_path_buf();
+        let reads = spawn_reads(&dir, move || {
+            let events = run.events(interval).map(restore_events)?;
+            tracing::debug!(interval, ms = ms(began.elapsed()), "read events");
+            let end_state = run.state(interval + 1)?;
+            tracing::debug!(interval, ms = ms(began.elapsed()), "read end state");
+            Ok(Tail { events, end_state })
+        })?;
+        Ok(PendingTail(reads))
     }
 
-    /// The events and the end state, once read; a panic in the reader goes on here.
+    /// The events and the end state, once read.
     fn wait(self) -> Result<Tail, ReplayError> {
-        self.reader
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        self.0.wait()
     }
 }
 
@@ -389,16 +423,6 @@ struct LogAndMap {
     tracer_log: Option<Vec<u64>>,
     /// The page map, whole or as much as the replay needs.
     map: PageLookup,
-}
-
-/// The result of a reader thread; a panic there goes on here, as it would have unthreaded.
-fn joined<T>(
-    spawned: std::io::Result<std::thread::ScopedJoinHandle<'_, T>>,
-) -> Result<T, ReplayError> {
-    let handle = spawned.map_err(ReplayError::ReaderThread)?;
-    Ok(handle
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
 }
 
 /// The error for an interval whose boundaries do not chain with the checkpoints around it. A
@@ -552,7 +576,7 @@ fn simulation(engine: &SimEngine, inputs: &IntervalInputs) -> Option<Simulation>
 }
 
 /// Replays `interval` with `engine`: restore, run, verify.
-fn replay_with<E: ReplayEngine + Send>(
+fn replay_with<E: ReplayEngine>(
     run: &Run,
     interval: u64,
     options: ReplayOptions,
@@ -561,22 +585,13 @@ fn replay_with<E: ReplayEngine + Send>(
 ) -> Result<ReplayReport, ReplayError> {
     let began = Instant::now();
     let fetched_before = run.storage_stats();
+    let pending = IntervalInputs::start_reading(run, interval, &options)?;
     let tail = PendingTail::start(run, interval)?;
-    // The VM is created while the run is read: neither needs the other. The reads start on
-    // this thread, at once: they take longer, and a new thread waits for a core here.
-    let (inputs, started) = std::thread::scope(|scope| {
-        let started = std::thread::Builder::new()
-            .name("start-engine".into())
-            .spawn_scoped(scope, || {
-                let started = engine.start();
-                tracing::debug!(interval, ms = ms(began.elapsed()), "engine started");
-                started
-            });
-        let inputs = IntervalInputs::read(run, interval, &options);
-        (inputs, joined(started))
-    });
-    let inputs = inputs?;
-    started??;
+    // The VM is created while the run is read: neither needs the other.
+    let started = engine.start();
+    tracing::debug!(interval, ms = ms(began.elapsed()), "engine started");
+    let inputs = pending.wait(run, interval, &options)?;
+    started?;
     let read_time = began.elapsed();
 
     let failed = Arc::new(AtomicBool::new(false));

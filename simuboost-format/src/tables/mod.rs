@@ -27,6 +27,7 @@ pub use access::WorkingSet;
 pub use checkpoint::PageRow;
 #[cfg(test)]
 use columns::Table;
+pub use columns::{spawn_reads, PendingReads};
 
 /// Every table, in the order docs/FORMAT.md describes them.
 #[cfg(test)]
