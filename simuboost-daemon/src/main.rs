@@ -38,24 +38,13 @@ fn main() -> ExitCode {
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => {
-            eprintln!("simuboost-daemon: error: {}", describe(&err));
+            eprintln!(
+                "simuboost-daemon: error: {}",
+                simuboost_report::error_message(err.as_ref())
+            );
             ExitCode::from(run::EXIT_ERROR)
         }
     }
-}
-
-/// The error and its causes, each cause only when the message so far does not already say it
-/// (the format's and the recorder's errors include their source in their own message, so
-/// `{err:#}` would repeat it).
-fn describe(err: &anyhow::Error) -> String {
-    let mut message = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message = format!("{message}: {cause}");
-        }
-    }
-    message
 }
 
 fn init_logging(verbose: u8) {

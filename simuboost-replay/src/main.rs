@@ -274,7 +274,10 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("simuboost-replay: {e:#}");
+            eprintln!(
+                "simuboost-replay: {}",
+                simuboost_report::error_message(e.as_ref())
+            );
             ExitCode::from(EXIT_ERROR)
         }
     }
