@@ -348,7 +348,14 @@ impl PendingTail {
 fn read_head(run: &Run, interval: u64) -> Result<(IntervalRecord, MachineSnapshot), ReplayError> {
     let record = run.interval(interval)?;
     let state = run.state(interval)?;
-    check_start(run, &record, state.exit)?;
+    check_boundary(
+        run,
+        &record,
+        "start_exit",
+        record.start_exit,
+        interval,
+        state.exit,
+    )?;
     let machine = MachineSnapshot::restore((), &state).map_err(|source| ReplayError::BadState {
         path: simuboost_format::layout::state_table(run.dir(), interval),
         source,
@@ -425,56 +432,29 @@ struct LogAndMap {
     map: PageLookup,
 }
 
-/// The error for an interval whose boundaries do not chain with the checkpoints around it. A
-/// replay trusts these boundaries to know where to stop, so a run whose files disagree is
-/// refused naming the interval's file, not replayed to a wrong place.
-fn broken_chain(run: &Run, record: &IntervalRecord, what: String) -> ReplayError {
-    ReplayError::Format(FormatError::Corrupt {
-        path: simuboost_format::layout::interval_table(run.dir(), record.interval),
-        what,
-    })
-}
-
-/// Checks that interval `record` starts at the exit count of checkpoint N's state
-/// (`start_state_exit`).
-fn check_start(
+/// Checks that interval `record`'s boundary `column` (`start_exit` or `end_exit`, holding
+/// `recorded`) is the exit count at which checkpoint `checkpoint` was taken (`state_exit`, from
+/// its state). A replay trusts these boundaries to know where to stop, so a run whose files
+/// disagree is refused naming the interval's file, not replayed to a wrong place.
+fn check_boundary(
     run: &Run,
     record: &IntervalRecord,
-    start_state_exit: u64,
+    column: &str,
+    recorded: u64,
+    checkpoint: u64,
+    state_exit: u64,
 ) -> Result<(), ReplayError> {
-    let n = record.interval;
-    if record.start_exit != start_state_exit {
-        return Err(broken_chain(
-            run,
-            record,
-            format!(
-                "start_exit {} does not chain: checkpoint {n} ({}) was taken at exit \
-                 {start_state_exit}",
-                record.start_exit,
-                simuboost_format::layout::state_table(run.dir(), n).display()
-            ),
-        ));
+    if recorded == state_exit {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Checks that interval `record` ends at the exit count of checkpoint N+1's state
-/// (`end_state_exit`).
-fn check_end(run: &Run, record: &IntervalRecord, end_state_exit: u64) -> Result<(), ReplayError> {
-    let next = record.interval + 1;
-    if record.end_exit != end_state_exit {
-        return Err(broken_chain(
-            run,
-            record,
-            format!(
-                "end_exit {} does not chain: checkpoint {next} ({}) was taken at exit \
-                 {end_state_exit}",
-                record.end_exit,
-                simuboost_format::layout::state_table(run.dir(), next).display()
-            ),
-        ));
-    }
-    Ok(())
+    Err(ReplayError::Format(FormatError::Corrupt {
+        path: simuboost_format::layout::interval_table(run.dir(), record.interval),
+        what: format!(
+            "{column} {recorded} does not chain: checkpoint {checkpoint} ({}) was taken at exit \
+             {state_exit}",
+            simuboost_format::layout::state_table(run.dir(), checkpoint).display()
+        ),
+    }))
 }
 
 /// The frames sparse mode loads: the access log plus the frames the vCPU state points at,
@@ -613,7 +593,15 @@ fn replay_with<E: ReplayEngine>(
     };
     let load_time = load_began.elapsed();
     let Tail { events, end_state } = tail.wait()?;
-    check_end(run, &inputs.record, end_state.exit)?;
+    let record = &inputs.record;
+    check_boundary(
+        run,
+        record,
+        "end_exit",
+        record.end_exit,
+        interval + 1,
+        end_state.exit,
+    )?;
     engine.prepare(&inputs, events)?;
     let restore_time = began.elapsed();
     tracing::debug!(
@@ -668,7 +656,6 @@ fn replay_with<E: ReplayEngine>(
     }
     let verify_time = verify_began.elapsed();
     let simulation = observe(&engine, &inputs);
-    let record = &inputs.record;
     let fetched = run.storage_stats().since(fetched_before);
     let page_store = inputs.source.store.stats();
 
