@@ -94,6 +94,15 @@ pub fn copy_run(from: &Path, to: &Path) {
     );
 }
 
+/// Edits manifest.json of `run` with `edit` (tests damage copies, never the original).
+pub fn edit_manifest(run: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = simuboost_format::layout::manifest(run);
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("JSON");
+    edit(&mut manifest);
+    std::fs::write(&path, manifest.to_string()).expect("write manifest");
+}
+
 /// Runs `python3 -c SCRIPT ARGS` with `stdin` on its standard input (the tests' route to
 /// pyarrow, DuckDB and boto3, which `cargo xtask setup` installs) and returns what it printed;
 /// panics with `what` and Python's error output if it fails.

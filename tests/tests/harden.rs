@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use simuboost_format::{layout, Run};
 use simuboost_report::replay::exit::{ERROR, INTERRUPTED, USAGE};
 use simuboost_tests::{
-    alter_cell, binary, copy_run, daemon, kvm_and_root_available, python3, record_workload, replay,
-    replay_reports, Finished,
+    alter_cell, binary, copy_run, daemon, edit_manifest, kvm_and_root_available, python3,
+    record_workload, replay, replay_reports, Finished,
 };
 
 const SMALL_MEM: &str = "64M";
@@ -520,15 +520,6 @@ pq.write_table(pa.concat_tables([t] * ({rows} // t.num_rows + 1)), {path:?})
         &[],
         None,
     );
-}
-
-/// Edits manifest.json of `run` with `edit`.
-fn edit_manifest(run: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = layout::manifest(run);
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&path).expect("manifest")).expect("JSON");
-    edit(&mut manifest);
-    fs::write(&path, manifest.to_string()).expect("write manifest");
 }
 
 /// Crafted runs are refused with an error naming the file: gfns beyond guest memory, slots

@@ -11,7 +11,8 @@ use std::time::SystemTime;
 use simuboost_format::Run;
 use simuboost_report::replay::ReplayReport;
 use simuboost_tests::{
-    alter_cell, copy_run, kvm_and_root_available, record_workload, replay, replay_reports, Finished,
+    alter_cell, copy_run, edit_manifest, kvm_and_root_available, record_workload, replay,
+    replay_reports, Finished,
 };
 
 const SMALL_MEM: &str = "64M";
@@ -457,11 +458,7 @@ fn recorded_cpuid_is_what_replays_get() {
     let edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
         let copy = tmp.path().join(name);
         copy_run(&run, &copy);
-        let path = copy.join("manifest.json");
-        let mut manifest: serde_json::Value =
-            serde_json::from_slice(&fs::read(&path).expect("manifest")).expect("JSON");
-        f(&mut manifest);
-        fs::write(&path, serde_json::to_vec(&manifest).expect("JSON")).expect("write");
+        edit_manifest(&copy, f);
         copy
     };
     // KVM refuses a virtual address width other than 48 or 57 bits (leaf 0x8000_0008, EAX
